@@ -1,0 +1,1 @@
+//! Chat client SDK (placeholder).

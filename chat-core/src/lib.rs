@@ -1,0 +1,35 @@
+//! Domain types, the wire protocol, validation, errors and the storage and broker traits of the
+//! chat system.
+//!
+//! `chat-core` does no I/O: it knows nothing about SQL, Cassandra, Redis, HTTP or sockets. The
+//! other crates depend on it; teams that write their own store or broker implement its traits.
+//!
+//! # Layout
+//! - [`ids`]: `UserId`, `ChatId`, `Seq` and the millisecond clock type.
+//! - [`model`]: `User`, `Chat`, `Member`, `Message` and the inputs the stores take.
+//! - [`error`]: the one error enum; each variant maps onto a stable wire code and HTTP status.
+//! - [`limits`]: the contract's limits and the validation of everything a client sends.
+//! - [`page`]: opaque page tokens for `GET /v1/fetch`.
+//! - [`protocol`]: the serde types of every REST body and WebSocket frame.
+//! - [`store`]: the `MetadataStore` and `MessageStore` traits.
+//! - [`broker`]: the `Broker` trait that carries events between server nodes.
+
+pub mod broker;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod model;
+pub mod page;
+pub mod protocol;
+pub mod store;
+
+pub use broker::{Broker, BrokerEvent, BrokerStream, Event, Topic};
+pub use error::{Error, ErrorCode, Result};
+pub use ids::{ChatId, Millis, Seq, UserId};
+pub use limits::Limits;
+pub use model::{
+    Appended, Chat, FetchQuery, Member, Message, NewChat, NewMessage, NewSession, NewUser, Role,
+    Session, User, UserCredentials,
+};
+pub use page::PageToken;
+pub use store::{MessageStore, MetadataStore};

@@ -1,0 +1,220 @@
+//! The domain: users, chats, memberships, sessions and messages, and the inputs the stores take.
+
+use crate::ids::{ChatId, Millis, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+/// A registered user, as clients see it (never the password hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's id.
+    pub user_id: UserId,
+    /// The email, normalised to lower case; unique.
+    pub email: String,
+    /// The name shown to others.
+    pub display_name: String,
+    /// When the user registered.
+    pub created_at: Millis,
+}
+
+/// A user together with the password hash, as the login path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserCredentials {
+    /// The user.
+    pub user: User,
+    /// The argon2id hash in PHC string form.
+    pub pw_hash: String,
+}
+
+/// What a store needs to create a user. The email is already normalised and the password hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewUser {
+    /// Lower-cased, validated email.
+    pub email: String,
+    /// Validated display name.
+    pub display_name: String,
+    /// argon2id hash in PHC string form.
+    pub pw_hash: String,
+    /// Registration time.
+    pub created_at: Millis,
+}
+
+/// A login session. Only the SHA-256 hash of the bearer token is stored, so a leaked database
+/// does not leak usable tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Whose session.
+    pub user_id: UserId,
+    /// When the token stops working.
+    pub expires_at: Millis,
+}
+
+/// What a store needs to create a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSession {
+    /// SHA-256 of the bearer token.
+    pub token_hash: [u8; 32],
+    /// Whose session.
+    pub user_id: UserId,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Expiry time.
+    pub expires_at: Millis,
+}
+
+/// A member's role in a chat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Created the chat; may add and remove anyone.
+    Owner,
+    /// May add and remove members (not the owner).
+    Admin,
+    /// May read and send.
+    Member,
+}
+
+impl Role {
+    /// The role's name as stored in databases and sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Parses a stored role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may add and remove other members.
+    pub fn can_manage_members(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// A chat's row in the Chats table. Its `last_seq` belongs to the message store (which may be
+/// another database), so it is not here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    /// The chat's id.
+    pub chat_id: ChatId,
+    /// The chat's name.
+    pub chat_name: String,
+    /// Who created it.
+    pub owner_id: UserId,
+    /// When it was created.
+    pub created_at: Millis,
+}
+
+/// One row of the UserChat table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The member.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+/// What a store needs to create a chat with its first members in one step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewChat {
+    /// Validated name.
+    pub chat_name: String,
+    /// The creator, who becomes the owner.
+    pub owner_id: UserId,
+    /// Other initial members (role member). Duplicates and the owner are ignored.
+    pub member_ids: Vec<UserId>,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// A stored message, exactly as the wire contract shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The chat it belongs to.
+    pub chat_id: ChatId,
+    /// Its position in the chat: dense, starting at 1.
+    pub seq: Seq,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// The text (validated, trimmed).
+    pub msg_text: String,
+    /// The server's time when it was stored.
+    pub sent_at: Millis,
+    /// The sender's own clock, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Millis>,
+    /// The sender's idempotency key, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+/// What the server asks a [`MessageStore`](crate::MessageStore) to append. The store assigns
+/// `seq`; everything else is already validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Target chat.
+    pub chat_id: ChatId,
+    /// Sender (a member; the server checked).
+    pub sender_id: UserId,
+    /// Validated text.
+    pub msg_text: String,
+    /// Server time.
+    pub sent_at: Millis,
+    /// Sender's clock.
+    pub timestamp: Option<Millis>,
+    /// Idempotency key; `(chat_id, sender_id, client_msg_id)` is unique.
+    pub client_msg_id: Option<String>,
+}
+
+/// The result of an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stored message.
+    pub message: Message,
+    /// `true` if this call stored it; `false` if a message with the same
+    /// `(chat_id, sender_id, client_msg_id)` already existed and is returned instead.
+    pub created: bool,
+}
+
+/// Which messages of one chat to read. Every variant returns messages in ascending `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchQuery {
+    /// The newest `limit` messages.
+    Latest {
+        /// Maximum number of messages.
+        limit: u32,
+    },
+    /// The newest `limit` messages with `seq < before`.
+    Before {
+        /// Exclusive upper bound.
+        before: Seq,
+        /// Maximum number of messages.
+        limit: u32,
+    },
+    /// The oldest `limit` messages with `seq > after`.
+    After {
+        /// Exclusive lower bound.
+        after: Seq,
+        /// Maximum number of messages.
+        limit: u32,
+    },
+}
+
+impl FetchQuery {
+    /// The page size this query asks for.
+    pub fn limit(&self) -> u32 {
+        match *self {
+            FetchQuery::Latest { limit }
+            | FetchQuery::Before { limit, .. }
+            | FetchQuery::After { limit, .. } => limit,
+        }
+    }
+}

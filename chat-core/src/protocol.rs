@@ -1,0 +1,298 @@
+//! The wire contract (v1): every REST body and WebSocket frame as serde types.
+//!
+//! The contract lets newer clients add fields, so unknown fields
+//! are ignored. Missing required fields and wrong types fail to deserialize, which the server
+//! answers with `bad_request`.
+
+use crate::error::ErrorCode;
+use crate::ids::{ChatId, Millis, Seq, UserId};
+use crate::model::{Message, Role, User};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/users` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Email; unique case-insensitively.
+    pub email: String,
+    /// Password; stored only as an argon2id hash.
+    pub password: String,
+    /// Optional display name (defaults to the email's local part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// A user as `POST /v1/users` and `GET /v1/users/me` return it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// The user's id.
+    pub user_id: UserId,
+    /// Normalised email.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            user_id: u.user_id,
+            email: u.email,
+            display_name: u.display_name,
+        }
+    }
+}
+
+/// `POST /v1/sessions` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// Email (any case).
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+/// `POST /v1/sessions` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Bearer token for `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Whose session.
+    pub user_id: UserId,
+    /// When the token stops working.
+    pub expires_at: Millis,
+}
+
+/// `POST /v1/chats` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateChatRequest {
+    /// The chat's name.
+    pub chat_name: String,
+    /// Initial members besides the creator.
+    #[serde(default)]
+    pub member_ids: Vec<UserId>,
+}
+
+/// A chat with its members: `POST /v1/chats`, `GET /v1/chats/{id}` and `chat_updated` frames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatView {
+    /// The chat's id.
+    pub chat_id: ChatId,
+    /// The chat's name.
+    pub chat_name: String,
+    /// Every member, the creator included.
+    pub member_ids: Vec<UserId>,
+    /// The newest message's `seq` (0 when empty).
+    pub last_seq: Seq,
+    /// The creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<UserId>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Millis>,
+}
+
+/// One entry of `GET /v1/chats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSummary {
+    /// The chat's id.
+    pub chat_id: ChatId,
+    /// The chat's name.
+    pub chat_name: String,
+    /// The newest message's `seq` (0 when empty).
+    pub last_seq: Seq,
+    /// The caller's role in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// `GET /v1/chats` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatList {
+    /// The caller's chats.
+    pub chats: Vec<ChatSummary>,
+}
+
+/// `POST /v1/chats/{chat_id}/members` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    /// Who to add.
+    pub user_id: UserId,
+}
+
+/// `POST /v1/send` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// When present, must be the caller's id (else 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// Target chat.
+    pub chat_id: ChatId,
+    /// The text.
+    pub msg_text: String,
+    /// The sender's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Millis>,
+    /// Idempotency key (up to 64 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+/// `GET /v1/fetch` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// Messages in ascending `seq`.
+    pub messages: Vec<Message>,
+    /// Token for the next page, `null` at the end.
+    pub next_page_token: Option<String>,
+}
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human text.
+    pub message: String,
+}
+
+/// Where one chat stands, in the `ready` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatCursor {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// Its newest `seq`.
+    pub last_seq: Seq,
+}
+
+/// Frames the server sends on `GET /v1/ws`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame: who you are and where each of your chats stands.
+    Ready {
+        /// The connected user.
+        user_id: UserId,
+        /// Every chat of the user with its `last_seq`.
+        chats: Vec<ChatCursor>,
+    },
+    /// A new message in one of the user's chats.
+    Message {
+        /// The message.
+        message: Message,
+    },
+    /// The answer to a `send` on this connection.
+    Ack {
+        /// The `client_msg_id` of the send.
+        client_msg_id: String,
+        /// The stored message.
+        message: Message,
+    },
+    /// A request on this connection failed, or the server is about to close it.
+    Error {
+        /// Stable code.
+        code: ErrorCode,
+        /// Human text.
+        message: String,
+        /// The `client_msg_id` of the failed send, if it was one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// The user was added to a chat, or its members changed.
+    ChatUpdated {
+        /// The chat as it is now.
+        chat: ChatView,
+    },
+    /// The user left or was removed from a chat.
+    RemovedFromChat {
+        /// The chat.
+        chat_id: ChatId,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// Frames a client sends on `GET /v1/ws`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message; same rules as `POST /v1/send`.
+    Send {
+        /// Target chat.
+        chat_id: ChatId,
+        /// The text.
+        msg_text: String,
+        /// Sender's clock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp: Option<Millis>,
+        /// Idempotency key; required on the WebSocket so the ack can be matched.
+        client_msg_id: String,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frames_match_the_contract() {
+        let f: ClientFrame = serde_json::from_value(json!({
+            "type": "send", "chat_id": 3, "msg_text": "hi", "client_msg_id": "c1"
+        }))
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                chat_id: ChatId(3),
+                msg_text: "hi".into(),
+                timestamp: None,
+                client_msg_id: "c1".into()
+            }
+        );
+        let ping: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(ping, ClientFrame::Ping);
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Pong).unwrap(),
+            json!({"type": "pong"})
+        );
+        assert_eq!(
+            serde_json::to_value(ServerFrame::RemovedFromChat { chat_id: ChatId(9) }).unwrap(),
+            json!({"type": "removed_from_chat", "chat_id": 9})
+        );
+        let m = Message {
+            chat_id: ChatId(1),
+            seq: Seq(2),
+            sender_id: UserId(3),
+            msg_text: "x".into(),
+            sent_at: 5,
+            timestamp: None,
+            client_msg_id: Some("k".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Ack {
+                client_msg_id: "k".into(),
+                message: m
+            })
+            .unwrap(),
+            json!({"type": "ack", "client_msg_id": "k", "message": {
+                "chat_id": 1, "seq": 2, "sender_id": 3, "msg_text": "x", "sent_at": 5,
+                "client_msg_id": "k"}})
+        );
+    }
+
+    #[test]
+    fn wrong_shapes_fail() {
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"send","chat_id":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<SendRequest>(r#"{"chat_id":1}"#).is_err());
+    }
+}

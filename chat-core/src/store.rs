@@ -1,0 +1,113 @@
+//! The storage traits: [`MetadataStore`] (users, sessions, chats, memberships) and
+//! [`MessageStore`] (the write-heavy message table).
+//!
+//! The two are separate because the seed keeps them in different databases (MySQL and
+//! Cassandra); one backend may implement both. Every method reports a database that is down as
+//! [`Error::Unavailable`](crate::Error::Unavailable). `chat-storage` has a conformance suite that
+//! checks any implementation against the contracts written here.
+
+use crate::error::Result;
+use crate::ids::{ChatId, Millis, Seq, UserId};
+use crate::model::{
+    Appended, Chat, FetchQuery, Member, Message, NewChat, NewMessage, NewSession, NewUser, Role,
+    Session, User, UserCredentials,
+};
+use async_trait::async_trait;
+
+/// Users, sessions, chats and memberships (the seed's Users, Chats and UserChat tables).
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Creates a user. An email that is taken (already normalised by the caller) is
+    /// [`Error::Conflict`](crate::Error::Conflict).
+    async fn create_user(&self, user: NewUser) -> Result<User>;
+
+    /// A user by id.
+    async fn user(&self, user_id: UserId) -> Result<Option<User>>;
+
+    /// A user with the password hash, by normalised email.
+    async fn user_credentials(&self, email: &str) -> Result<Option<UserCredentials>>;
+
+    /// Stores a session (only the token's hash).
+    async fn create_session(&self, session: NewSession) -> Result<()>;
+
+    /// The session of a token hash, expired or not (the caller checks `expires_at`). A deleted
+    /// session is `None` on every node at once: this read never goes to a lagging replica.
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>>;
+
+    /// Deletes a session (logout). Returns whether it existed.
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool>;
+
+    /// Deletes sessions that expired before `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: Millis) -> Result<u64>;
+
+    /// Creates a chat with its owner and first members in one transaction. A member id that is
+    /// not a user is [`Error::NotFound`](crate::Error::NotFound) and nothing is created.
+    /// Duplicate ids and the owner's own id in `member_ids` are ignored.
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, Vec<Member>)>;
+
+    /// A chat by id.
+    async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>>;
+
+    /// Every chat the user belongs to, with the user's role, ordered by chat id.
+    async fn chats_of_user(&self, user_id: UserId) -> Result<Vec<(Chat, Role)>>;
+
+    /// Every member of a chat, ordered by user id.
+    async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>>;
+
+    /// The user's role in the chat, `None` if not a member. Used on every read and send, so it
+    /// must reflect a removal as soon as the removal returned.
+    async fn role(&self, chat_id: ChatId, user_id: UserId) -> Result<Option<Role>>;
+
+    /// Adds a member. Returns `false` if they already were one (their role is unchanged).
+    /// Unknown chat or user is [`Error::NotFound`](crate::Error::NotFound); a chat that already
+    /// has `max_members` is [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    async fn add_member(&self, chat_id: ChatId, member: Member, max_members: usize)
+        -> Result<bool>;
+
+    /// Removes a member. Returns whether they were one.
+    async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool>;
+
+    /// Checks that the database answers; for `GET /v1/health`.
+    async fn health(&self) -> Result<()>;
+}
+
+/// The message table: append with a dense per-chat `seq`, fetch by page.
+///
+/// # Contract
+/// - `append` gives the message the chat's next `seq` (1 for the first) and makes it durable
+///   before it returns: a returned message survives a crash of the process at the durability the
+///   backend documents. No two messages of a chat share a `seq` and no `seq` is skipped, however
+///   many callers (or server nodes) append at once.
+/// - A message with the same `(chat_id, sender_id, client_msg_id)` as a stored one is not stored
+///   again: `append` returns the stored one with `created: false`.
+/// - A `seq` is never visible to `fetch` before every smaller `seq` of the chat is: a reader that
+///   has seen `seq` n will never later find a new message below n.
+/// - `fetch` returns messages in ascending `seq`.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Appends a message; see the trait's contract.
+    async fn append(&self, message: NewMessage) -> Result<Appended>;
+
+    /// Reads one page of a chat.
+    async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>>;
+
+    /// The chat's newest `seq` (`Seq::ZERO` when it has no messages or is unknown).
+    async fn last_seq(&self, chat_id: ChatId) -> Result<Seq>;
+
+    /// `last_seq` of several chats, in the same order. Backends override this to batch.
+    async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
+        let mut out = Vec::with_capacity(chat_ids.len());
+        for &c in chat_ids {
+            out.push(self.last_seq(c).await?);
+        }
+        Ok(out)
+    }
+
+    /// Waits until everything acked is on disk and background work is done (graceful shutdown).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks that the database answers; for `GET /v1/health`.
+    async fn health(&self) -> Result<()>;
+}

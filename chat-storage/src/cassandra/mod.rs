@@ -1,0 +1,1 @@
+//! The Cassandra message store (being written).

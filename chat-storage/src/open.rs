@@ -1,0 +1,1 @@
+//! Opening the configured stores from URLs (being written).

@@ -1,0 +1,1 @@
+//! Conformance suite on cassandra (being written).
