@@ -1,1 +1,173 @@
-//! The storage conformance suite (being written).
+//! The storage conformance suite: every contract of [`MetadataStore`] and [`MessageStore`]
+//! written once as a test, runnable against any backend.
+//!
+//! Each test is a `pub async fn` in [`metadata`] or [`messages`] that takes a freshly made,
+//! isolated store by value and panics when the store breaks its contract. The macros
+//! [`metadata_store_conformance!`](crate::metadata_store_conformance) and
+//! [`message_store_conformance!`](crate::message_store_conformance) instantiate the whole suite
+//! for one backend: one `#[test]` per suite function, each running on its own multi-threaded
+//! tokio runtime with 4 workers and calling the setup expression for a fresh store.
+//!
+//! ```ignore
+//! // tests/my_backend_conformance.rs
+//! chat_storage::metadata_store_conformance!(async { my_backend::open_fresh().await });
+//! chat_storage::message_store_conformance!(async { my_backend::open_fresh().await });
+//! ```
+//!
+//! The macros expand to a module each (`metadata_store_conformance`, `message_store_conformance`)
+//! that glob-imports the calling module, so the setup expression may use the caller's imports and
+//! private helpers. A failing test is named e.g.
+//! `message_store_conformance::dense_seq_under_concurrent_appends`.
+//!
+//! When a store needs something kept alive as long as it is (a temporary directory, a database
+//! dropped afterwards), wrap both in [`Guarded`].
+//!
+//! The tests make their own unique emails, chat ids of their own for the message store and
+//! random unknown ids, so they may also run in parallel against one shared database.
+
+mod guarded;
+pub mod messages;
+pub mod metadata;
+
+pub use guarded::Guarded;
+
+use std::future::Future;
+
+/// Runs one conformance test on a fresh multi-threaded runtime with 4 worker threads (what
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]` would build).
+///
+/// The macros call this instead of using `#[tokio::test]` so that the calling crate does not
+/// need tokio's `macros` feature, or tokio at all, in its own dependencies.
+///
+/// # Panics
+/// If the runtime cannot be built, or when the test itself panics: this is a test harness.
+pub fn run_conformance_test<F>(test: F)
+where
+    F: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime of a conformance test");
+    runtime.block_on(test);
+}
+
+/// Instantiates the [`MetadataStore`](chat_core::MetadataStore) conformance suite.
+///
+/// The argument is an expression evaluating to a future whose output is a fresh, isolated
+/// `impl MetadataStore`; it is evaluated once per test. Expands to a module
+/// `metadata_store_conformance` with one `#[test]` per function of
+/// [`testing::metadata`](crate::testing::metadata).
+///
+/// ```ignore
+/// chat_storage::metadata_store_conformance!(async {
+///     let dir = tempfile::tempdir().unwrap();
+///     let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("chat.db")).unwrap();
+///     chat_storage::testing::Guarded::new(store, dir)
+/// });
+/// ```
+#[macro_export]
+macro_rules! metadata_store_conformance {
+    ($setup:expr $(,)?) => {
+        $crate::__conformance_tests!(metadata_store_conformance, metadata, $setup;
+            create_and_get_user,
+            unknown_user_is_none,
+            duplicate_email_is_conflict,
+            concurrent_duplicate_emails_create_one_user,
+            user_credentials_by_email,
+            session_create_get_delete,
+            expired_sessions_are_cleaned_up,
+            create_chat_with_owner_and_members,
+            create_chat_with_unknown_member_is_not_found_and_creates_nothing,
+            unknown_chat_is_none,
+            chats_of_user_ordered_by_chat_id_with_roles,
+            members_ordered_by_user_id,
+            role_of_non_member_is_none,
+            add_member_true_then_false,
+            add_member_unknown_chat_or_user_is_not_found,
+            add_member_beyond_max_members_is_invalid_argument,
+            remove_member,
+            metadata_health,
+        );
+    };
+}
+
+/// Instantiates the [`MessageStore`](chat_core::MessageStore) conformance suite.
+///
+/// The argument is an expression evaluating to a future whose output is a fresh, isolated
+/// `impl MessageStore`; it is evaluated once per test. Expands to a module
+/// `message_store_conformance` with one `#[test]` per function of
+/// [`testing::messages`](crate::testing::messages).
+///
+/// ```ignore
+/// chat_storage::message_store_conformance!(async { my_backend::fresh_message_store().await });
+/// ```
+#[macro_export]
+macro_rules! message_store_conformance {
+    ($setup:expr $(,)?) => {
+        $crate::__conformance_tests!(message_store_conformance, messages, $setup;
+            first_seq_is_one,
+            append_returns_what_was_given,
+            dense_seq_under_concurrent_appends,
+            chats_have_independent_counters,
+            retry_with_same_client_msg_id_returns_stored_message,
+            concurrent_identical_retries_store_one_message,
+            same_client_msg_id_from_other_sender_or_chat_is_new,
+            messages_without_client_msg_id_never_dedupe,
+            fetch_latest_before_after_boundaries,
+            fetch_unknown_or_empty_chat,
+            fetch_limit_larger_than_chat,
+            paging_backward_from_latest_tiles_history,
+            paging_forward_from_zero_tiles_history,
+            readers_never_see_a_gap_while_appends_run,
+            last_seq_and_last_seqs,
+            unicode_and_max_size_text_round_trip,
+            timestamp_and_client_msg_id_round_trip,
+            flush_keeps_every_acked_message,
+            message_health,
+        );
+    };
+}
+
+/// Expands a list of suite functions into one `#[test]` each. Not public API: use
+/// [`metadata_store_conformance!`] or [`message_store_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($module:ident, $suite:ident, $setup:expr; $($name:ident),+ $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[test]
+                fn $name() {
+                    $crate::testing::run_conformance_test(async {
+                        let store = $setup.await;
+                        $crate::testing::$suite::$name(store).await;
+                    });
+                }
+            )+
+        }
+    };
+}
+
+/// A random positive id in `[2^40, 2^52)`: far above the ids a fresh database hands out, and
+/// distinct between tests with overwhelming probability, so tests sharing a database do not
+/// meet each other's chats.
+pub(crate) fn random_id() -> i64 {
+    use rand::Rng;
+    rand::thread_rng().gen_range((1_i64 << 40)..(1_i64 << 52))
+}
+
+/// A random lower-case alphanumeric suffix for unique emails.
+pub(crate) fn random_suffix() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(16)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect()
+}

@@ -1,0 +1,140 @@
+//! [`Guarded`]: a store together with whatever must live exactly as long as it (a temporary
+//! directory, a handle that drops a test database), so a conformance setup can return one value.
+
+use async_trait::async_trait;
+use chat_core::{
+    Appended, Chat, ChatId, FetchQuery, Member, Message, MessageStore, MetadataStore, Millis,
+    NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, User, UserCredentials,
+    UserId,
+};
+
+/// A store and a guard value kept alive with it. Implements [`MetadataStore`] and
+/// [`MessageStore`] by delegating to the store, whichever of the two the store implements.
+///
+/// Field order matters: the store is dropped before the guard, so e.g. a SQLite file is closed
+/// before its temporary directory is removed.
+#[derive(Debug)]
+pub struct Guarded<S, G> {
+    store: S,
+    guard: G,
+}
+
+impl<S, G> Guarded<S, G> {
+    /// Wraps `store`, keeping `guard` alive until the wrapper is dropped.
+    pub fn new(store: S, guard: G) -> Self {
+        Self { store, guard }
+    }
+
+    /// The wrapped store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &G {
+        &self.guard
+    }
+}
+
+#[async_trait]
+impl<S, G> MetadataStore for Guarded<S, G>
+where
+    S: MetadataStore,
+    G: Send + Sync + 'static,
+{
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        self.store.create_user(user).await
+    }
+
+    async fn user(&self, user_id: UserId) -> Result<Option<User>> {
+        self.store.user(user_id).await
+    }
+
+    async fn user_credentials(&self, email: &str) -> Result<Option<UserCredentials>> {
+        self.store.user_credentials(email).await
+    }
+
+    async fn create_session(&self, session: NewSession) -> Result<()> {
+        self.store.create_session(session).await
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+        self.store.session(token_hash).await
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        self.store.delete_session(token_hash).await
+    }
+
+    async fn delete_expired_sessions(&self, now: Millis) -> Result<u64> {
+        self.store.delete_expired_sessions(now).await
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, Vec<Member>)> {
+        self.store.create_chat(chat).await
+    }
+
+    async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
+        self.store.chat(chat_id).await
+    }
+
+    async fn chats_of_user(&self, user_id: UserId) -> Result<Vec<(Chat, Role)>> {
+        self.store.chats_of_user(user_id).await
+    }
+
+    async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>> {
+        self.store.members(chat_id).await
+    }
+
+    async fn role(&self, chat_id: ChatId, user_id: UserId) -> Result<Option<Role>> {
+        self.store.role(chat_id, user_id).await
+    }
+
+    async fn add_member(
+        &self,
+        chat_id: ChatId,
+        member: Member,
+        max_members: usize,
+    ) -> Result<bool> {
+        self.store.add_member(chat_id, member, max_members).await
+    }
+
+    async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
+        self.store.remove_member(chat_id, user_id).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        MetadataStore::health(&self.store).await
+    }
+}
+
+#[async_trait]
+impl<S, G> MessageStore for Guarded<S, G>
+where
+    S: MessageStore,
+    G: Send + Sync + 'static,
+{
+    async fn append(&self, message: NewMessage) -> Result<Appended> {
+        self.store.append(message).await
+    }
+
+    async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>> {
+        self.store.fetch(chat_id, query).await
+    }
+
+    async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
+        self.store.last_seq(chat_id).await
+    }
+
+    async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
+        self.store.last_seqs(chat_ids).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.store.flush().await
+    }
+
+    async fn health(&self) -> Result<()> {
+        MessageStore::health(&self.store).await
+    }
+}
