@@ -1,0 +1,759 @@
+//! The REST half of the SDK: [`Client`], its builder, and the options of `send` and `fetch`.
+//!
+//! Every method maps onto one endpoint of the wire contract (`docs/protocol.md`) and uses the
+//! contract's own serde types from `chat_core::protocol`. Reads and sends are retried on
+//! transport errors, 429 and 502/503/504 (sends are safe to retry because each carries a
+//! `client_msg_id` the server deduplicates on); other writes are not retried, since repeating
+//! them could act twice.
+
+use crate::error::{code_for_status, Error, Result};
+use crate::retry::{Backoff, RetryPolicy};
+use crate::subscription::Subscription;
+use chat_core::ids::now_millis;
+use chat_core::protocol::{
+    AddMemberRequest, ChatList, ChatSummary, ChatView, CreateChatRequest, ErrorBody, FetchResponse,
+    LoginRequest, RegisterRequest, SendRequest, SessionView, UserView,
+};
+use chat_core::{ChatId, Message, Millis, Seq, UserId};
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// One page of history, as `GET /v1/fetch` returns it: messages in ascending `seq` and the token
+/// of the next page (`None` at the end).
+pub type Page = FetchResponse;
+
+/// Largest page the contract allows; used when the SDK pages through history itself.
+const MAX_PAGE: u32 = 500;
+
+/// Longest error text kept from an answer that is not a contract error body (e.g. a proxy page).
+const MAX_FOREIGN_ERROR_TEXT: usize = 200;
+
+/// Configures a [`Client`] before building it.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    base_url: String,
+    token: Option<String>,
+    user_id: Option<UserId>,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// Uses an existing bearer token (e.g. one saved from an earlier [`Client::login`]).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Records whose token it is, so [`Client::user_id`] answers without a round trip.
+    pub fn user_id(mut self, user_id: UserId) -> Self {
+        self.user_id = Some(user_id);
+        self
+    }
+
+    /// How reads and sends are retried. Default: [`RetryPolicy::default`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The longest one HTTP request may take, end to end. Default: 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The longest connecting (TCP, TLS, WebSocket handshake) may take. Default: 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the client. Fails if the URL is not `http://` or `https://`.
+    pub fn build(self) -> Result<Client> {
+        let parsed = reqwest::Url::parse(&self.base_url)
+            .map_err(|e| Error::InvalidUrl(format!("{}: {e}", self.base_url)))?;
+        let ws_scheme = match parsed.scheme() {
+            "http" => "ws",
+            "https" => "wss",
+            other => {
+                return Err(Error::InvalidUrl(format!(
+                    "{}: scheme {other:?} is not http or https",
+                    self.base_url
+                )))
+            }
+        };
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(Error::InvalidUrl(format!(
+                "{}: a server URL has no query or fragment",
+                self.base_url
+            )));
+        }
+        // Keep any path prefix (a server mounted under /chat behind a proxy) and append the
+        // contract's paths to it.
+        let base = parsed.as_str().trim_end_matches('/').to_owned();
+        let ws_base = format!("{ws_scheme}{}", &base[parsed.scheme().len()..]);
+        let http = reqwest::Client::builder()
+            .timeout(self.request_timeout)
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| Error::transport("building the HTTP client", e))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                base,
+                ws_url: format!("{ws_base}/v1/ws"),
+                http,
+                session: RwLock::new(SessionState {
+                    token: self.token,
+                    user_id: self.user_id,
+                }),
+                retry: self.retry,
+                connect_timeout: self.connect_timeout,
+                send_queues: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// Options of [`Client::send_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The idempotency key (up to 64 bytes). `None`: the SDK generates a UUID v4. Give your own
+    /// to make a send that survives an application restart idempotent (store the key with the
+    /// draft, send with it again after the restart).
+    pub client_msg_id: Option<String>,
+    /// The sender's clock, in Unix milliseconds. `None`: the SDK stamps the local clock.
+    pub timestamp: Option<Millis>,
+}
+
+/// Where a [`Client::fetch`] starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FetchFrom {
+    Latest,
+    Token(String),
+    AfterSeq(Seq),
+}
+
+/// Which page [`Client::fetch`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchOptions {
+    from: FetchFrom,
+    limit: Option<u32>,
+}
+
+impl FetchOptions {
+    /// The newest `limit` messages (1..=500). Page back with [`FetchOptions::before`].
+    pub fn latest(limit: u32) -> Self {
+        FetchOptions {
+            from: FetchFrom::Latest,
+            limit: Some(limit),
+        }
+    }
+
+    /// The page a `next_page_token` points at: older messages after a [`FetchOptions::latest`]
+    /// page. Tokens are opaque; pass them back as received.
+    pub fn before(token: impl Into<String>) -> Self {
+        Self::page(token)
+    }
+
+    /// The page a `next_page_token` points at, whichever direction it pages (back after
+    /// [`FetchOptions::latest`], forward after [`FetchOptions::after_seq`]).
+    pub fn page(token: impl Into<String>) -> Self {
+        FetchOptions {
+            from: FetchFrom::Token(token.into()),
+            limit: None,
+        }
+    }
+
+    /// The messages with `seq > seq`, oldest first (catch-up after being away).
+    pub fn after_seq(seq: Seq) -> Self {
+        FetchOptions {
+            from: FetchFrom::AfterSeq(seq),
+            limit: None,
+        }
+    }
+
+    /// Sets the page size (1..=500; the server's default is 50).
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// The token and user of the current session.
+#[derive(Debug)]
+struct SessionState {
+    token: Option<String>,
+    user_id: Option<UserId>,
+}
+
+/// Shared state behind every clone of a [`Client`].
+#[derive(Debug)]
+struct Inner {
+    /// Server URL without a trailing slash.
+    base: String,
+    /// `ws://…/v1/ws` or `wss://…/v1/ws`.
+    ws_url: String,
+    /// One connection pool for every clone.
+    http: reqwest::Client,
+    /// A std lock: it is held only to copy the token out, never across an await.
+    session: RwLock<SessionState>,
+    retry: RetryPolicy,
+    connect_timeout: Duration,
+    /// One async mutex per chat being sent to. Held across a whole send (all retries), so a
+    /// chat's sends leave one at a time, in the order they reached the lock (tokio's mutex is
+    /// fair: first come, first served). Entries are removed when no send waits on them.
+    send_queues: Mutex<HashMap<ChatId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A connection to one chat server, for one user session.
+///
+/// Cheap to clone (an `Arc` inside); every clone shares the HTTP connection pool and the session,
+/// so logging in on one clone logs in all of them. `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `"http://127.0.0.1:8080"`), not logged in.
+    pub fn new(base_url: &str) -> Result<Client> {
+        Client::builder(base_url).build()
+    }
+
+    /// A client that uses an existing bearer token.
+    pub fn with_token(base_url: &str, token: impl Into<String>) -> Result<Client> {
+        Client::builder(base_url).token(token).build()
+    }
+
+    /// A builder, for retry policy and timeouts.
+    pub fn builder(base_url: &str) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.to_owned(),
+            token: None,
+            user_id: None,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The server URL (without a trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The bearer token of the current session, if logged in (to save it for later).
+    pub fn token(&self) -> Option<String> {
+        self.session().token.clone()
+    }
+
+    /// The logged-in user's id, if known (after [`Client::login`] or [`Client::me`]).
+    pub fn user_id(&self) -> Option<UserId> {
+        self.session().user_id
+    }
+
+    /// Replaces the session's token (e.g. one saved earlier); `None` logs out locally only.
+    pub fn set_token(&self, token: Option<String>) {
+        let mut s = self.session_mut();
+        s.token = token;
+        s.user_id = None;
+    }
+
+    /// `POST /v1/users`: registers a user. Does not log in.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> Result<UserView> {
+        let body = RegisterRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+            display_name: display_name.map(str::to_owned),
+        };
+        let rb = self.request(Method::POST, "/v1/users", false)?.json(&body);
+        json(execute(rb).await?).await
+    }
+
+    /// `POST /v1/sessions`: logs in and keeps the token inside the client for every later call.
+    pub async fn login(&self, email: &str, password: &str) -> Result<SessionView> {
+        let body = LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
+        let rb = self
+            .request(Method::POST, "/v1/sessions", false)?
+            .json(&body);
+        let session: SessionView = json(execute(rb).await?).await?;
+        let mut s = self.session_mut();
+        s.token = Some(session.token.clone());
+        s.user_id = Some(session.user_id);
+        Ok(session)
+    }
+
+    /// `DELETE /v1/sessions/current`: ends the session on the server (the token stops working
+    /// everywhere, open WebSockets included) and forgets it locally, even if the server call
+    /// fails.
+    pub async fn logout(&self) -> Result<()> {
+        let rb = self.request(Method::DELETE, "/v1/sessions/current", true)?;
+        let result = execute(rb).await.map(drop);
+        self.set_token(None);
+        result
+    }
+
+    /// `GET /v1/users/me`: the logged-in user.
+    pub async fn me(&self) -> Result<UserView> {
+        let me: UserView = self
+            .retrying(|| async {
+                let rb = self.request(Method::GET, "/v1/users/me", true)?;
+                json(execute(rb).await?).await
+            })
+            .await?;
+        let mut s = self.session_mut();
+        if s.token.is_some() {
+            s.user_id = Some(me.user_id);
+        }
+        Ok(me)
+    }
+
+    /// `POST /v1/chats`: creates a chat; the caller becomes its owner and `member_ids` its other
+    /// members.
+    pub async fn create_chat(&self, name: &str, member_ids: &[UserId]) -> Result<ChatView> {
+        let body = CreateChatRequest {
+            chat_name: name.to_owned(),
+            member_ids: member_ids.to_vec(),
+        };
+        let rb = self.request(Method::POST, "/v1/chats", true)?.json(&body);
+        json(execute(rb).await?).await
+    }
+
+    /// `GET /v1/chats/{chat_id}`: one chat with its members (members only).
+    pub async fn chat(&self, chat_id: ChatId) -> Result<ChatView> {
+        let path = format!("/v1/chats/{chat_id}");
+        self.retrying(|| async {
+            let rb = self.request(Method::GET, &path, true)?;
+            json(execute(rb).await?).await
+        })
+        .await
+    }
+
+    /// `GET /v1/chats`: the caller's chats with their `last_seq`.
+    pub async fn list_chats(&self) -> Result<Vec<ChatSummary>> {
+        let list: ChatList = self
+            .retrying(|| async {
+                let rb = self.request(Method::GET, "/v1/chats", true)?;
+                json(execute(rb).await?).await
+            })
+            .await?;
+        Ok(list.chats)
+    }
+
+    /// `POST /v1/chats/{chat_id}/members`: adds a user (owner or admin only).
+    pub async fn add_member(&self, chat_id: ChatId, user_id: UserId) -> Result<()> {
+        let path = format!("/v1/chats/{chat_id}/members");
+        let rb = self
+            .request(Method::POST, &path, true)?
+            .json(&AddMemberRequest { user_id });
+        execute(rb).await.map(drop)
+    }
+
+    /// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leaves (own id) or removes a member
+    /// (owner or admin).
+    pub async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<()> {
+        let path = format!("/v1/chats/{chat_id}/members/{user_id}");
+        let rb = self.request(Method::DELETE, &path, true)?;
+        execute(rb).await.map(drop)
+    }
+
+    /// `POST /v1/send`: sends `text` to a chat and returns the stored message once the server
+    /// has made it durable. See [`Client::send_with`].
+    pub async fn send(&self, chat_id: ChatId, text: &str) -> Result<Message> {
+        self.send_with(chat_id, text, SendOptions::default()).await
+    }
+
+    /// `POST /v1/send` with explicit options.
+    ///
+    /// - Idempotent: every attempt carries the same `client_msg_id` (generated if not given),
+    ///   and the server returns the first stored copy for a repeat, so a retry never duplicates.
+    /// - Retried on transport errors, timeouts, 429 (honouring `Retry-After`) and 502/503/504,
+    ///   with jittered exponential backoff, up to the [`RetryPolicy`]'s attempts.
+    /// - Ordered per chat: sends to one chat go out one at a time, so message N+1 of a chat is
+    ///   not sent before N is acknowledged (or has finally failed). Concurrent calls for one chat
+    ///   are served in the order they first await. Sends to different chats run in parallel.
+    pub async fn send_with(
+        &self,
+        chat_id: ChatId,
+        text: &str,
+        options: SendOptions,
+    ) -> Result<Message> {
+        let body = SendRequest {
+            user_id: None,
+            chat_id,
+            msg_text: text.to_owned(),
+            timestamp: Some(options.timestamp.unwrap_or_else(now_millis)),
+            client_msg_id: Some(
+                options
+                    .client_msg_id
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            ),
+        };
+        let queue = self.send_queue(chat_id);
+        let guard = queue.lock().await;
+        let result = self
+            .retrying(|| async {
+                let rb = self.request(Method::POST, "/v1/send", true)?.json(&body);
+                json::<Message>(execute(rb).await?).await
+            })
+            .await;
+        drop(guard);
+        drop(queue);
+        self.release_send_queue(chat_id);
+        let message = result?;
+        if message.chat_id != chat_id {
+            return Err(Error::Protocol(format!(
+                "sent to chat {chat_id}, the answer is for chat {}",
+                message.chat_id
+            )));
+        }
+        Ok(message)
+    }
+
+    /// `GET /v1/fetch`: one page of a chat's history (members only).
+    pub async fn fetch(&self, chat_id: ChatId, options: FetchOptions) -> Result<Page> {
+        let mut query: Vec<(&str, String)> = vec![("chat_id", chat_id.to_string())];
+        match &options.from {
+            FetchFrom::Latest => {}
+            FetchFrom::Token(t) => query.push(("page_token", t.clone())),
+            FetchFrom::AfterSeq(s) => query.push(("after_seq", s.to_string())),
+        }
+        if let Some(limit) = options.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        let page: Page = self
+            .retrying(|| async {
+                let rb = self.request(Method::GET, "/v1/fetch", true)?.query(&query);
+                json(execute(rb).await?).await
+            })
+            .await?;
+        if let Some(m) = page.messages.iter().find(|m| m.chat_id != chat_id) {
+            return Err(Error::Protocol(format!(
+                "fetched chat {chat_id}, got a message of chat {}",
+                m.chat_id
+            )));
+        }
+        if page.messages.windows(2).any(|w| w[0].seq >= w[1].seq) {
+            return Err(Error::Protocol(format!(
+                "page of chat {chat_id} is not in ascending seq"
+            )));
+        }
+        Ok(page)
+    }
+
+    /// Every message of a chat with `seq > after`, oldest first, paging forward to the end.
+    pub async fn fetch_all_after(&self, chat_id: ChatId, after: Seq) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self
+                .fetch(chat_id, FetchOptions::after_seq(cursor).limit(MAX_PAGE))
+                .await?;
+            let Some(last) = page.messages.last() else {
+                break;
+            };
+            if last.seq <= cursor {
+                return Err(Error::Protocol(format!(
+                    "fetch after {cursor} of chat {chat_id} went backwards"
+                )));
+            }
+            cursor = last.seq;
+            let done = page.next_page_token.is_none();
+            out.extend(page.messages.into_iter().filter(|m| m.seq > after));
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the live event stream, starting from now: only messages stored after this call
+    /// returns are delivered for the chats the user has now; chats the user joins later are
+    /// delivered from their first message. See [`Subscription`].
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        let positions = self
+            .list_chats()
+            .await?
+            .into_iter()
+            .map(|c| (c.chat_id, c.last_seq))
+            .collect();
+        self.subscribe_from(positions)
+    }
+
+    /// Opens the live event stream, resuming from saved positions (e.g. from
+    /// [`Subscription::positions`] of an earlier run): every message with a larger `seq` is
+    /// delivered. Chats missing from `positions` are delivered from their first message.
+    /// Needs a tokio runtime; does no I/O itself (the connection is made in the background).
+    pub fn subscribe_from(&self, positions: HashMap<ChatId, Seq>) -> Result<Subscription> {
+        if self.token().is_none() {
+            return Err(Error::NotLoggedIn);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        Ok(Subscription::start(&runtime, self.clone(), positions))
+    }
+
+    pub(crate) fn ws_url(&self) -> &str {
+        &self.inner.ws_url
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
+    }
+
+    /// The `Authorization` header value of the current session.
+    pub(crate) fn bearer(&self) -> Result<HeaderValue> {
+        let token = self.token().ok_or(Error::NotLoggedIn)?;
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::Protocol("the token is not a valid header value".into()))
+    }
+
+    fn session(&self) -> std::sync::RwLockReadGuard<'_, SessionState> {
+        // A poisoned lock only means another thread panicked while holding it; the two
+        // Option fields are always consistent, so keep going.
+        self.inner
+            .session
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn session_mut(&self) -> std::sync::RwLockWriteGuard<'_, SessionState> {
+        self.inner
+            .session
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send_queue(&self, chat_id: ChatId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self
+            .inner
+            .send_queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        queues.entry(chat_id).or_default().clone()
+    }
+
+    /// Drops a chat's queue once nobody holds or waits on it. Clones are only made under the
+    /// map's lock, so a count of 1 (the map's own) cannot grow while we look.
+    fn release_send_queue(&self, chat_id: ChatId) {
+        let mut queues = self
+            .inner
+            .send_queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queues
+            .get(&chat_id)
+            .is_some_and(|q| Arc::strong_count(q) == 1)
+        {
+            queues.remove(&chat_id);
+        }
+    }
+
+    fn request(&self, method: Method, path: &str, auth: bool) -> Result<RequestBuilder> {
+        let rb = self
+            .inner
+            .http
+            .request(method, format!("{}{path}", self.inner.base));
+        if auth {
+            Ok(rb.header(AUTHORIZATION, self.bearer()?))
+        } else {
+            Ok(rb)
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or the policy's attempts
+    /// are spent.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = self.inner.retry;
+        let mut backoff = Backoff::new(policy.base_delay, policy.max_delay);
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < policy.max_attempts.max(1) => {
+                    let delay = backoff.next_delay();
+                    let delay = e.retry_after().map_or(delay, |ra| ra.max(delay));
+                    tracing::debug!(error = %e, attempt, ?delay, "retrying request");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) if e.is_retryable() && attempt > 1 => {
+                    return Err(Error::RetriesExhausted {
+                        attempts: attempt,
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Sends a request and turns an error status into [`Error::Api`].
+async fn execute(rb: RequestBuilder) -> Result<reqwest::Response> {
+    let resp = rb.send().await.map_err(|e| {
+        if e.is_builder() {
+            Error::InvalidUrl(e.to_string())
+        } else {
+            Error::transport(format!("request failed: {e}"), e)
+        }
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::transport(format!("reading the {status} answer: {e}"), e))?;
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => (body.error.code, body.error.message),
+        Err(_) => (
+            code_for_status(status.as_u16()),
+            foreign_error_text(status, &bytes),
+        ),
+    };
+    Err(Error::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    })
+}
+
+/// Reads a success answer's JSON body.
+async fn json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::transport(format!("reading the {status} answer: {e}"), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Protocol(format!(
+            "{status} answer does not match the contract ({e}): {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_FOREIGN_ERROR_TEXT)])
+        ))
+    })
+}
+
+/// The text of an error answer that is not the contract's body.
+fn foreign_error_text(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_FOREIGN_ERROR_TEXT)]);
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `Retry-After` in delta-seconds (integer or decimal). HTTP dates are not used by this server
+/// and are ignored (the backoff applies instead).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    if secs.is_finite() && secs >= 0.0 {
+        // Capped so a hostile or buggy header cannot park a send for hours.
+        Some(Duration::from_secs_f64(secs.min(300.0)))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_derived_from_the_base() {
+        let c = Client::new("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.ws_url(), "ws://127.0.0.1:8080/v1/ws");
+        let c = Client::new("https://chat.example/prefix").unwrap();
+        assert_eq!(c.ws_url(), "wss://chat.example/prefix/v1/ws");
+        assert!(matches!(Client::new("ftp://x"), Err(Error::InvalidUrl(_))));
+        assert!(matches!(
+            Client::new("not a url"),
+            Err(Error::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            Client::new("http://x/?a=b"),
+            Err(Error::InvalidUrl(_))
+        ));
+    }
+
+    #[test]
+    fn tokens_are_shared_between_clones() {
+        let c = Client::with_token("http://localhost:1", "t1").unwrap();
+        let d = c.clone();
+        assert_eq!(d.token().as_deref(), Some("t1"));
+        c.set_token(None);
+        assert_eq!(d.token(), None);
+        assert!(matches!(
+            d.subscribe_from(HashMap::new()),
+            Err(Error::NotLoggedIn)
+        ));
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("1e9"), Some(Duration::from_secs(300)));
+    }
+
+    #[tokio::test]
+    async fn requests_without_a_session_fail_locally() {
+        let c = Client::new("http://127.0.0.1:1").unwrap();
+        assert!(matches!(c.me().await, Err(Error::NotLoggedIn)));
+        assert!(matches!(
+            c.send(ChatId(1), "hi").await,
+            Err(Error::NotLoggedIn)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_retryable_transport_error_and_retries_end() {
+        // Port 1 on loopback refuses connections: every attempt fails fast.
+        let c = Client::builder("http://127.0.0.1:1")
+            .token("t")
+            .retry(RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+            })
+            .build()
+            .unwrap();
+        match c.list_chats().await {
+            Err(Error::RetriesExhausted { attempts, last }) => {
+                assert_eq!(attempts, 3);
+                assert!(matches!(*last, Error::Transport { .. }));
+            }
+            other => panic!("expected exhausted retries, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The live event stream: [`Subscription`], a `Stream` of [`Event`]s that survives reconnects
+//! and hands the application every message exactly once, in `seq` order per chat.
+//!
+//! # How it keeps the promise
+//! A background task owns the WebSocket (`GET /v1/ws`) and, per chat, the highest `seq` it has
+//! queued for the application. Live frames are a fast path, not the record:
+//! - `seq == queued + 1`: delivered;
+//! - `seq <= queued`: a duplicate (e.g. a frame racing a catch-up), dropped;
+//! - `seq > queued + 1`: a hole; the task fetches `after_seq = queued` (paging forward), delivers
+//!   what it gets in order, then carries on.
+//!
+//! After every (re)connect the server's `ready` frame says where each chat stands, and the task
+//! fetches whatever it missed the same way. Any close or error (a restart, a load balancer, a
+//! `1008` slow-consumer close) leads to a reconnect with jittered exponential backoff (100 ms
+//! doubling to 5 s); only a rejected session (401) ends the stream.
+//!
+//! # Where each chat starts
+//! - [`Client::subscribe`]: the chats the user has when it is called start at their current
+//!   `last_seq` (only new messages).
+//! - [`Client::subscribe_from`]: the given positions; every message with a larger `seq` comes.
+//! - Any other chat (the user is added to it, or creates it, while subscribed or while away) is
+//!   delivered **from its first message**: for a chat app the history of a chat one just joined
+//!   is what the user expects to see, and it is the only choice that cannot lose messages sent
+//!   between the join and the moment the SDK learns of it.
+//! - A chat the user leaves keeps its position; if the user is added again, delivery resumes
+//!   after the last message delivered, so nothing is ever handed over twice.
+
+use crate::client::{Client, FetchOptions};
+use crate::retry::Backoff;
+use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
+use chat_core::{ChatId, Message, Seq};
+use futures::{SinkExt, Stream, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::UrlError;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Events queued for the application before the task waits for it to catch up. Bounded so a
+/// slow application cannot make the SDK's memory grow; while it is full the task stops reading
+/// the socket, and if the server gives up on the connection the task resumes by `seq` later.
+const QUEUE: usize = 1024;
+
+/// First reconnect delay (before jitter).
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+
+/// Longest reconnect delay.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// How often the task pings the server, so a dead connection (no FIN, e.g. a host that
+/// vanished) is noticed.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// Silence after which the connection is presumed dead and replaced.
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+/// Page size of catch-up fetches (the contract's maximum).
+const CATCH_UP_PAGE: u32 = 500;
+
+/// Something that happened, in the order the application should see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The connection is up and the server's `ready` arrived; catch-up messages follow.
+    Connected,
+    /// The connection was lost. With `reconnecting: true` the SDK is already reconnecting and
+    /// will catch up; with `false` the stream ends after this event (the session was rejected,
+    /// e.g. after a logout, or the SDK cannot connect at all).
+    Disconnected {
+        /// Why, for logs and status lines.
+        reason: String,
+        /// Whether the SDK keeps trying.
+        reconnecting: bool,
+    },
+    /// A message, exactly once, in `seq` order within its chat.
+    Message(Message),
+    /// The user was added to a chat, or its members changed. For a newly joined chat, its
+    /// messages follow this event.
+    ChatUpdated(ChatView),
+    /// The user left or was removed from a chat; its messages stop.
+    RemovedFromChat(ChatId),
+}
+
+/// The live event stream of one session; a [`futures::Stream`] of [`Event`]s.
+///
+/// Made by [`Client::subscribe`] or [`Client::subscribe_from`]. Dropping it closes the
+/// connection and stops the background task.
+#[derive(Debug)]
+pub struct Subscription {
+    events: mpsc::Receiver<Event>,
+    /// Per chat, the last `seq` the application has taken from the stream (plus the starting
+    /// positions of chats with nothing taken yet). Updated in `poll_next`, so a saved position
+    /// never runs ahead of what the application actually saw.
+    positions: Arc<Mutex<HashMap<ChatId, Seq>>>,
+    task: JoinHandle<()>,
+}
+
+impl Subscription {
+    /// Spawns the background task on the current tokio runtime.
+    pub(crate) fn start(
+        runtime: &tokio::runtime::Handle,
+        client: Client,
+        start: HashMap<ChatId, Seq>,
+    ) -> Subscription {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let positions = Arc::new(Mutex::new(start.clone()));
+        let worker = Worker {
+            client,
+            tx,
+            chats: start
+                .into_iter()
+                .map(|(chat_id, seq)| {
+                    (
+                        chat_id,
+                        ChatState {
+                            queued: seq,
+                            member: true,
+                        },
+                    )
+                })
+                .collect(),
+            positions: positions.clone(),
+            announced_down: false,
+        };
+        let task = runtime.spawn(worker.run());
+        Subscription {
+            events: rx,
+            positions,
+            task,
+        }
+    }
+
+    /// The last `seq` delivered to the application, per chat (chats with nothing delivered yet
+    /// show their starting position). Persist it and pass it to [`Client::subscribe_from`] to
+    /// resume later without missing or repeating a message.
+    pub fn positions(&self) -> HashMap<ChatId, Seq> {
+        lock(&self.positions).clone()
+    }
+
+    /// The last `seq` delivered to the application in one chat.
+    pub fn position(&self, chat_id: ChatId) -> Option<Seq> {
+        lock(&self.positions).get(&chat_id).copied()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        let polled = this.events.poll_recv(cx);
+        if let Poll::Ready(Some(Event::Message(m))) = &polled {
+            let mut positions = lock(&this.positions);
+            let pos = positions.entry(m.chat_id).or_insert(Seq::ZERO);
+            *pos = (*pos).max(m.seq);
+        }
+        polled
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only means a panic elsewhere; a map of positions stays usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the task knows about one chat.
+#[derive(Clone, Copy, Debug)]
+struct ChatState {
+    /// Highest `seq` handed to the event queue; everything up to it was queued exactly once.
+    queued: Seq,
+    /// Whether the user is (as far as the task knows) a member.
+    member: bool,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Stop {
+    /// The application dropped the subscription.
+    ConsumerGone,
+    /// Reconnecting cannot help (the session was rejected); the stream ends.
+    Fatal(String),
+    /// Reconnect after a backoff.
+    Reconnect(String),
+}
+
+/// The background task.
+struct Worker {
+    client: Client,
+    tx: mpsc::Sender<Event>,
+    chats: HashMap<ChatId, ChatState>,
+    positions: Arc<Mutex<HashMap<ChatId, Seq>>>,
+    /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
+    /// stays down produces one event, not one per attempt.
+    announced_down: bool,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
+        loop {
+            let mut ready = false;
+            let stop = self.connection(&mut ready).await;
+            if ready {
+                backoff.reset();
+            }
+            match stop {
+                Stop::ConsumerGone => return,
+                Stop::Fatal(reason) => {
+                    tracing::warn!(%reason, "subscription ended");
+                    let _ = self
+                        .tx
+                        .send(Event::Disconnected {
+                            reason,
+                            reconnecting: false,
+                        })
+                        .await;
+                    return;
+                }
+                Stop::Reconnect(reason) => {
+                    tracing::debug!(%reason, "subscription reconnecting");
+                    if !self.announced_down {
+                        self.announced_down = true;
+                        let event = Event::Disconnected {
+                            reason,
+                            reconnecting: true,
+                        };
+                        if self.tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// One connection, from handshake to close. Sets `ready` once the server's `ready` frame
+    /// has been handled.
+    async fn connection(&mut self, ready: &mut bool) -> Stop {
+        let mut request = match self.client.ws_url().into_client_request() {
+            Ok(r) => r,
+            Err(e) => return Stop::Fatal(format!("bad WebSocket URL: {e}")),
+        };
+        match self.client.bearer() {
+            Ok(v) => {
+                request.headers_mut().insert(AUTHORIZATION, v);
+            }
+            Err(e) => return Stop::Fatal(e.to_string()),
+        }
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let mut ws = match tokio::time::timeout(self.client.connect_timeout(), connect).await {
+            Err(_) => return Stop::Reconnect("connecting timed out".into()),
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
+                return Stop::Fatal("the server rejected the session (401)".into())
+            }
+            Ok(Err(WsError::Http(resp))) => {
+                return Stop::Reconnect(format!("handshake answered {}", resp.status()))
+            }
+            Ok(Err(WsError::Url(UrlError::TlsFeatureNotEnabled))) => {
+                return Stop::Fatal("wss:// needs TLS support in tokio-tungstenite".into())
+            }
+            Ok(Err(e)) => return Stop::Reconnect(format!("connecting failed: {e}")),
+        };
+        let ping = match serde_json::to_string(&ClientFrame::Ping) {
+            Ok(p) => p,
+            Err(e) => return Stop::Fatal(format!("encoding ping: {e}")),
+        };
+        let mut ticker = tokio::time::interval(PING_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                frame = ws.next() => {
+                    last_heard = Instant::now();
+                    let text = match frame {
+                        None => return Stop::Reconnect("connection closed".into()),
+                        Some(Err(e)) => return Stop::Reconnect(format!("connection error: {e}")),
+                        Some(Ok(WsMessage::Text(t))) => t,
+                        Some(Ok(WsMessage::Close(close))) => {
+                            return Stop::Reconnect(match close {
+                                Some(c) => format!("closed by server: {} {}", u16::from(c.code), c.reason),
+                                None => "closed by server".into(),
+                            })
+                        }
+                        // Pings are answered by tungstenite itself; binary frames are not part
+                        // of the contract.
+                        Some(Ok(_)) => continue,
+                    };
+                    let frame: ServerFrame = match serde_json::from_str(text.as_str()) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            // A newer server may send frame types this SDK does not know.
+                            tracing::debug!(error = %e, "ignoring an unknown frame");
+                            continue;
+                        }
+                    };
+                    if let Err(stop) = self.handle(frame, ready).await {
+                        return stop;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        return Stop::Reconnect("the server went silent".into());
+                    }
+                    if let Err(e) = ws.send(WsMessage::Text(ping.clone().into())).await {
+                        return Stop::Reconnect(format!("sending a ping failed: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: ServerFrame, ready: &mut bool) -> Result<(), Stop> {
+        match frame {
+            ServerFrame::Ready { chats, .. } => {
+                *ready = true;
+                self.announced_down = false;
+                self.emit(Event::Connected).await?;
+                let listed: HashSet<ChatId> = chats.iter().map(|c| c.chat_id).collect();
+                let gone: Vec<ChatId> = self
+                    .chats
+                    .iter()
+                    .filter(|(id, st)| st.member && !listed.contains(id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for chat_id in gone {
+                    self.left(chat_id).await?;
+                }
+                for cursor in chats {
+                    let queued = self.track(cursor.chat_id).queued;
+                    if cursor.last_seq > queued {
+                        self.catch_up(cursor.chat_id).await?;
+                    }
+                }
+            }
+            ServerFrame::Message { message } => self.live(message).await?,
+            ServerFrame::ChatUpdated { chat } => {
+                let chat_id = chat.chat_id;
+                let last_seq = chat.last_seq;
+                let queued = self.track(chat_id).queued;
+                self.emit(Event::ChatUpdated(chat)).await?;
+                if last_seq > queued {
+                    self.catch_up(chat_id).await?;
+                }
+            }
+            ServerFrame::RemovedFromChat { chat_id } => self.left(chat_id).await?,
+            ServerFrame::Error { code, message, .. } => {
+                tracing::debug!(%code, %message, "server error frame");
+            }
+            ServerFrame::Ack { .. } | ServerFrame::Pong => {}
+        }
+        Ok(())
+    }
+
+    /// The chat's state, creating it (from seq 0, see the module docs) if it is new, and
+    /// marking it as one the user belongs to.
+    fn track(&mut self, chat_id: ChatId) -> ChatState {
+        let st = self.chats.entry(chat_id).or_insert(ChatState {
+            queued: Seq::ZERO,
+            member: true,
+        });
+        st.member = true;
+        let st = *st;
+        lock(&self.positions).entry(chat_id).or_insert(st.queued);
+        st
+    }
+
+    /// The user is no longer in the chat: stop expecting its messages and tell the app once.
+    async fn left(&mut self, chat_id: ChatId) -> Result<(), Stop> {
+        match self.chats.get_mut(&chat_id) {
+            Some(st) if st.member => {
+                st.member = false;
+                self.emit(Event::RemovedFromChat(chat_id)).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn live(&mut self, message: Message) -> Result<(), Stop> {
+        let queued = self.track(message.chat_id).queued;
+        if message.seq <= queued {
+            Ok(())
+        } else if message.seq == queued.next() {
+            self.deliver(message).await
+        } else {
+            // A hole: the missing messages (and this one) come from history, in order.
+            self.catch_up(message.chat_id).await
+        }
+    }
+
+    /// Fetches and delivers everything after the chat's queued position, to the end.
+    async fn catch_up(&mut self, chat_id: ChatId) -> Result<(), Stop> {
+        loop {
+            let Some(queued) = self.chats.get(&chat_id).map(|st| st.queued) else {
+                return Ok(());
+            };
+            let options = FetchOptions::after_seq(queued).limit(CATCH_UP_PAGE);
+            let page = match self.client.fetch(chat_id, options).await {
+                Ok(page) => page,
+                Err(e) if e.is_unauthenticated() => {
+                    return Err(Stop::Fatal(format!("catching up chat {chat_id}: {e}")))
+                }
+                Err(e) if matches!(e.status(), Some(403 | 404)) => {
+                    // Removed meanwhile; the server's own event or next `ready` agrees.
+                    return self.left(chat_id).await;
+                }
+                Err(e) => return Err(Stop::Reconnect(format!("catching up chat {chat_id}: {e}"))),
+            };
+            let more = page.next_page_token.is_some();
+            if page.messages.is_empty() {
+                return Ok(());
+            }
+            let before = queued;
+            for message in page.messages {
+                let queued = self.chats.get(&chat_id).map_or(Seq::ZERO, |st| st.queued);
+                if message.seq <= queued {
+                    continue;
+                }
+                if message.seq != queued.next() {
+                    // History itself has a hole: never skip; try again after a reconnect.
+                    return Err(Stop::Reconnect(format!(
+                        "history of chat {chat_id} jumps from {queued} to {}",
+                        message.seq
+                    )));
+                }
+                self.deliver(message).await?;
+            }
+            let after = self.chats.get(&chat_id).map_or(Seq::ZERO, |st| st.queued);
+            if after == before {
+                // Only old messages came back: asking again would loop forever.
+                return Err(Stop::Reconnect(format!(
+                    "fetch after {before} of chat {chat_id} made no progress"
+                )));
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queues a message that is exactly the next of its chat.
+    async fn deliver(&mut self, message: Message) -> Result<(), Stop> {
+        if let Some(st) = self.chats.get_mut(&message.chat_id) {
+            st.queued = message.seq;
+        }
+        self.emit(Event::Message(message)).await
+    }
+
+    async fn emit(&mut self, event: Event) -> Result<(), Stop> {
+        self.tx.send(event).await.map_err(|_| Stop::ConsumerGone)
+    }
+}
