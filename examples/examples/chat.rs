@@ -1,0 +1,269 @@
+//! Run with: cargo run -p examples --example chat -- --server http://127.0.0.1:8080 --email ada@example.com --password 'correct horse'
+//!
+//! A line-based terminal chat client. It logs in (registering the account on first use), shows
+//! your chats, and then prints live messages of every chat while reading lines from stdin:
+//! a plain line is sent to the current chat, and a few slash commands manage chats:
+//!
+//! ```text
+//! /chats                   list your chats
+//! /create NAME [USER_ID..] create a chat (with these members) and make it current
+//! /join CHAT_ID            make a chat current and print its latest messages
+//! /add USER_ID             add a user to the current chat
+//! /leave                   leave the current chat
+//! /me                      show who you are
+//! /quit                    exit
+//! ```
+
+use anyhow::Context as _;
+use chat_client::{ChatId, Client, Event, FetchOptions, Message, UserId};
+use clap::Parser;
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Command-line flags.
+#[derive(Parser, Debug)]
+#[command(about = "Terminal chat client for the chat server")]
+struct Args {
+    /// Server URL.
+    #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Your email (the account is registered on first use).
+    #[arg(long, env = "CHAT_EMAIL")]
+    email: String,
+    /// Your password.
+    #[arg(long, env = "CHAT_PASSWORD")]
+    password: String,
+    /// Display name used when registering.
+    #[arg(long)]
+    name: Option<String>,
+    /// How many messages of history `/join` prints.
+    #[arg(long, default_value_t = 20)]
+    history: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing();
+    let args = Args::parse();
+    let client = examples::sign_in(
+        &args.server,
+        &args.email,
+        &args.password,
+        args.name.as_deref(),
+    )
+    .await?;
+    let me = client.me().await.context("reading your account")?;
+    println!(
+        "Signed in as {} (user {}). Type /help for commands.",
+        me.display_name, me.user_id
+    );
+
+    let mut session = Session {
+        client: client.clone(),
+        me: me.user_id,
+        current: None,
+        history: args.history,
+        outbox: spawn_sender(client.clone()),
+    };
+    session.list_chats().await;
+
+    let mut events = client.subscribe().await.context("subscribing")?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line.context("reading stdin")? else { break };
+                if !session.command(line.trim()).await {
+                    break;
+                }
+            }
+            event = events.next() => {
+                let Some(event) = event else { break };
+                session.show(event);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends queued lines one after another, so typing never waits for the network and the lines
+/// of one chat keep their order.
+fn spawn_sender(client: Client) -> mpsc::UnboundedSender<(ChatId, String)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(ChatId, String)>();
+    tokio::spawn(async move {
+        while let Some((chat_id, text)) = rx.recv().await {
+            if let Err(e) = client.send(chat_id, &text).await {
+                eprintln!("! not sent to chat {chat_id}: {e}");
+            }
+        }
+    });
+    tx
+}
+
+/// The interactive state.
+struct Session {
+    client: Client,
+    me: UserId,
+    current: Option<ChatId>,
+    history: u32,
+    outbox: mpsc::UnboundedSender<(ChatId, String)>,
+}
+
+impl Session {
+    /// Runs one input line; `false` means quit.
+    async fn command(&mut self, line: &str) -> bool {
+        if line.is_empty() {
+            return true;
+        }
+        let mut words = line.split_whitespace();
+        let result = match words.next().unwrap_or_default() {
+            "/quit" | "/exit" => return false,
+            "/help" => {
+                println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit");
+                Ok(())
+            }
+            "/chats" => {
+                self.list_chats().await;
+                Ok(())
+            }
+            "/me" => {
+                println!("you are user {}", self.me);
+                Ok(())
+            }
+            "/create" => self.create(words.collect()).await,
+            "/join" => match words.next().map(str::parse::<i64>) {
+                Some(Ok(id)) => self.join(ChatId(id)).await,
+                _ => Err(anyhow::anyhow!("usage: /join CHAT_ID")),
+            },
+            "/add" => match (self.current, words.next().map(str::parse::<i64>)) {
+                (Some(chat), Some(Ok(user))) => self
+                    .client
+                    .add_member(chat, UserId(user))
+                    .await
+                    .map(|()| println!("added user {user} to chat {chat}"))
+                    .map_err(Into::into),
+                (None, _) => Err(anyhow::anyhow!("pick a chat first: /join CHAT_ID")),
+                _ => Err(anyhow::anyhow!("usage: /add USER_ID")),
+            },
+            "/leave" => match self.current.take() {
+                Some(chat) => self
+                    .client
+                    .remove_member(chat, self.me)
+                    .await
+                    .map(|()| println!("left chat {chat}"))
+                    .map_err(Into::into),
+                None => Err(anyhow::anyhow!("no current chat")),
+            },
+            cmd if cmd.starts_with('/') => Err(anyhow::anyhow!("unknown command {cmd}; try /help")),
+            _ => match self.current {
+                Some(chat) => {
+                    // The sender task only stops when the program does.
+                    let _ = self.outbox.send((chat, line.to_owned()));
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!(
+                    "pick a chat first: /join CHAT_ID or /create NAME"
+                )),
+            },
+        };
+        if let Err(e) = result {
+            eprintln!("! {e}");
+        }
+        true
+    }
+
+    async fn list_chats(&self) {
+        match self.client.list_chats().await {
+            Ok(chats) if chats.is_empty() => println!("No chats yet: /create NAME [USER_ID..]"),
+            Ok(chats) => {
+                for c in chats {
+                    let mark = if Some(c.chat_id) == self.current {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        "{mark} chat {:>4}  {:<30} {} messages",
+                        c.chat_id, c.chat_name, c.last_seq
+                    );
+                }
+            }
+            Err(e) => eprintln!("! listing chats: {e}"),
+        }
+    }
+
+    async fn create(&mut self, words: Vec<&str>) -> anyhow::Result<()> {
+        let Some((name, ids)) = words.split_first() else {
+            anyhow::bail!("usage: /create NAME [USER_ID..]");
+        };
+        let members = ids
+            .iter()
+            .map(|w| w.parse::<i64>().map(UserId))
+            .collect::<Result<Vec<_>, _>>()
+            .context("user ids are numbers")?;
+        let chat = self.client.create_chat(name, &members).await?;
+        println!("created chat {} ({})", chat.chat_id, chat.chat_name);
+        self.current = Some(chat.chat_id);
+        Ok(())
+    }
+
+    async fn join(&mut self, chat_id: ChatId) -> anyhow::Result<()> {
+        let chat = self.client.chat(chat_id).await?;
+        let page = self
+            .client
+            .fetch(chat_id, FetchOptions::latest(self.history))
+            .await?;
+        println!(
+            "--- chat {} ({}), {} members, {} messages ---",
+            chat.chat_id,
+            chat.chat_name,
+            chat.member_ids.len(),
+            chat.last_seq
+        );
+        for m in &page.messages {
+            self.print_message(m);
+        }
+        self.current = Some(chat_id);
+        Ok(())
+    }
+
+    fn show(&self, event: Event) {
+        match event {
+            Event::Message(m) => self.print_message(&m),
+            Event::ChatUpdated(chat) => println!(
+                "* chat {} ({}) now has {} members",
+                chat.chat_id,
+                chat.chat_name,
+                chat.member_ids.len()
+            ),
+            Event::RemovedFromChat(chat) => println!("* you are no longer in chat {chat}"),
+            Event::Connected => {}
+            Event::Disconnected {
+                reason,
+                reconnecting,
+            } => {
+                if reconnecting {
+                    eprintln!("* connection lost ({reason}); reconnecting");
+                } else {
+                    eprintln!("* disconnected: {reason}");
+                }
+            }
+            other => println!("* {other:?}"),
+        }
+    }
+
+    fn print_message(&self, m: &Message) {
+        let who = if m.sender_id == self.me {
+            "me".to_owned()
+        } else {
+            format!("user {}", m.sender_id)
+        };
+        let here = if Some(m.chat_id) == self.current {
+            String::new()
+        } else {
+            format!("[chat {}] ", m.chat_id)
+        };
+        println!("{here}#{} {who}: {}", m.seq, m.msg_text);
+    }
+}
