@@ -1,1 +1,323 @@
-//! The embedded SQLite store (being written).
+//! The embedded SQLite store: users, sessions, chats, memberships and messages in one file.
+//!
+//! [`SqliteStore`] implements both [`MetadataStore`] and [`MessageStore`]; it is what
+//! `chat-server` uses when started with no flags.
+//!
+//! # How it works
+//! - **One writer.** Every write goes to one dedicated thread that owns the only writing
+//!   connection and commits queued writes in batches, one transaction per batch (group commit:
+//!   one fsync for many sends). Each write runs in its own savepoint, so one failing write (a
+//!   taken email) fails alone. See `writer.rs`.
+//! - **Dense seq.** An append takes the chat's next seq from the `chat_seq` counter table
+//!   (`INSERT … ON CONFLICT DO UPDATE … RETURNING`) and inserts the row in the same
+//!   transaction. One writer means no two appends race for a seq, and since a batch becomes
+//!   visible only when it commits, atomically, a seq is never visible before every smaller one.
+//! - **Dedupe.** `(chat_id, sender_id, client_msg_id)` is UNIQUE; an append first looks it up
+//!   and returns the stored message with `created: false`.
+//! - **Reads** run on a small pool of `query_only` connections on tokio's blocking pool; in WAL
+//!   mode they never wait for the writer. See `reader.rs`.
+//! - **Schema** is versioned in `PRAGMA user_version` and migrated at open. See `schema.rs`.
+//!
+//! # Durability
+//! The database runs in WAL mode with `synchronous=FULL`: a write batch is fsynced to the WAL
+//! before `COMMIT` returns, and an `append` (or any other write) returns only after the `COMMIT`
+//! of its batch. So an acknowledged message survives a `kill -9` of the process **and** a power
+//! loss or OS crash (as far as the disk honours fsync). If a batch cannot commit (disk full, I/O
+//! error), every write in it fails with `Error::Unavailable` and none of it is applied.
+//!
+//! # Files
+//! `<path>`, `<path>-wal` and `<path>-shm`; parent directories are created at open. Back it up
+//! with SQLite's online backup or `VACUUM INTO`, not by copying the file alone.
+
+mod error;
+mod ops;
+mod reader;
+mod schema;
+mod writer;
+
+pub use writer::WriterStats;
+
+use async_trait::async_trait;
+use chat_core::ids::now_millis;
+use chat_core::{
+    Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageStore, MetadataStore,
+    Millis, NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, User,
+    UserCredentials, UserId,
+};
+use reader::ReaderPool;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use writer::Writer;
+
+/// Knobs of a [`SqliteStore`]. `Default` suits a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Most writes committed in one transaction. Larger batches mean fewer fsyncs under load;
+    /// a batch is only as large as what is queued, so light load still commits at once.
+    pub max_batch: usize,
+    /// Writes that may wait in the writer's queue before callers wait to enqueue (backpressure).
+    pub queue_capacity: usize,
+    /// Read connections (reads run in parallel with each other and with the writer).
+    pub readers: usize,
+    /// How long a statement waits for a lock held by another connection (another process on the
+    /// same file, or a checkpoint) before failing with `Unavailable`.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            queue_capacity: 8192,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The embedded store: every table of the system in one SQLite file. Cheap to clone (all clones
+/// share one writer thread and one reader pool); the writer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// What the clones share.
+struct Inner {
+    /// The database file.
+    path: PathBuf,
+    /// The writer thread. Declared first so it is dropped (and checkpoints) before the readers
+    /// close; order only matters for tidiness, not correctness.
+    writer: Writer,
+    /// The read connections.
+    readers: ReaderPool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with default options.
+    ///
+    /// This does blocking file I/O (and may migrate the schema); from async code call it inside
+    /// `tokio::task::spawn_blocking` (as [`crate::open::open`] does).
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database at `path` with these options. Creates missing
+    /// parent directories, switches the file to WAL and applies pending schema migrations.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let name = path.to_string_lossy();
+        if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+            // Readers and the writer must share one file; an in-memory or URI name would give
+            // each connection its own database.
+            return Err(Error::InvalidArgument(format!(
+                "sqlite: {name:?} is not a database file path"
+            )));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::unavailable(format!("sqlite: create directory {}", parent.display()), e)
+            })?;
+        }
+        let writer_conn = schema::open_writer(&path, options.busy_timeout)?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| schema::open_reader(&path, options.busy_timeout))
+            .collect::<Result<Vec<_>>>()?;
+        let writer = Writer::start(writer_conn, options.max_batch, options.queue_capacity)?;
+        tracing::info!(path = %path.display(), "sqlite store open");
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                readers: ReaderPool::new(readers),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The writer's counters (ops, batches), e.g. for metrics.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
+    }
+
+    /// Waits until every write queued before this call is committed.
+    pub async fn flush_writes(&self) -> Result<()> {
+        self.inner.writer.write(|_| Ok(())).await
+    }
+
+    /// Flushes, and if this is the last clone, stops the writer thread, checkpoints the WAL and
+    /// closes every connection, waiting until that is done (so the file may be copied or
+    /// reopened right after). With other clones alive it only flushes.
+    pub async fn close(self) -> Result<()> {
+        self.flush_writes().await?;
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                let thread = inner.writer.shut_down();
+                tokio::task::spawn_blocking(move || {
+                    let joined = thread.map(|t| t.join());
+                    drop(inner);
+                    match joined {
+                        Some(Err(_)) => Err(Error::Internal {
+                            message: "sqlite writer thread panicked".to_owned(),
+                            source: None,
+                        }),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+                .map_err(|e| Error::internal("sqlite: closing the store failed", e))?
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Runs `work` on the writer inside the next batch.
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        self.inner.writer.write(work).await
+    }
+
+    /// Runs `work` on a reader connection.
+    async fn read<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        self.inner.readers.read(work).await
+    }
+
+    /// Both halves answer: the writer thread is running and a reader can query.
+    async fn check_health(&self) -> Result<()> {
+        if !self.inner.writer.is_running() {
+            return Err(error::writer_gone());
+        }
+        self.inner.readers.ping().await
+    }
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        self.write(move |c| ops::create_user(c, user)).await
+    }
+
+    async fn user(&self, user_id: UserId) -> Result<Option<User>> {
+        self.read(move |c| ops::user(c, user_id)).await
+    }
+
+    async fn user_credentials(&self, email: &str) -> Result<Option<UserCredentials>> {
+        let email = email.to_owned();
+        self.read(move |c| ops::user_credentials(c, &email)).await
+    }
+
+    async fn create_session(&self, session: NewSession) -> Result<()> {
+        self.write(move |c| ops::create_session(c, session)).await
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+        let token_hash = *token_hash;
+        self.read(move |c| ops::session(c, &token_hash)).await
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        let token_hash = *token_hash;
+        self.write(move |c| ops::delete_session(c, &token_hash))
+            .await
+    }
+
+    async fn delete_expired_sessions(&self, now: Millis) -> Result<u64> {
+        self.write(move |c| ops::delete_expired_sessions(c, now))
+            .await
+    }
+
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, Vec<Member>)> {
+        self.write(move |c| ops::create_chat(c, chat)).await
+    }
+
+    async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
+        self.read(move |c| ops::chat(c, chat_id)).await
+    }
+
+    async fn chats_of_user(&self, user_id: UserId) -> Result<Vec<(Chat, Role)>> {
+        self.read(move |c| ops::chats_of_user(c, user_id)).await
+    }
+
+    async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>> {
+        self.read(move |c| ops::members(c, chat_id)).await
+    }
+
+    async fn role(&self, chat_id: ChatId, user_id: UserId) -> Result<Option<Role>> {
+        self.read(move |c| ops::role(c, chat_id, user_id)).await
+    }
+
+    async fn add_member(
+        &self,
+        chat_id: ChatId,
+        member: Member,
+        max_members: usize,
+    ) -> Result<bool> {
+        let now = now_millis();
+        self.write(move |c| ops::add_member(c, chat_id, member, max_members, now))
+            .await
+    }
+
+    async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
+        self.write(move |c| ops::remove_member(c, chat_id, user_id))
+            .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.check_health().await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn append(&self, message: NewMessage) -> Result<Appended> {
+        self.write(move |c| ops::append(c, message)).await
+    }
+
+    async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>> {
+        if query.limit() == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| ops::fetch(c, chat_id, query)).await
+    }
+
+    async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
+        let seqs = self.read(move |c| ops::last_seqs(c, &[chat_id])).await?;
+        Ok(seqs.first().copied().unwrap_or(Seq::ZERO))
+    }
+
+    async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
+        if chat_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chat_ids = chat_ids.to_vec();
+        self.read(move |c| ops::last_seqs(c, &chat_ids)).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_writes().await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.check_health().await
+    }
+}

@@ -1,0 +1,206 @@
+//! The SQLite schema, its versioned migrations, and how each connection is configured.
+//!
+//! The schema version lives in `PRAGMA user_version` (in the file header, written in the same
+//! transaction as the migration, so a crash mid-migration leaves the old version and the old
+//! schema). Migrations only ever get appended to [`MIGRATIONS`]; an applied one is never edited.
+
+use super::error::db;
+use chat_core::{Error, Result};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// Every migration, in order; migration `i` brings the schema from version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    -- AUTOINCREMENT: ids are never handed out twice, even after a row is deleted, so a cached
+    -- id can never name someone else.
+    CREATE TABLE users (
+        user_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        email        TEXT    NOT NULL UNIQUE,
+        pw_hash      TEXT    NOT NULL,
+        display_name TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL
+    );
+
+    CREATE TABLE chats (
+        chat_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_name  TEXT    NOT NULL,
+        owner_id   INTEGER NOT NULL REFERENCES users (user_id),
+        created_at INTEGER NOT NULL
+    );
+
+    -- Clustered by chat for "members of a chat"; the index serves "chats of a user".
+    CREATE TABLE user_chat (
+        chat_id   INTEGER NOT NULL REFERENCES chats (chat_id),
+        user_id   INTEGER NOT NULL REFERENCES users (user_id),
+        role      TEXT    NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+        joined_at INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_chat_by_user ON user_chat (user_id, chat_id);
+
+    CREATE TABLE sessions (
+        token_hash BLOB    PRIMARY KEY CHECK (length(token_hash) = 32),
+        user_id    INTEGER NOT NULL REFERENCES users (user_id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+
+    -- The message store's own per-chat counter. Deliberately no foreign key to chats: the
+    -- message store may be used with another metadata store.
+    CREATE TABLE chat_seq (
+        chat_id  INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    );
+
+    -- Clustered by (chat_id, seq): every page is one range scan of the primary key.
+    -- NULL client_msg_ids are distinct under UNIQUE, so messages without one never dedupe.
+    CREATE TABLE messages (
+        chat_id       INTEGER NOT NULL,
+        seq           INTEGER NOT NULL,
+        sender_id     INTEGER NOT NULL,
+        msg_text      TEXT    NOT NULL,
+        sent_at       INTEGER NOT NULL,
+        timestamp     INTEGER,
+        client_msg_id TEXT,
+        PRIMARY KEY (chat_id, seq),
+        UNIQUE (chat_id, sender_id, client_msg_id)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) fn current_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Opens the writer's connection: creates the file, switches it to WAL, sets `synchronous=FULL`
+/// and applies pending migrations.
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let mut conn = Connection::open(path).map_err(db("open the database file"))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(db("set busy_timeout"))?;
+    // WAL: readers never block the writer nor the writer them, and a commit is one append to
+    // the log. The mode is stored in the file, so every later connection gets it too.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(db("enable WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Unavailable {
+            message: format!("sqlite: the database refused WAL mode (journal_mode is {mode})"),
+            source: None,
+        });
+    }
+    // FULL: the WAL is fsynced at every commit, so an acked write survives power loss, not
+    // only a crash of the process (NORMAL would lose the last commits on power loss).
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db("set synchronous"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(db("enable foreign keys"))?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a reader's connection. It is read-write at the file level (a read-only open would need
+/// the `-shm` file to exist already) but `query_only`, so no code path can write through it.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(db("open a reader"))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(db("set busy_timeout"))?;
+    conn.pragma_update(None, "query_only", "ON")
+        .map_err(db("set query_only"))?;
+    Ok(conn)
+}
+
+/// Applies every migration the file has not seen, in one immediate transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin the migration"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read the schema version"))?;
+    let target = current_version();
+    if version > target {
+        return Err(Error::Unavailable {
+            message: format!(
+                "sqlite: the database has schema version {version}, newer than this build's \
+                 {target}; use a newer chat-server"
+            ),
+            source: None,
+        });
+    }
+    if version == target {
+        return Ok(());
+    }
+    let start = usize::try_from(version).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        tracing::info!(from = i, to = i + 1, "sqlite: migrating schema");
+        tx.execute_batch(sql).map_err(db("apply a migration"))?;
+    }
+    tx.pragma_update(None, "user_version", target)
+        .map_err(db("write the schema version"))?;
+    tx.commit().map_err(db("commit the migration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_reopen_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, current_version());
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        drop(conn);
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
+                 ('users','chats','user_chat','sessions','chat_seq','messages')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 6);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        conn.pragma_update(None, "user_version", current_version() + 1)
+            .unwrap();
+        drop(conn);
+        match open_writer(&path, Duration::from_secs(5)) {
+            Err(Error::Unavailable { message, .. }) => assert!(message.contains("newer")),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let _writer = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let reader = open_reader(&path, Duration::from_secs(5)).unwrap();
+        assert!(reader
+            .execute("INSERT INTO chat_seq (chat_id, last_seq) VALUES (1, 1)", [])
+            .is_err());
+    }
+}
