@@ -8,10 +8,22 @@
 //! for one backend: one `#[test]` per suite function, each running on its own multi-threaded
 //! tokio runtime with 4 workers and calling the setup expression for a fresh store.
 //!
-//! ```ignore
-//! // tests/my_backend_conformance.rs
-//! chat_storage::metadata_store_conformance!(async { my_backend::open_fresh().await });
-//! chat_storage::message_store_conformance!(async { my_backend::open_fresh().await });
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! # mod example {
+//! // tests/my_backend_conformance.rs: `fresh()` returns a fresh, isolated store.
+//! use chat_storage::sqlite::SqliteStore;
+//! use chat_storage::testing::Guarded;
+//!
+//! async fn fresh() -> Guarded<SqliteStore, tempfile::TempDir> {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
+//!     Guarded::new(store, dir)
+//! }
+//!
+//! chat_storage::metadata_store_conformance!(fresh());
+//! chat_storage::message_store_conformance!(fresh());
+//! # }
 //! ```
 //!
 //! The macros expand to a module each (`metadata_store_conformance`, `message_store_conformance`)
@@ -60,12 +72,15 @@ where
 /// `metadata_store_conformance` with one `#[test]` per function of
 /// [`testing::metadata`](crate::testing::metadata).
 ///
-/// ```ignore
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # mod example {
 /// chat_storage::metadata_store_conformance!(async {
 ///     let dir = tempfile::tempdir().unwrap();
 ///     let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("chat.db")).unwrap();
 ///     chat_storage::testing::Guarded::new(store, dir)
 /// });
+/// # }
 /// ```
 #[macro_export]
 macro_rules! metadata_store_conformance {
@@ -100,8 +115,15 @@ macro_rules! metadata_store_conformance {
 /// `message_store_conformance` with one `#[test]` per function of
 /// [`testing::messages`](crate::testing::messages).
 ///
-/// ```ignore
-/// chat_storage::message_store_conformance!(async { my_backend::fresh_message_store().await });
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # mod example {
+/// chat_storage::message_store_conformance!(async {
+///     let dir = tempfile::tempdir().unwrap();
+///     let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("chat.db")).unwrap();
+///     chat_storage::testing::Guarded::new(store, dir)
+/// });
+/// # }
 /// ```
 #[macro_export]
 macro_rules! message_store_conformance {
