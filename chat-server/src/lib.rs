@@ -1,1 +1,52 @@
-//! Chat server library (placeholder).
+//! The chat server: REST and WebSocket (axum on tokio) over pluggable stores and a broker, as a
+//! library to embed and as the `chat-server` binary.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use chat_server::{broker::LocalBroker, Config, Server};
+//! use std::sync::Arc;
+//! let store = chat_storage::sqlite::SqliteStore::open("chat.db")?;
+//! let server = Server::new(
+//!     Arc::new(store.clone()),
+//!     Arc::new(store),
+//!     Arc::new(LocalBroker::new()),
+//!     Config::default(),
+//! );
+//! let handle = server.start("127.0.0.1:8080".parse()?).await?;
+//! println!("listening on {}", handle.local_addr());
+//! handle.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`server`](Server): `Server` and `ServerHandle`: binding, serving, graceful shutdown.
+//! - [`config`]: [`Config`], every tunable with its default.
+//! - [`broker`]: brokers between nodes; [`broker::LocalBroker`] for one process.
+//! - `http`: the router, one file per resource (users, chats, messages, ops) and the extractors
+//!   that keep every failure in the contract's JSON error format.
+//! - `ws`: one WebSocket connection: upgrade, `ready`, the reader and the writer task.
+//! - `hub`: this node's live connections and the fan-out of broker events to them, with the
+//!   bounded per-connection queues that close slow consumers.
+//! - `send`: the one send path shared by REST and WebSocket: validate, rate-limit, check
+//!   membership, append, publish.
+//! - `auth`: argon2id passwords, bearer tokens, sessions.
+//! - `rate_limit`: the per-user send token bucket.
+//! - `metrics`: Prometheus counters and latency histograms for `GET /metrics`.
+//! - `error`: `chat_core::Error` to HTTP status plus JSON error body.
+//! - `state`: what every handler and connection shares.
+
+mod auth;
+pub mod broker;
+pub mod config;
+mod error;
+mod http;
+mod hub;
+mod metrics;
+mod rate_limit;
+mod send;
+mod server;
+mod state;
+mod ws;
+
+pub use config::{Config, PasswordHashing};
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,164 @@
+//! Authentication: argon2id password hashing (off the async threads), bearer tokens (32 random
+//! bytes, only their SHA-256 stored) and resolving a token to its user.
+
+use crate::config::PasswordHashing;
+use crate::state::AppState;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chat_core::ids::now_millis;
+use chat_core::{Error, Result, UserId};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+
+/// Longest bearer token accepted before hashing (ours are 43 characters); anything longer is
+/// rejected without touching the store.
+const MAX_TOKEN_LEN: usize = 256;
+
+/// Who is calling: the user of a valid, unexpired session.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// The session's user.
+    pub(crate) user_id: UserId,
+    /// SHA-256 of the bearer token, identifying the session.
+    pub(crate) token_hash: [u8; 32],
+}
+
+/// Password hashing with the configured argon2id cost.
+#[derive(Clone)]
+pub(crate) struct Passwords {
+    argon2: Argon2<'static>,
+}
+
+impl Passwords {
+    /// Hashing with these parameters; values argon2 rejects are raised to its minimums.
+    pub(crate) fn new(cost: PasswordHashing) -> Passwords {
+        let p = cost.parallelism.max(1);
+        let params = Params::new(cost.memory_kib.max(8 * p), cost.iterations.max(1), p, None)
+            .unwrap_or_default();
+        Passwords {
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+        }
+    }
+
+    /// The PHC string of an argon2id hash of `password` with a fresh salt.
+    pub(crate) async fn hash(&self, password: String) -> Result<String> {
+        let argon2 = self.argon2.clone();
+        run_blocking(move || {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            argon2
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Error::internal("password hashing failed", e.to_string()))
+        })
+        .await
+    }
+
+    /// Whether `password` matches `hash`. With no hash (unknown email) it still spends the time
+    /// of one hash, so a wrong email and a wrong password cannot be told apart by timing.
+    pub(crate) async fn verify(&self, password: String, hash: Option<String>) -> Result<bool> {
+        let argon2 = self.argon2.clone();
+        run_blocking(move || {
+            let Some(hash) = hash else {
+                let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+                let _ = argon2.hash_password(password.as_bytes(), &salt);
+                return Ok(false);
+            };
+            let parsed = PasswordHash::new(&hash)
+                .map_err(|e| Error::internal("stored password hash is malformed", e.to_string()))?;
+            // The stored hash carries its own parameters, so hashes made under an older cost
+            // setting still verify.
+            Ok(argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await
+    }
+}
+
+/// Runs CPU-heavy work on the blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("blocking task failed", e))?
+}
+
+/// A fresh bearer token and its SHA-256.
+pub(crate) fn new_token() -> (String, [u8; 32]) {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+/// SHA-256 of a token, as sessions are stored.
+pub(crate) fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Lower-case hex, as session hashes travel in `SessionRevoked` events.
+pub(crate) fn hex(bytes: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Resolves a bearer token to its caller: the session must exist and not be expired.
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Error::Unauthenticated("invalid or expired token".into()));
+    }
+    let token_hash = hash_token(token);
+    match state.metadata.session(&token_hash).await? {
+        Some(s) if s.expires_at > now_millis() => Ok(Caller {
+            user_id: s.user_id,
+            token_hash,
+        }),
+        _ => Err(Error::Unauthenticated("invalid or expired token".into())),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub(crate) fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_unknown_users_fail() {
+        let p = Passwords::new(PasswordHashing::fast_insecure());
+        let h = p.hash("correct horse".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(p
+            .verify("correct horse".into(), Some(h.clone()))
+            .await
+            .unwrap());
+        assert!(!p.verify("wrong".into(), Some(h)).await.unwrap());
+        assert!(!p.verify("x".into(), None).await.unwrap());
+        assert!(p.verify("x".into(), Some("garbage".into())).await.is_err());
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (t1, h1) = new_token();
+        let (t2, _) = new_token();
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), 43);
+        assert_eq!(hash_token(&t1), h1);
+        assert_eq!(hex(&h1).len(), 64);
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The HTTP surface: the router with every REST route and `GET /v1/ws`, the fallbacks that keep
+//! every failure in the contract's JSON error format, and the cross-cutting layers (body limit,
+//! panic catching, metrics, tracing).
+
+mod chats;
+pub(crate) mod extract;
+mod messages;
+mod ops;
+mod users;
+
+use crate::error::{error_response, ApiError};
+use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use chat_core::{Error, ErrorCode};
+use futures::FutureExt as _;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tower_http::trace::TraceLayer;
+
+/// Every route of the contract, with its layers.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/users/me", get(users::me))
+        .route("/v1/sessions", post(users::login))
+        .route("/v1/sessions/current", delete(users::logout))
+        .route("/v1/chats", post(chats::create).get(chats::list))
+        .route("/v1/chats/{chat_id}", get(chats::show))
+        .route("/v1/chats/{chat_id}/members", post(chats::add_member))
+        .route(
+            "/v1/chats/{chat_id}/members/{user_id}",
+            delete(chats::remove_member),
+        )
+        .route("/v1/send", post(messages::send))
+        .route("/v1/fetch", get(messages::fetch))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    Error::NotFound("no such route".into()).into()
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Other("method_not_allowed".into()),
+        "method not allowed on this route".into(),
+    )
+}
+
+/// Turns a panicking handler into a 500 `internal` answer instead of a dropped connection.
+/// Handlers are written not to panic; this is the safety net.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "request handler panicked");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error".into(),
+            )
+        }
+    }
+}

@@ -1,0 +1,819 @@
+//! The hub: this node's registry of live WebSocket connections and the fan-out of broker events
+//! to them.
+//!
+//! It maps each connected user to their local connections and each chat to its locally
+//! connected members, keeps the broker subscribed to exactly the topics it can deliver
+//! (`Topic::User` of every connected user, `Topic::Chat` of every chat with a connected member),
+//! and runs the one task that consumes [`Broker::events`]. A message event is serialized once and
+//! the same bytes are queued to every recipient connection. Queues are bounded: a connection
+//! whose queue is full is closed as a slow consumer instead of letting memory grow.
+
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use chat_core::protocol::ServerFrame;
+use chat_core::{Broker, BrokerEvent, BrokerStream, ChatId, Event, Result, Topic, UserId};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// WebSocket close codes the server uses.
+pub(crate) mod close_code {
+    /// Going away: idle timeout, or the server stops for good.
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    /// Protocol error.
+    pub(crate) const PROTOCOL: u16 = 1002;
+    /// A data type the server does not accept (binary frames).
+    pub(crate) const UNSUPPORTED: u16 = 1003;
+    /// A text frame that is not UTF-8.
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy violation: slow consumer, revoked session.
+    pub(crate) const POLICY: u16 = 1008;
+    /// A frame or message over the size limit.
+    pub(crate) const TOO_BIG: u16 = 1009;
+    /// The server hit a problem (a backend is down while setting up the connection).
+    pub(crate) const INTERNAL: u16 = 1011;
+    /// The server is restarting; reconnect.
+    pub(crate) const RESTART: u16 = 1012;
+}
+
+/// Why the server closes a connection: the close frame's code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseReason {
+    /// WebSocket close code.
+    pub(crate) code: u16,
+    /// Human-readable reason (at most 123 bytes, the close frame's limit).
+    pub(crate) reason: String,
+}
+
+/// What happened to a frame offered to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Queued for the writer.
+    Queued,
+    /// The queue was full: the connection is now closing as a slow consumer.
+    SlowConsumer,
+    /// The connection is already closing; the frame was dropped.
+    Closing,
+}
+
+/// One live WebSocket connection, as the hub and its own tasks share it.
+pub(crate) struct Connection {
+    /// Unique within this node.
+    pub(crate) id: u64,
+    /// Whose connection.
+    pub(crate) user_id: UserId,
+    /// Hex SHA-256 of the token it authenticated with, so a logout closes exactly the
+    /// connections of that session.
+    pub(crate) token_hash: String,
+    /// Pre-serialized frames for the writer task. Bounded: the slow-consumer limit.
+    tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled when the connection must close; the writer then sends `close_reason`.
+    closing: CancellationToken,
+    /// The first reason given for closing (later ones lose).
+    close_reason: Mutex<Option<CloseReason>>,
+}
+
+impl Connection {
+    /// A connection with an outbound queue of `capacity` frames; returns the queue's reader for
+    /// the writer task.
+    pub(crate) fn new(
+        id: u64,
+        user_id: UserId,
+        token_hash: String,
+        capacity: usize,
+    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let conn = Connection {
+            id,
+            user_id,
+            token_hash,
+            tx,
+            closing: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+        };
+        (Arc::new(conn), rx)
+    }
+
+    /// Offers a frame without waiting. A full queue closes the connection (policy violation):
+    /// the client resumes from its last `seq` after reconnecting.
+    pub(crate) fn push(&self, frame: Utf8Bytes, metrics: &Metrics) -> Push {
+        if self.closing.is_cancelled() {
+            return Push::Closing;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+                Push::Queued
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Push::Closing,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close(close_code::POLICY, "slow consumer: outbound queue full") {
+                    metrics
+                        .slow_consumer_disconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        user_id = %self.user_id,
+                        conn = self.id,
+                        "closing slow consumer"
+                    );
+                }
+                Push::SlowConsumer
+            }
+        }
+    }
+
+    /// Asks the connection to close with this code and reason. Returns whether this call was
+    /// the first to do so.
+    pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
+        let mut slot = lock(&self.close_reason);
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(CloseReason {
+            code,
+            reason: truncate_reason(reason),
+        });
+        drop(slot);
+        self.closing.cancel();
+        true
+    }
+
+    /// Stops the connection's tasks without a close frame: the peer already closed, or is gone.
+    pub(crate) fn stop(&self) {
+        self.closing.cancel();
+    }
+
+    /// Whether the connection has been asked to close.
+    #[cfg(test)]
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Resolves once the connection has been asked to close.
+    pub(crate) async fn closed(&self) {
+        self.closing.cancelled().await
+    }
+
+    /// The reason given to [`Connection::close`], if any.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.close_reason).clone()
+    }
+}
+
+/// A close frame's reason must fit in 123 bytes; cut on a character boundary.
+pub(crate) fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// Locks a std mutex, using the data even if a panic poisoned it: every critical section here
+/// leaves the maps consistent between statements that could panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// One user with at least one connection to this node.
+#[derive(Default)]
+struct LocalUser {
+    /// The user's connections, by id, each with whether its chat list is loaded yet.
+    conns: HashMap<u64, (Arc<Connection>, bool)>,
+    /// The chats the user belongs to, as far as this node knows.
+    chats: HashSet<ChatId>,
+    /// Membership changes seen while a connection was loading the user's chat list from the
+    /// store (`true` = added). Replayed on top of that list so a change racing with the load is
+    /// not lost.
+    log: Vec<(ChatId, bool)>,
+}
+
+impl LocalUser {
+    fn loading(&self) -> bool {
+        self.conns.values().any(|(_, loaded)| !loaded)
+    }
+}
+
+/// The maps, behind one std mutex (never held across an await).
+#[derive(Default)]
+struct HubState {
+    users: HashMap<UserId, LocalUser>,
+    /// Each chat's locally connected members. Never holds an empty set.
+    chats: HashMap<ChatId, HashSet<UserId>>,
+}
+
+impl HubState {
+    fn wants(&self, topic: Topic) -> bool {
+        match topic {
+            Topic::User(u) => self.users.contains_key(&u),
+            Topic::Chat(c) => self.chats.contains_key(&c),
+        }
+    }
+
+    /// Records a membership change learnt from an event: applies it and, while a chat list is
+    /// being loaded for the user, logs it for replay. Returns whether anything changed.
+    fn set_member(&mut self, chat: ChatId, user: UserId, member: bool) -> bool {
+        if let Some(local) = self.users.get_mut(&user) {
+            if local.loading() {
+                local.log.push((chat, member));
+            }
+        }
+        self.apply_member(chat, user, member)
+    }
+
+    /// Records that `user` (connected here) is or is not a member of `chat`. Returns whether
+    /// anything changed.
+    fn apply_member(&mut self, chat: ChatId, user: UserId, member: bool) -> bool {
+        let Some(local) = self.users.get_mut(&user) else {
+            return false;
+        };
+        if member {
+            let added = local.chats.insert(chat);
+            self.chats.entry(chat).or_default().insert(user);
+            added
+        } else {
+            let removed = local.chats.remove(&chat);
+            if let Some(set) = self.chats.get_mut(&chat) {
+                set.remove(&user);
+                if set.is_empty() {
+                    self.chats.remove(&chat);
+                }
+            }
+            removed
+        }
+    }
+
+    /// Every connection of the given users.
+    fn connections_of<'a>(
+        &'a self,
+        users: impl IntoIterator<Item = &'a UserId>,
+    ) -> Vec<Arc<Connection>> {
+        users
+            .into_iter()
+            .filter_map(|u| self.users.get(u))
+            .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
+            .collect()
+    }
+}
+
+/// The registry of this node's connections and the consumer of its broker events.
+pub(crate) struct Hub {
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    state: Mutex<HubState>,
+    /// Topics the broker is subscribed to. A tokio mutex because it is held across the
+    /// broker's `subscribe`/`unsubscribe` calls, which serializes them so concurrent joins and
+    /// leaves cannot interleave into a wrong final subscription.
+    subscribed: tokio::sync::Mutex<HashSet<Topic>>,
+    /// Number of registered connections, watched by shutdown to know when all have closed.
+    count: watch::Sender<usize>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// An empty hub delivering the events of `broker`.
+    pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            broker,
+            metrics,
+            state: Mutex::new(HubState::default()),
+            subscribed: tokio::sync::Mutex::new(HashSet::new()),
+            count: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        lock(&self.state)
+    }
+
+    /// Adds a connection and subscribes to its user's topic. Its chats are loaded afterwards and
+    /// given to [`Hub::set_user_chats`]; changes in between are not lost.
+    pub(crate) async fn register(&self, conn: Arc<Connection>) -> Result<()> {
+        let user = conn.user_id;
+        {
+            let mut st = self.state();
+            st.users
+                .entry(user)
+                .or_default()
+                .conns
+                .insert(conn.id, (conn, false));
+        }
+        self.count.send_modify(|n| *n += 1);
+        self.reconcile([Topic::User(user)]).await
+    }
+
+    /// Sets the chats of a connection's user as loaded from the store after
+    /// [`Hub::register`], replaying the membership changes that arrived meanwhile.
+    pub(crate) async fn set_user_chats(&self, conn: &Connection, chats: &[ChatId]) -> Result<()> {
+        let mut topics = Vec::new();
+        {
+            let mut st = self.state();
+            let st = &mut *st;
+            let Some(local) = st.users.get_mut(&conn.user_id) else {
+                return Ok(());
+            };
+            let Some(entry) = local.conns.get_mut(&conn.id) else {
+                return Ok(());
+            };
+            entry.1 = true;
+            let mut wanted: HashSet<ChatId> = chats.iter().copied().collect();
+            for &(chat, member) in &local.log {
+                if member {
+                    wanted.insert(chat);
+                } else {
+                    wanted.remove(&chat);
+                }
+            }
+            if !local.loading() {
+                local.log.clear();
+            }
+            // The list just loaded, with the changes logged since registration replayed on
+            // top, is the newest view of committed state: it replaces what this node knew.
+            let old: Vec<ChatId> = local.chats.iter().copied().collect();
+            let user = conn.user_id;
+            for c in old {
+                if !wanted.contains(&c) && st.apply_member(c, user, false) {
+                    topics.push(Topic::Chat(c));
+                }
+            }
+            for c in wanted {
+                st.apply_member(c, user, true);
+                topics.push(Topic::Chat(c));
+            }
+        }
+        self.reconcile(topics).await
+    }
+
+    /// Removes a connection; unsubscribes topics nobody here needs any more.
+    pub(crate) async fn unregister(&self, conn: &Connection) {
+        let mut topics = Vec::new();
+        let removed = {
+            let mut st = self.state();
+            let user = conn.user_id;
+            let Some(local) = st.users.get_mut(&user) else {
+                return;
+            };
+            let removed = local.conns.remove(&conn.id).is_some();
+            if local.conns.is_empty() {
+                let chats: Vec<ChatId> = local.chats.iter().copied().collect();
+                st.users.remove(&user);
+                topics.push(Topic::User(user));
+                for c in chats {
+                    if let Some(set) = st.chats.get_mut(&c) {
+                        set.remove(&user);
+                        if set.is_empty() {
+                            st.chats.remove(&c);
+                        }
+                    }
+                    topics.push(Topic::Chat(c));
+                }
+            }
+            removed
+        };
+        if removed {
+            self.count.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        if let Err(e) = self.reconcile(topics).await {
+            tracing::warn!(error = %e, "could not unsubscribe from the broker");
+        }
+    }
+
+    /// Asks every connection to close (graceful shutdown).
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        let conns: Vec<Arc<Connection>> = {
+            let st = self.state();
+            st.users
+                .values()
+                .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
+                .collect()
+        };
+        for c in conns {
+            c.close(code, reason);
+        }
+    }
+
+    /// Waits until no connection is registered.
+    pub(crate) async fn wait_empty(&self) {
+        let mut rx = self.count.subscribe();
+        // An error means the sender (the hub itself) is gone; nothing left to wait for.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Brings the broker's subscriptions for `topics` in line with the maps.
+    async fn reconcile(&self, topics: impl IntoIterator<Item = Topic>) -> Result<()> {
+        let mut subscribed = self.subscribed.lock().await;
+        let mut result = Ok(());
+        for topic in topics {
+            let want = self.state().wants(topic);
+            let have = subscribed.contains(&topic);
+            if want && !have {
+                match self.broker.subscribe(topic).await {
+                    Ok(()) => {
+                        subscribed.insert(topic);
+                    }
+                    Err(e) => {
+                        tracing::warn!(?topic, error = %e, "broker subscribe failed");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+            } else if !want && have {
+                match self.broker.unsubscribe(topic).await {
+                    Ok(()) => {
+                        subscribed.remove(&topic);
+                    }
+                    // Staying subscribed only costs events that find nobody to deliver to.
+                    Err(e) => tracing::warn!(?topic, error = %e, "broker unsubscribe failed"),
+                }
+            }
+        }
+        result
+    }
+
+    /// Consumes the broker's event stream until it ends.
+    pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
+        while let Some(event) = events.next().await {
+            self.handle(event).await;
+        }
+        tracing::warn!("broker event stream ended; live delivery stopped");
+    }
+
+    /// Applies one broker event: delivers frames and updates the maps.
+    pub(crate) async fn handle(&self, event: BrokerEvent) {
+        self.metrics.broker_events.fetch_add(1, Ordering::Relaxed);
+        let (topic, event) = match event {
+            BrokerEvent::Resync => {
+                // Clients notice holes by seq and fetch them; nothing to replay here.
+                self.metrics.broker_resyncs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("broker reported possibly lost events (resync)");
+                return;
+            }
+            BrokerEvent::Event { topic, event } => (topic, event),
+        };
+        match (topic, event) {
+            (Topic::Chat(chat), Event::Message { message }) => {
+                if message.chat_id != chat {
+                    tracing::warn!(%chat, "message event on another chat's topic ignored");
+                    return;
+                }
+                let frame = match serialize(&ServerFrame::Message { message }) {
+                    Some(f) => f,
+                    None => return,
+                };
+                let conns = {
+                    let st = self.state();
+                    match st.chats.get(&chat) {
+                        Some(members) => st.connections_of(members),
+                        None => Vec::new(),
+                    }
+                };
+                for c in conns {
+                    c.push(frame.clone(), &self.metrics);
+                }
+            }
+            (Topic::Chat(chat), Event::ChatUpdated { chat: view }) => {
+                if view.chat_id != chat {
+                    return;
+                }
+                let members: HashSet<UserId> = view.member_ids.iter().copied().collect();
+                let (conns, gone) = {
+                    let mut st = self.state();
+                    let local: Vec<UserId> = st
+                        .chats
+                        .get(&chat)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
+                    let (keep, gone): (Vec<UserId>, Vec<UserId>) =
+                        local.into_iter().partition(|u| members.contains(u));
+                    for u in &gone {
+                        st.set_member(chat, *u, false);
+                    }
+                    (st.connections_of(&keep), !gone.is_empty())
+                };
+                if let Some(frame) = serialize(&ServerFrame::ChatUpdated { chat: view }) {
+                    for c in conns {
+                        c.push(frame.clone(), &self.metrics);
+                    }
+                }
+                if gone {
+                    self.reconcile_logged([Topic::Chat(chat)]).await;
+                }
+            }
+            (Topic::User(user), Event::ChatUpdated { chat: view }) => {
+                if !view.member_ids.contains(&user) {
+                    return;
+                }
+                let chat = view.chat_id;
+                // Existing members already got this from the chat's topic; only a user new to
+                // the chat gets it here, so nobody sees it twice.
+                let conns = {
+                    let mut st = self.state();
+                    if st.set_member(chat, user, true) {
+                        st.connections_of([&user])
+                    } else {
+                        Vec::new()
+                    }
+                };
+                if !conns.is_empty() {
+                    if let Some(frame) = serialize(&ServerFrame::ChatUpdated { chat: view }) {
+                        for c in conns {
+                            c.push(frame.clone(), &self.metrics);
+                        }
+                    }
+                }
+                self.reconcile_logged([Topic::Chat(chat)]).await;
+            }
+            (topic, Event::RemovedFromChat { chat_id, user_id }) => {
+                let conns = {
+                    let mut st = self.state();
+                    st.set_member(chat_id, user_id, false);
+                    // The frame goes out on the user's own topic only, so it is sent once.
+                    if topic == Topic::User(user_id) {
+                        st.connections_of([&user_id])
+                    } else {
+                        Vec::new()
+                    }
+                };
+                if !conns.is_empty() {
+                    if let Some(frame) = serialize(&ServerFrame::RemovedFromChat { chat_id }) {
+                        for c in conns {
+                            c.push(frame.clone(), &self.metrics);
+                        }
+                    }
+                }
+                self.reconcile_logged([Topic::Chat(chat_id)]).await;
+            }
+            (
+                _,
+                Event::SessionRevoked {
+                    user_id,
+                    token_hash,
+                },
+            ) => {
+                let conns = self.state().connections_of([&user_id]);
+                for c in conns.iter().filter(|c| c.token_hash == token_hash) {
+                    c.close(close_code::POLICY, "session revoked");
+                }
+            }
+            (Topic::User(_), Event::Message { .. }) => {
+                tracing::debug!("message event on a user topic ignored");
+            }
+        }
+    }
+
+    async fn reconcile_logged(&self, topics: impl IntoIterator<Item = Topic>) {
+        if let Err(e) = self.reconcile(topics).await {
+            tracing::warn!(error = %e, "broker subscription update failed");
+        }
+    }
+}
+
+/// Serializes a frame once for every recipient.
+pub(crate) fn serialize(frame: &ServerFrame) -> Option<Utf8Bytes> {
+    match serde_json::to_string(frame) {
+        Ok(s) => Some(Utf8Bytes::from(s)),
+        Err(e) => {
+            // Serializing these plain structs cannot fail; if it ever does, drop the frame
+            // (clients catch up by seq) rather than take the hub down.
+            tracing::error!(error = %e, "could not serialize a frame");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::LocalBroker;
+    use chat_core::protocol::ChatView;
+    use chat_core::{Message, Seq};
+
+    fn hub() -> (Arc<Hub>, Arc<LocalBroker>, Arc<Metrics>) {
+        let broker = Arc::new(LocalBroker::new());
+        let metrics = Arc::new(Metrics::default());
+        (
+            Arc::new(Hub::new(broker.clone(), metrics.clone())),
+            broker,
+            metrics,
+        )
+    }
+
+    async fn connect(
+        hub: &Hub,
+        user: i64,
+        chats: &[i64],
+        capacity: usize,
+    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        let (c, rx) = Connection::new(hub.next_id(), UserId(user), format!("tok{user}"), capacity);
+        hub.register(c.clone()).await.unwrap();
+        let chats: Vec<ChatId> = chats.iter().map(|&c| ChatId(c)).collect();
+        hub.set_user_chats(&c, &chats).await.unwrap();
+        (c, rx)
+    }
+
+    fn message(chat: i64, seq: i64) -> BrokerEvent {
+        BrokerEvent::Event {
+            topic: Topic::Chat(ChatId(chat)),
+            event: Event::Message {
+                message: Message {
+                    chat_id: ChatId(chat),
+                    seq: Seq(seq),
+                    sender_id: UserId(1),
+                    msg_text: format!("m{seq}"),
+                    sent_at: 0,
+                    timestamp: None,
+                    client_msg_id: None,
+                },
+            },
+        }
+    }
+
+    fn frame_json(f: Utf8Bytes) -> serde_json::Value {
+        serde_json::from_str(f.as_str()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fans_out_one_serialization_to_every_member_connection() {
+        let (hub, _, metrics) = hub();
+        let (_a1, mut a1) = connect(&hub, 1, &[10], 8).await;
+        let (_a2, mut a2) = connect(&hub, 1, &[10], 8).await;
+        let (_b, mut b) = connect(&hub, 2, &[10, 11], 8).await;
+        let (_c, mut c) = connect(&hub, 3, &[11], 8).await;
+        hub.handle(message(10, 1)).await;
+        let f1 = a1.try_recv().unwrap();
+        let f2 = a2.try_recv().unwrap();
+        let f3 = b.try_recv().unwrap();
+        // The same buffer, not three serializations.
+        assert_eq!(f1.as_str().as_ptr(), f2.as_str().as_ptr());
+        assert_eq!(f1.as_str().as_ptr(), f3.as_str().as_ptr());
+        assert_eq!(frame_json(f1)["message"]["seq"], 1);
+        assert!(c.try_recv().is_err(), "user 3 is not in chat 10");
+        assert_eq!(metrics.deliveries.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_follow_connections() {
+        let (hub, broker, _) = hub();
+        let (a, _ra) = connect(&hub, 1, &[10], 8).await;
+        let (b, _rb) = connect(&hub, 2, &[10], 8).await;
+        assert!(hub
+            .subscribed
+            .lock()
+            .await
+            .contains(&Topic::Chat(ChatId(10))));
+        hub.unregister(&a).await;
+        assert!(hub
+            .subscribed
+            .lock()
+            .await
+            .contains(&Topic::Chat(ChatId(10))));
+        assert!(!hub
+            .subscribed
+            .lock()
+            .await
+            .contains(&Topic::User(UserId(1))));
+        hub.unregister(&b).await;
+        assert!(hub.subscribed.lock().await.is_empty());
+        drop(broker);
+        hub.wait_empty().await;
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_the_slow_consumer_once() {
+        let (hub, _, metrics) = hub();
+        let (slow, _rx_never_read) = connect(&hub, 1, &[10], 2).await;
+        let (_fast, mut fast) = connect(&hub, 2, &[10], 64).await;
+        for seq in 1..=10 {
+            hub.handle(message(10, seq)).await;
+        }
+        assert!(slow.is_closing());
+        assert_eq!(
+            slow.close_reason().unwrap().code,
+            close_code::POLICY,
+            "slow consumers are closed with a policy violation"
+        );
+        assert_eq!(metrics.slow_consumer_disconnects.load(Ordering::Relaxed), 1);
+        for seq in 1..=10 {
+            assert_eq!(frame_json(fast.try_recv().unwrap())["message"]["seq"], seq);
+        }
+    }
+
+    #[tokio::test]
+    async fn membership_events_update_delivery() {
+        let (hub, _, _) = hub();
+        let (_a, mut a) = connect(&hub, 1, &[10], 16).await;
+        let (_b, mut b) = connect(&hub, 2, &[], 16).await;
+        let view = ChatView {
+            chat_id: ChatId(10),
+            chat_name: "x".into(),
+            member_ids: vec![UserId(1), UserId(2)],
+            last_seq: Seq(0),
+            owner_id: Some(UserId(1)),
+            created_at: None,
+        };
+        // Published on the chat's topic first, then on the added user's.
+        for topic in [Topic::Chat(ChatId(10)), Topic::User(UserId(2))] {
+            hub.handle(BrokerEvent::Event {
+                topic,
+                event: Event::ChatUpdated { chat: view.clone() },
+            })
+            .await;
+        }
+        assert_eq!(frame_json(a.try_recv().unwrap())["type"], "chat_updated");
+        assert_eq!(frame_json(b.try_recv().unwrap())["type"], "chat_updated");
+        assert!(a.try_recv().is_err() && b.try_recv().is_err(), "once each");
+        hub.handle(message(10, 1)).await;
+        assert_eq!(frame_json(b.try_recv().unwrap())["type"], "message");
+        a.try_recv().unwrap();
+
+        for topic in [Topic::User(UserId(2)), Topic::Chat(ChatId(10))] {
+            hub.handle(BrokerEvent::Event {
+                topic,
+                event: Event::RemovedFromChat {
+                    chat_id: ChatId(10),
+                    user_id: UserId(2),
+                },
+            })
+            .await;
+        }
+        let removed = frame_json(b.try_recv().unwrap());
+        assert_eq!(removed["type"], "removed_from_chat");
+        assert_eq!(removed["chat_id"], 10);
+        hub.handle(message(10, 2)).await;
+        assert!(b.try_recv().is_err(), "a removed member gets nothing more");
+        assert_eq!(frame_json(a.try_recv().unwrap())["message"]["seq"], 2);
+    }
+
+    #[tokio::test]
+    async fn changes_during_the_chat_list_load_are_not_lost() {
+        let (hub, _, _) = hub();
+        let (c, mut rx) = Connection::new(hub.next_id(), UserId(1), "t".into(), 16);
+        hub.register(c.clone()).await.unwrap();
+        // The user is added to chat 11 and removed from chat 10 after the store was read...
+        for (topic, event) in [
+            (
+                Topic::User(UserId(1)),
+                Event::ChatUpdated {
+                    chat: ChatView {
+                        chat_id: ChatId(11),
+                        chat_name: "n".into(),
+                        member_ids: vec![UserId(1)],
+                        last_seq: Seq(0),
+                        owner_id: None,
+                        created_at: None,
+                    },
+                },
+            ),
+            (
+                Topic::User(UserId(1)),
+                Event::RemovedFromChat {
+                    chat_id: ChatId(10),
+                    user_id: UserId(1),
+                },
+            ),
+        ] {
+            hub.handle(BrokerEvent::Event { topic, event }).await;
+        }
+        // ...so the stale list [10] must end up as [11].
+        hub.set_user_chats(&c, &[ChatId(10)]).await.unwrap();
+        while rx.try_recv().is_ok() {}
+        hub.handle(message(10, 1)).await;
+        assert!(rx.try_recv().is_err());
+        hub.handle(message(11, 1)).await;
+        assert_eq!(frame_json(rx.try_recv().unwrap())["message"]["chat_id"], 11);
+    }
+
+    #[tokio::test]
+    async fn revoked_session_closes_only_its_connections() {
+        let (hub, _, _) = hub();
+        let (a, _ra) = Connection::new(hub.next_id(), UserId(1), "aaa".into(), 4);
+        let (b, _rb) = Connection::new(hub.next_id(), UserId(1), "bbb".into(), 4);
+        for c in [&a, &b] {
+            hub.register(c.clone()).await.unwrap();
+            hub.set_user_chats(c, &[]).await.unwrap();
+        }
+        hub.handle(BrokerEvent::Event {
+            topic: Topic::User(UserId(1)),
+            event: Event::SessionRevoked {
+                user_id: UserId(1),
+                token_hash: "aaa".into(),
+            },
+        })
+        .await;
+        assert!(a.is_closing());
+        assert!(!b.is_closing());
+    }
+}

@@ -1,0 +1,34 @@
+//! [`AppState`]: what every handler and connection shares.
+
+use crate::auth::Passwords;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::rate_limit::SendRateLimiter;
+use chat_core::{Broker, MessageStore, MetadataStore};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every request handler and WebSocket connection of one server.
+pub(crate) struct AppState {
+    /// Users, sessions, chats, memberships.
+    pub(crate) metadata: Arc<dyn MetadataStore>,
+    /// The message table.
+    pub(crate) messages: Arc<dyn MessageStore>,
+    /// Carries events to every node, this one included.
+    pub(crate) broker: Arc<dyn Broker>,
+    /// Settings.
+    pub(crate) config: Config,
+    /// This node's live connections.
+    pub(crate) hub: Arc<Hub>,
+    /// Counters for `GET /metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Per-user send rate.
+    pub(crate) send_rate: SendRateLimiter,
+    /// argon2id with the configured cost.
+    pub(crate) passwords: Passwords,
+    /// Cancelled when a graceful shutdown starts: new WebSockets are refused.
+    pub(crate) shutting_down: CancellationToken,
+    /// Cancelled by `ServerHandle::abort`: connections drop at once, like a crash.
+    pub(crate) crashed: CancellationToken,
+}
