@@ -1,1 +1,411 @@
-//! Opening the configured stores from URLs (being written).
+//! Opening the stores a server is configured with, from URLs.
+//!
+//! | URL | store |
+//! | --- | --- |
+//! | `sqlite` | SQLite file `<data_dir>/chat.db` |
+//! | `sqlite:///abs/path.db` | SQLite file `/abs/path.db` |
+//! | `sqlite://relative/path.db` | SQLite file `relative/path.db`, relative to the working directory |
+//! | `mysql://user:pass@host:port/db` | MySQL / MariaDB (feature `mysql`); metadata and/or messages |
+//! | `cassandra://host1,host2:9042/keyspace?…` | Cassandra (feature `cassandra`); messages only |
+//!
+//! When the metadata and the messages name the same SQLite file (or the same MySQL URL) they
+//! share one store instance: for SQLite that means one writer thread for the file, which is
+//! what keeps its group commit (and its seq allocation) in one place.
+
+use chat_core::{Error, MessageStore, MetadataStore, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the stores live, as URLs (see the module docs for the forms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Users, sessions, chats and memberships: `sqlite…` or `mysql://…`.
+    pub metadata: String,
+    /// Read replicas of a `mysql://` metadata store (reads that may lag go there). Must be empty
+    /// for other metadata stores.
+    pub metadata_replicas: Vec<String>,
+    /// Messages: `sqlite…`, `mysql://…` or `cassandra://…`.
+    pub messages: String,
+    /// Where `sqlite` (without a path) keeps its file.
+    pub data_dir: PathBuf,
+}
+
+impl StoreConfig {
+    /// The embedded default: everything in `<data_dir>/chat.db`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            metadata: "sqlite".to_owned(),
+            metadata_replicas: Vec::new(),
+            messages: "sqlite".to_owned(),
+            data_dir: data_dir.into(),
+        }
+    }
+}
+
+/// The opened stores, type-erased so the server does not care which backend it got.
+#[derive(Clone)]
+pub struct Stores {
+    /// Users, sessions, chats and memberships.
+    pub metadata: Arc<dyn MetadataStore>,
+    /// Messages.
+    pub messages: Arc<dyn MessageStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+/// A parsed store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StoreUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A MySQL URL, as given (the mysql module parses it).
+    Mysql(String),
+    /// A Cassandra URL, as given (the cassandra module parses it).
+    Cassandra(String),
+}
+
+/// The URL with any password replaced, for errors and logs.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Parses one store URL; `sqlite` alone means `<data_dir>/chat.db`.
+fn parse(url: &str, data_dir: &Path) -> Result<StoreUrl> {
+    let url = url.trim();
+    if url.eq_ignore_ascii_case("sqlite") {
+        return Ok(StoreUrl::Sqlite(data_dir.join("chat.db")));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Error::InvalidArgument(format!(
+            "store URL {:?} is not `sqlite`, `sqlite://PATH`, `mysql://…` or `cassandra://…`",
+            redact(url)
+        )));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            if rest.is_empty() || rest.ends_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "sqlite URL {url:?} names no file (use sqlite:///abs/path.db or \
+                     sqlite://relative/path.db)"
+                )));
+            }
+            if rest.contains('?') || rest.contains('#') {
+                return Err(Error::InvalidArgument(format!(
+                    "sqlite URL {url:?}: parameters are not supported"
+                )));
+            }
+            Ok(StoreUrl::Sqlite(PathBuf::from(rest)))
+        }
+        "mysql" => Ok(StoreUrl::Mysql(url.to_owned())),
+        "cassandra" => Ok(StoreUrl::Cassandra(url.to_owned())),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown store URL scheme {other:?}; expected sqlite, mysql or cassandra"
+        ))),
+    }
+}
+
+/// The error for a backend this build leaves out.
+#[allow(dead_code)] // unused when every backend feature is on
+fn built_without(feature: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "chat-storage was built without the `{feature}` feature"
+    ))
+}
+
+/// A store that can be both halves, opened once and shared.
+#[derive(Clone)]
+struct Shared {
+    /// What identifies it: the SQLite file (absolute) or the MySQL URL.
+    key: StoreUrl,
+    /// As a metadata store.
+    metadata: Arc<dyn MetadataStore>,
+    /// As a message store.
+    messages: Arc<dyn MessageStore>,
+}
+
+/// The identity of a parsed URL for sharing: SQLite paths made absolute, so `sqlite` and
+/// `sqlite:///<data_dir>/chat.db` are one file.
+fn identity(url: &StoreUrl) -> Result<StoreUrl> {
+    match url {
+        StoreUrl::Sqlite(p) => std::path::absolute(p)
+            .map(StoreUrl::Sqlite)
+            .map_err(|e| Error::InvalidArgument(format!("sqlite path {}: {e}", p.display()))),
+        other => Ok(other.clone()),
+    }
+}
+
+/// Opens a store that implements both traits (SQLite or MySQL).
+async fn open_shared(url: &StoreUrl, replicas: &[String]) -> Result<Shared> {
+    let key = identity(url)?;
+    match &key {
+        StoreUrl::Sqlite(path) => open_sqlite(key.clone(), path.clone()).await,
+        StoreUrl::Mysql(url) => open_mysql(key.clone(), url, replicas).await,
+        StoreUrl::Cassandra(_) => Err(Error::InvalidArgument(
+            "cassandra stores messages only; use sqlite or mysql:// for the metadata".to_owned(),
+        )),
+    }
+}
+
+/// The SQLite arm.
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(key: StoreUrl, path: PathBuf) -> Result<Shared> {
+    // Opening creates directories, may migrate the schema and fsyncs: blocking work.
+    let store = tokio::task::spawn_blocking(move || crate::sqlite::SqliteStore::open(path))
+        .await
+        .map_err(|e| Error::internal("opening the sqlite store failed", e))??;
+    let store = Arc::new(store);
+    Ok(Shared {
+        key,
+        metadata: store.clone(),
+        messages: store,
+    })
+}
+
+/// The SQLite arm, in a build without it.
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_key: StoreUrl, _path: PathBuf) -> Result<Shared> {
+    Err(built_without("sqlite"))
+}
+
+/// The MySQL arm: one `MysqlStore` (a primary and its replicas).
+#[cfg(feature = "mysql")]
+async fn open_mysql(key: StoreUrl, url: &str, replicas: &[String]) -> Result<Shared> {
+    let store = crate::mysql::open_from_url(url, replicas).await?;
+    Ok(Shared {
+        key,
+        metadata: store.clone(),
+        messages: store,
+    })
+}
+
+/// The MySQL arm, in a build without it.
+#[cfg(not(feature = "mysql"))]
+async fn open_mysql(_key: StoreUrl, _url: &str, _replicas: &[String]) -> Result<Shared> {
+    Err(built_without("mysql"))
+}
+
+/// The Cassandra arm (messages only).
+#[cfg(feature = "cassandra")]
+async fn open_cassandra(url: &str) -> Result<Arc<dyn MessageStore>> {
+    let store = crate::cassandra::open_from_url(url).await?;
+    Ok(store)
+}
+
+/// The Cassandra arm, in a build without it.
+#[cfg(not(feature = "cassandra"))]
+async fn open_cassandra(_url: &str) -> Result<Arc<dyn MessageStore>> {
+    Err(built_without("cassandra"))
+}
+
+/// Opens the configured stores. Metadata and messages on the same SQLite file or the same MySQL
+/// URL share one store.
+///
+/// Errors: a malformed URL, a backend this build leaves out, Cassandra as the metadata store, or
+/// replicas for a non-MySQL metadata store are `InvalidArgument`; a database that cannot be
+/// opened or reached is `Unavailable`.
+pub async fn open(config: &StoreConfig) -> Result<Stores> {
+    let metadata_url = parse(&config.metadata, &config.data_dir)?;
+    let messages_url = parse(&config.messages, &config.data_dir)?;
+    if !config.metadata_replicas.is_empty() && !matches!(metadata_url, StoreUrl::Mysql(_)) {
+        return Err(Error::InvalidArgument(
+            "metadata replicas need a mysql:// metadata store".to_owned(),
+        ));
+    }
+    let metadata = open_shared(&metadata_url, &config.metadata_replicas).await?;
+    let messages: Arc<dyn MessageStore> = match &messages_url {
+        StoreUrl::Cassandra(url) => open_cassandra(url).await?,
+        other if identity(other)? == metadata.key => Arc::clone(&metadata.messages),
+        other => open_shared(other, &[]).await?.messages,
+    };
+    tracing::info!(
+        metadata = %redact(&config.metadata),
+        messages = %redact(&config.messages),
+        "stores open"
+    );
+    Ok(Stores {
+        metadata: metadata.metadata,
+        messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/data")
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(
+            parse("sqlite", &dir()).unwrap(),
+            StoreUrl::Sqlite("/data/chat.db".into())
+        );
+        assert_eq!(
+            parse(" SQLite ", &dir()).unwrap(),
+            StoreUrl::Sqlite("/data/chat.db".into())
+        );
+        assert_eq!(
+            parse("sqlite:///var/lib/chat/x.db", &dir()).unwrap(),
+            StoreUrl::Sqlite("/var/lib/chat/x.db".into())
+        );
+        assert_eq!(
+            parse("sqlite://rel/x.db", &dir()).unwrap(),
+            StoreUrl::Sqlite("rel/x.db".into())
+        );
+        for bad in [
+            "sqlite://",
+            "sqlite:///",
+            "sqlite://dir/",
+            "sqlite://x.db?mode=ro",
+        ] {
+            assert!(
+                matches!(parse(bad, &dir()), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_schemes() {
+        let my = "mysql://chat:secret@127.0.0.1:3306/chat";
+        assert_eq!(parse(my, &dir()).unwrap(), StoreUrl::Mysql(my.to_owned()));
+        let cs = "cassandra://127.0.0.1,127.0.0.2:9042/chat?replication=3";
+        assert_eq!(
+            parse(cs, &dir()).unwrap(),
+            StoreUrl::Cassandra(cs.to_owned())
+        );
+        for bad in ["", "postgres://x/y", "chat.db", "redis://localhost"] {
+            assert!(
+                matches!(parse(bad, &dir()), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_never_show_passwords() {
+        assert_eq!(
+            redact("mysql://chat:secret@127.0.0.1:3306/chat"),
+            "mysql://chat:***@127.0.0.1:3306/chat"
+        );
+        assert_eq!(redact("mysql://h:1/db"), "mysql://h:1/db");
+        assert_eq!(redact("sqlite"), "sqlite");
+        let err = parse("bogus://u:hunter2@h/db", &dir()).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        let err = parse("u:hunter2@h/db", &dir()).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    /// The data pointer of an `Arc`, to tell whether two trait objects are one store.
+    fn addr<T: ?Sized>(a: &Arc<T>) -> *const () {
+        Arc::as_ptr(a).cast::<()>()
+    }
+
+    #[tokio::test]
+    async fn cassandra_cannot_hold_metadata() {
+        let mut config = StoreConfig::embedded("/nonexistent");
+        config.metadata = "cassandra://127.0.0.1:9042/chat".to_owned();
+        assert!(matches!(
+            open(&config).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn replicas_need_mysql() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::embedded(tmp.path());
+        config.metadata_replicas = vec!["mysql://r:1/db".to_owned()];
+        assert!(matches!(
+            open(&config).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    #[tokio::test]
+    async fn mysql_without_the_feature_is_invalid_argument() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::embedded(tmp.path());
+        config.metadata = "mysql://u:p@127.0.0.1:1/db".to_owned();
+        match open(&config).await {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("`mysql`"), "{m}"),
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[cfg(not(feature = "cassandra"))]
+    #[tokio::test]
+    async fn cassandra_without_the_feature_is_invalid_argument() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::embedded(tmp.path());
+        config.messages = "cassandra://127.0.0.1:9042/chat".to_owned();
+        match open(&config).await {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("`cassandra`"), "{m}"),
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_sqlite_file_is_one_shared_store() {
+        use chat_core::{ChatId, FetchQuery, NewMessage, UserId};
+        let tmp = tempfile::tempdir().unwrap();
+        let stores = open(&StoreConfig::embedded(tmp.path().join("data")))
+            .await
+            .unwrap();
+        assert_eq!(addr(&stores.metadata), addr(&stores.messages));
+        assert!(tmp.path().join("data/chat.db").exists());
+
+        // The same file named two ways is still one store.
+        let explicit = format!("sqlite://{}", tmp.path().join("data/chat.db").display());
+        let mut config = StoreConfig::embedded(tmp.path().join("data"));
+        config.messages = explicit;
+        let same = open(&config).await.unwrap();
+        assert_eq!(addr(&same.metadata), addr(&same.messages));
+
+        // Another file is another store, and both work.
+        let mut config = StoreConfig::embedded(tmp.path().join("data"));
+        config.messages = format!("sqlite://{}", tmp.path().join("msgs/m.db").display());
+        let split = open(&config).await.unwrap();
+        assert_ne!(addr(&split.metadata), addr(&split.messages));
+        let appended = split
+            .messages
+            .append(NewMessage {
+                chat_id: ChatId(1),
+                sender_id: UserId(1),
+                msg_text: "hi".to_owned(),
+                sent_at: 1,
+                timestamp: None,
+                client_msg_id: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(appended.message.seq.get(), 1);
+        assert!(tmp.path().join("msgs/m.db").exists());
+        let page = split
+            .messages
+            .fetch(ChatId(1), FetchQuery::Latest { limit: 5 })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        split.metadata.health().await.unwrap();
+    }
+}
