@@ -466,3 +466,265 @@ impl Worker {
         self.tx.send(event).await.map_err(|_| Stop::ConsumerGone)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The subscription against a scripted peer: a tiny loopback server that answers
+    //! `GET /v1/fetch` from an in-memory history and plays exact WebSocket frame sequences
+    //! (holes, duplicates, a slow-consumer close, new and removed chats) that a real server
+    //! produces only by chance. The real server is exercised by `chat-server/tests/e2e.rs`.
+
+    use super::*;
+    use chat_core::protocol::{ChatCursor, FetchResponse};
+    use chat_core::UserId;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::WebSocketStream;
+
+    const CHAT: ChatId = ChatId(1);
+    const NEW_CHAT: ChatId = ChatId(2);
+
+    fn msg(chat_id: ChatId, seq: i64) -> Message {
+        Message {
+            chat_id,
+            seq: Seq(seq),
+            sender_id: UserId(7),
+            msg_text: format!("m{seq}"),
+            sent_at: seq,
+            timestamp: None,
+            client_msg_id: None,
+        }
+    }
+
+    /// The peer's state: how much of each chat's history exists so far.
+    #[derive(Default)]
+    struct Peer {
+        visible: AtomicI64,
+        new_chat_visible: AtomicI64,
+        connections: AtomicUsize,
+        /// Fetches answered, to check that duplicates are dropped without asking history.
+        fetches: AtomicUsize,
+        /// The highest seq of `CHAT` a fetch has returned, so the script can wait for the
+        /// client's catch-up before it plays the next frame.
+        served: AtomicI64,
+    }
+
+    impl Peer {
+        fn history(&self, chat: ChatId, after: i64, limit: i64) -> FetchResponse {
+            let end = if chat == CHAT {
+                self.visible.load(Ordering::SeqCst)
+            } else {
+                self.new_chat_visible.load(Ordering::SeqCst)
+            };
+            let last = end.min(after + limit);
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if chat == CHAT {
+                self.served.fetch_max(last, Ordering::SeqCst);
+            }
+            FetchResponse {
+                messages: (after + 1..=last).map(|s| msg(chat, s)).collect(),
+                next_page_token: (last < end).then(|| "more".to_owned()),
+            }
+        }
+
+        /// Waits until the client has fetched `CHAT` up to `seq`.
+        async fn wait_served(&self, seq: i64) {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while self.served.load(Ordering::SeqCst) < seq {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .expect("the client fetched in time");
+        }
+    }
+
+    async fn serve(listener: TcpListener, peer: Arc<Peer>) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let peer = peer.clone();
+            tokio::spawn(async move { connection(stream, peer).await });
+        }
+    }
+
+    async fn connection(mut stream: TcpStream, peer: Arc<Peer>) {
+        // Look at the request head without consuming it, so a WebSocket handshake can still
+        // read it in full.
+        let mut buf = vec![0u8; 8192];
+        let head = loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.contains("\r\n\r\n") {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let target = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            head.to_lowercase().contains("authorization: bearer t"),
+            "{head}"
+        );
+        if target.starts_with("/v1/ws") {
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let n = peer.connections.fetch_add(1, Ordering::SeqCst);
+            script(n, ws, &peer).await;
+            return;
+        }
+        let mut head_bytes = vec![0u8; head.find("\r\n\r\n").unwrap() + 4];
+        stream.read_exact(&mut head_bytes).await.unwrap();
+        let query: HashMap<&str, &str> = target
+            .split_once('?')
+            .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
+            .unwrap_or_default();
+        assert!(target.starts_with("/v1/fetch?"), "{target}");
+        let chat = ChatId(query["chat_id"].parse().unwrap());
+        let after: i64 = query["after_seq"].parse().unwrap();
+        let limit: i64 = query["limit"].parse().unwrap();
+        let body = serde_json::to_string(&peer.history(chat, after, limit)).unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    }
+
+    async fn frame(ws: &mut WebSocketStream<TcpStream>, f: ServerFrame) {
+        let text = serde_json::to_string(&f).unwrap();
+        ws.send(WsMessage::Text(text.into())).await.unwrap();
+    }
+
+    fn live(seq: i64) -> ServerFrame {
+        ServerFrame::Message {
+            message: msg(CHAT, seq),
+        }
+    }
+
+    async fn script(n: usize, mut ws: WebSocketStream<TcpStream>, peer: &Peer) {
+        let ready = |last: i64| ServerFrame::Ready {
+            user_id: UserId(1),
+            chats: vec![ChatCursor {
+                chat_id: CHAT,
+                last_seq: Seq(last),
+            }],
+        };
+        match n {
+            0 => {
+                peer.visible.store(3, Ordering::SeqCst);
+                frame(&mut ws, ready(3)).await;
+                peer.wait_served(3).await;
+                peer.visible.store(5, Ordering::SeqCst);
+                frame(&mut ws, live(5)).await; // a hole: 4 is missing
+                peer.wait_served(5).await;
+                frame(&mut ws, live(4)).await; // late duplicate
+                peer.visible.store(6, Ordering::SeqCst);
+                frame(&mut ws, live(6)).await;
+                frame(&mut ws, live(6)).await; // duplicate
+                let close = CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "slow consumer".into(),
+                };
+                ws.close(Some(close)).await.unwrap();
+            }
+            1 => {
+                // While away, 7 and 8 were stored; more than a page of the new chat exists.
+                peer.visible.store(8, Ordering::SeqCst);
+                frame(&mut ws, ready(8)).await;
+                peer.wait_served(8).await;
+                peer.visible.store(9, Ordering::SeqCst);
+                frame(&mut ws, live(9)).await;
+                peer.new_chat_visible.store(1200, Ordering::SeqCst);
+                let chat = ChatView {
+                    chat_id: NEW_CHAT,
+                    chat_name: "new".into(),
+                    member_ids: vec![UserId(1), UserId(7)],
+                    last_seq: Seq(1200),
+                    owner_id: None,
+                    created_at: None,
+                };
+                frame(&mut ws, ServerFrame::ChatUpdated { chat }).await;
+                frame(&mut ws, live(9)).await; // duplicate after a catch-up
+                frame(&mut ws, ServerFrame::RemovedFromChat { chat_id: CHAT }).await;
+                frame(&mut ws, ServerFrame::RemovedFromChat { chat_id: CHAT }).await;
+                // Stay open until the client goes away.
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            _ => panic!("unexpected reconnect {n}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn holes_are_filled_duplicates_dropped_and_reconnects_resume() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = Arc::new(Peer::default());
+        tokio::spawn(serve(listener, peer.clone()));
+        let client = Client::with_token(&format!("http://{addr}"), "t").unwrap();
+        let mut sub = client
+            .subscribe_from(HashMap::from([(CHAT, Seq(2))]))
+            .unwrap();
+
+        let mut got = Vec::new();
+        let mut new_chat_messages = 0i64;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(60), sub.next())
+                .await
+                .expect("event in time")
+                .expect("stream open");
+            match event {
+                Event::Message(m) if m.chat_id == NEW_CHAT => {
+                    new_chat_messages += 1;
+                    assert_eq!(m.seq, Seq(new_chat_messages), "new chat in order from 1");
+                }
+                Event::Message(m) => got.push(format!("m{}", m.seq)),
+                Event::Connected => got.push("connected".into()),
+                Event::Disconnected {
+                    reconnecting,
+                    reason,
+                } => {
+                    assert!(reconnecting);
+                    assert!(reason.contains("1008"), "{reason}");
+                    got.push("disconnected".into());
+                }
+                Event::ChatUpdated(c) => got.push(format!("updated {}", c.chat_id)),
+                Event::RemovedFromChat(c) => {
+                    got.push(format!("removed {c}"));
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                "connected",
+                "m3",
+                "m4",
+                "m5",
+                "m6",
+                "disconnected",
+                "connected",
+                "m7",
+                "m8",
+                "m9",
+                "updated 2",
+                "removed 1"
+            ]
+        );
+        assert_eq!(new_chat_messages, 1200);
+        // After `ready` (twice), for the hole, and three pages of the new chat; duplicates
+        // and in-order frames never cost a fetch.
+        assert_eq!(peer.fetches.load(Ordering::SeqCst), 6);
+        assert_eq!(
+            sub.positions(),
+            HashMap::from([(CHAT, Seq(9)), (NEW_CHAT, Seq(1200))])
+        );
+    }
+}
