@@ -1,0 +1,178 @@
+//! The `chat-server` binary: parses flags (and their environment variables), opens the
+//! configured stores and broker, and serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+//!
+//! With no flags it serves on 127.0.0.1:8080 with everything in SQLite under `./chat-data/`.
+
+use anyhow::Context as _;
+use chat_core::{Broker, Limits};
+use chat_server::broker::LocalBroker;
+use chat_server::{Config, Server};
+use chat_storage::open::{open, StoreConfig};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// Group chat server: REST and WebSocket.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Directory for embedded (SQLite) data.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data")]
+    data_dir: PathBuf,
+
+    /// Metadata store (users, sessions, chats): `sqlite` or a `mysql://` URL.
+    #[arg(long, env = "CHAT_METADATA", default_value = "sqlite")]
+    metadata: String,
+
+    /// Read replica of the metadata store (repeatable).
+    #[arg(
+        long = "metadata-replica",
+        env = "CHAT_METADATA_REPLICAS",
+        value_delimiter = ','
+    )]
+    metadata_replicas: Vec<String>,
+
+    /// Message store: `sqlite`, a `mysql://` or a `cassandra://` URL.
+    #[arg(long, env = "CHAT_MESSAGES", default_value = "sqlite")]
+    messages: String,
+
+    /// Broker between nodes: `local` (one node, in-process). A Redis broker for several nodes
+    /// plugs in here (`redis://...`, feature `redis`).
+    #[arg(long, env = "CHAT_BROKER", default_value = "local")]
+    broker: String,
+
+    /// This node's name in health answers and logs (default: hostname-pid).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Log filter, e.g. `info` or `chat_server=debug,tower_http=info`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+
+    /// Sustained sends per second per user (0 turns the limit off).
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = Limits::default().send_rate_per_sec)]
+    send_rate: u32,
+
+    /// Sends a user may make in a burst.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = Limits::default().send_burst)]
+    send_burst: u32,
+
+    /// Maximum members of one chat.
+    #[arg(long, env = "CHAT_MAX_MEMBERS", default_value_t = Limits::default().max_members)]
+    max_members: usize,
+
+    /// Maximum REST request body, in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+
+    /// Maximum WebSocket frame, in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = Limits::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+
+    /// Frames queued per WebSocket before the connection is closed as a slow consumer.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = Config::default().outbound_queue)]
+    outbound_queue: usize,
+
+    /// Session lifetime in seconds.
+    #[arg(long, env = "CHAT_SESSION_TTL_SECS", default_value_t = Config::default().session_ttl.as_secs())]
+    session_ttl_secs: u64,
+
+    /// Seconds a graceful shutdown waits for requests and connections to finish.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = Config::default().shutdown_grace.as_secs())]
+    shutdown_grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("parsing --log")?)
+        .init();
+
+    let defaults = Config::default();
+    let config = Config {
+        node_id: args.node_id.clone().unwrap_or(defaults.node_id.clone()),
+        limits: Limits {
+            send_rate_per_sec: args.send_rate,
+            send_burst: args.send_burst,
+            max_members: args.max_members,
+            max_body_bytes: args.max_body_bytes,
+            max_frame_bytes: args.max_frame_bytes,
+            ..Limits::default()
+        },
+        session_ttl: Duration::from_secs(args.session_ttl_secs),
+        outbound_queue: args.outbound_queue,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        ..defaults
+    };
+
+    let store_config = StoreConfig {
+        metadata: args.metadata.clone(),
+        metadata_replicas: args
+            .metadata_replicas
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .collect(),
+        messages: args.messages.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    let stores = open(&store_config).await.context("opening the stores")?;
+    let broker = broker(&args.broker)?;
+
+    let server = Server::new(stores.metadata, stores.messages, broker, config);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("chat-server listening on http://{addr}");
+    server.serve(listener, shutdown_signal()).await
+}
+
+/// The broker named by `--broker`.
+fn broker(spec: &str) -> anyhow::Result<Arc<dyn Broker>> {
+    match spec {
+        "local" => Ok(Arc::new(LocalBroker::new())),
+        s if s.starts_with("redis://") || s.starts_with("rediss://") => {
+            // The Redis broker (feature `redis`) is constructed here once it exists.
+            anyhow::bail!("this build has no Redis broker yet; use --broker local")
+        }
+        other => anyhow::bail!("unknown broker {other:?}; expected `local`"),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
