@@ -1,1 +1,485 @@
-//! The Cassandra message store (being written).
+//! The Cassandra message store (feature `cassandra`): the seed's write-heavy Message table on
+//! Apache Cassandra 5.0 (or ScyllaDB) through the `scylla` driver. Messages only; users, chats
+//! and memberships stay in a [`MetadataStore`](chat_core::MetadataStore) elsewhere.
+//!
+//! # Layout
+//! - [`config`]: [`CassandraConfig`] and the `cassandra://` URL.
+//! - `schema`: keyspace, tables and versioned migrations (`schema_migrations`).
+//! - `append`: how a message gets its `seq` (below).
+//! - `fetch`: pages, walking buckets backward and forward.
+//! - `error`: driver errors to [`chat_core::Error`].
+//! - [`testing`] (features `cassandra` + `testing`): a unique keyspace per test.
+//!
+//! # Tables
+//! - `messages ((chat_id, bucket), seq)` with `bucket = seq / bucket_size`: a partition holds at
+//!   most `bucket_size` messages (default 10 000, fixed per keyspace in `store_settings`), and
+//!   the partition of any `seq` is known without a lookup.
+//! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
+//! - `chat_heads (chat_id) -> last_seq, pending`: the last `seq` handed out and *that message
+//!   itself*. Written only by lightweight transactions (LWT); the two tables above are written
+//!   only by plain writes, never mixed with LWTs on the same rows.
+//!
+//! # How `seq` stays dense: a claim that carries its message
+//! An append, holding an in-process lock for the chat (so one process never races itself):
+//! 1. Knows a state `(n, pending_n)` of the chat's head, observed linearizably: from its own
+//!    last LWT on that chat, or from the current values a failed LWT returns. A cold process
+//!    first tries `INSERT ... IF NOT EXISTS` with `last_seq = 1`, which succeeds only for a chat
+//!    without messages and otherwise returns the current head.
+//! 2. Dedupe: if `pending_n` has the same `(sender, client_msg_id)`, that is the answer; else a
+//!    QUORUM read of `message_dedupe` finds any older one (see the invariant below why it must).
+//! 3. Materializes `pending_n`: writes message `n` to `messages` (and its dedupe row) at QUORUM,
+//!    unless this process already did. The write is idempotent (same values), so any number of
+//!    processes may do it, and it is what lets a crashed claimer never leave a hole.
+//! 4. Claims: `UPDATE chat_heads SET last_seq = n+1, pending = <msg> IF last_seq = n AND
+//!    pending = pending_n`. If it applies, writes message `n+1` and its dedupe row at QUORUM, then
+//!    acks. If not, the LWT returns the current head: go to 2 with it (another node won `n+1`).
+//!
+//! **Invariant:** the head only moves from `n` to `n+1` after message `n` and its dedupe row
+//! are at QUORUM. Hence:
+//! - *No two messages with one seq:* `n+1` is handed out by exactly one successful LWT (Paxos),
+//!   and the message content of `seq` n+1 is fixed by that LWT (every later write copies it).
+//! - *No hole, ever:* the claim holds the message; if its claimer dies before step 4's writes,
+//!   the next append (or a `last_seq`, or the sender's retry) writes it from `pending`. The head
+//!   never skips. Rows become visible in `seq` order, because row `n+1` is written only after row
+//!   `n` completed at QUORUM; a QUORUM read that starts after row `n+1` was written sees `n`.
+//!   Why not claim the message row itself (`INSERT INTO messages ... IF NOT EXISTS` at the next
+//!   seq)? That also gives no duplicates and no holes, but then the dedupe key lives in another
+//!   partition than the claim, and no single LWT can claim both: a crash between the two, or a
+//!   retry racing a timed-out first attempt, stores the message twice. And a head-first CAS
+//!   *without* the message in it leaves a permanent hole when the claimer dies after the CAS.
+//! - *A retried send never duplicates:* the LWT applies only if the head is still the `(n,
+//!   pending_n)` the dedupe check looked at, and every message `<= n` is either `pending_n` or
+//!   already in `message_dedupe` (by the invariant) before that check ran.
+//! - *Nothing acked is lost:* an append acks only after the claim (Paxos, QUORUM commit) and
+//!   the message row (QUORUM) completed. An append that times out is `Unavailable` and its
+//!   outcome unknown; the client's retry with the same `client_msg_id` finds it or stores it.
+//!
+//! Every append is one Paxos round (4 round trips between replicas in Cassandra's Paxos v1)
+//! plus two parallel QUORUM writes, plus a QUORUM read when it has a `client_msg_id`. Sends to
+//! *different* chats run in parallel; sends to *one* chat are serialized by the LWT (and, within
+//! one process, by the lock, so a process never contends with itself).
+//! `docs/benchmarks-cassandra.md` has the numbers, and why a per-chat owner that assigns `seq` in
+//! memory was not built.
+//!
+//! # Reads
+//! - Reads use the configured consistency (default QUORUM). `last_seq` reads the head at QUORUM
+//!   (an LWT's result is visible to QUORUM reads once it completed) and, if message `last_seq`
+//!   is not yet in `messages` (an append in flight, or a claimer that died), writes it from
+//!   `pending` before answering, so a fetch after `last_seq` returned `n` sees `1..=n`.
+//! - `Latest` reads the head to find the newest bucket; `Before`/`After` start from the bucket
+//!   of their bound. Pages walk buckets backward (`Latest`, `Before`) or forward (`After`); by
+//!   density a bucket that ends early is the end of the chat.
+//! - A page must be dense. A QUORUM read of a partition that races two appends can, with RF 3,
+//!   merge one replica that has `n+2` with one that does not yet have `n+1`; such a page is read
+//!   again (the missing write is already complete), and if it stays broken the fetch is
+//!   `Unavailable` rather than a gap.
+//!
+//! # Durability
+//! Acked means: committed by Paxos and written at QUORUM, i.e. in the commit log of a majority
+//! of replicas. The test scripts run Cassandra with `commitlog_sync: periodic` (10 s): a write is
+//! in the commit log (the OS page cache) before it is acknowledged and fsynced within 10 s. So an
+//! acked message survives a kill of any Cassandra process; with RF 1 it can be lost if the
+//! machine loses power within 10 s of the ack; with RF 3 only if a majority of the replicas
+//! lose power in that window. `commitlog_sync: batch` makes every ack wait for an fsync, at a
+//! cost in throughput. [`MessageStore::flush`] has nothing to wait for: there is no write-behind.
+//!
+//! Statements are prepared once at connect. A semaphore bounds the requests in flight.
+
+pub mod config;
+mod error;
+mod fetch;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+mod append;
+
+pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE};
+
+use async_trait::async_trait;
+use chat_core::{
+    Appended, ChatId, Error, FetchQuery, Message, MessageStore, NewMessage, Result, Seq, UserId,
+};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use tokio::sync::Semaphore;
+
+/// Opens the message store a `cassandra://` URL names (see [`config`]): connects, creates the
+/// keyspace and tables if needed, prepares every statement.
+pub async fn open_from_url(url: &str) -> Result<Arc<CassandraMessageStore>> {
+    let config = CassandraConfig::from_url(url)?;
+    Ok(Arc::new(CassandraMessageStore::connect(config).await?))
+}
+
+/// Messages in Cassandra; see the module doc for the data model and the `seq` mechanism.
+pub struct CassandraMessageStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CassandraMessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CassandraMessageStore")
+            .field("keyspace", &self.inner.keyspace)
+            .field("bucket_size", &self.inner.bucket_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every operation shares; behind an `Arc` so `last_seqs` can fan out into tasks.
+struct Inner {
+    session: Session,
+    stmts: Statements,
+    keyspace: String,
+    /// Messages per partition, as stored in the keyspace.
+    bucket_size: i64,
+    /// Bounds the requests this store has in flight; each request holds a permit.
+    in_flight: Semaphore,
+    /// Per-chat lock and the last head state this process observed (see `append`). A std mutex:
+    /// it is held only to look up or insert an entry, never across an await.
+    heads: StdMutex<HashMap<ChatId, Arc<tokio::sync::Mutex<Option<append::Head>>>>>,
+}
+
+/// Every statement of the data path, prepared at connect.
+struct Statements {
+    /// `INSERT INTO chat_heads ... IF NOT EXISTS`: claims seq 1 of an empty chat.
+    head_first: PreparedStatement,
+    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: claims the next seq.
+    head_next: PreparedStatement,
+    /// The head row at the configured consistency.
+    head_read: PreparedStatement,
+    /// Upserts one message row (idempotent).
+    message_write: PreparedStatement,
+    /// Upserts one dedupe row (idempotent).
+    dedupe_write: PreparedStatement,
+    /// The seq stored for a dedupe key.
+    dedupe_read: PreparedStatement,
+    /// One message by seq.
+    message_read: PreparedStatement,
+    /// Messages of one bucket with `seq >= ?`, ascending, limited.
+    page_asc: PreparedStatement,
+    /// Messages of one bucket with `seq <= ?`, descending, limited.
+    page_desc: PreparedStatement,
+    /// `SELECT release_version FROM system.local`.
+    health: PreparedStatement,
+}
+
+/// The columns every message read selects, in the order [`rows_to_messages`] decodes them.
+const MESSAGE_COLUMNS: &str = "seq, sender_id, msg_text, sent_at, timestamp, client_msg_id";
+
+impl Statements {
+    async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Self> {
+        let ks = &config.keyspace;
+        let prepare = |name: &'static str, cql: String, idempotent: bool| async move {
+            let mut p = session
+                .prepare(cql)
+                .await
+                .map_err(|e| error::prepare(name, e))?;
+            p.set_consistency(config.consistency);
+            p.set_serial_consistency(Some(config.serial_consistency));
+            p.set_is_idempotent(idempotent);
+            Ok::<_, Error>(p)
+        };
+        Ok(Statements {
+            head_first: prepare(
+                "head_first",
+                format!(
+                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, 1, ?) \
+                     IF NOT EXISTS"
+                ),
+                false,
+            )
+            .await?,
+            head_next: prepare(
+                "head_next",
+                format!(
+                    "UPDATE {ks}.chat_heads SET last_seq = ?, pending = ? WHERE chat_id = ? \
+                     IF last_seq = ? AND pending = ?"
+                ),
+                false,
+            )
+            .await?,
+            head_read: prepare(
+                "head_read",
+                format!("SELECT last_seq, pending FROM {ks}.chat_heads WHERE chat_id = ?"),
+                true,
+            )
+            .await?,
+            message_write: prepare(
+                "message_write",
+                format!(
+                    "INSERT INTO {ks}.messages (chat_id, bucket, {MESSAGE_COLUMNS}) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                true,
+            )
+            .await?,
+            dedupe_write: prepare(
+                "dedupe_write",
+                format!(
+                    "INSERT INTO {ks}.message_dedupe (chat_id, sender_id, client_msg_id, seq) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+                true,
+            )
+            .await?,
+            dedupe_read: prepare(
+                "dedupe_read",
+                format!(
+                    "SELECT seq FROM {ks}.message_dedupe \
+                     WHERE chat_id = ? AND sender_id = ? AND client_msg_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            message_read: prepare(
+                "message_read",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq = ?"
+                ),
+                true,
+            )
+            .await?,
+            page_asc: prepare(
+                "page_asc",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq >= ? ORDER BY seq ASC LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            page_desc: prepare(
+                "page_desc",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq <= ? ORDER BY seq DESC LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            health: prepare(
+                "health",
+                "SELECT release_version FROM system.local".to_owned(),
+                true,
+            )
+            .await?,
+        })
+    }
+}
+
+impl CassandraMessageStore {
+    /// Connects to the cluster, creates the keyspace and tables if needed (waiting for schema
+    /// agreement), and prepares every statement. A cluster that cannot be reached is
+    /// [`Error::Unavailable`].
+    pub async fn connect(config: CassandraConfig) -> Result<CassandraMessageStore> {
+        config::validate_keyspace(&config.keyspace).map_err(Error::InvalidArgument)?;
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency)
+            .serial_consistency(Some(config.serial_consistency))
+            .request_timeout(Some(config.request_timeout))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .connection_timeout(config.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle())
+            // Only this keyspace's metadata is needed (for schema agreement and routing).
+            .keyspaces_to_fetch([config.keyspace.clone()])
+            .build()
+            .await
+            .map_err(error::session)?;
+        let bucket_size = schema::migrate(&session, &config).await?;
+        let stmts = Statements::prepare(&session, &config).await?;
+        tracing::info!(
+            keyspace = %config.keyspace,
+            bucket_size,
+            schema_version = schema::latest_version(),
+            "cassandra message store connected"
+        );
+        Ok(CassandraMessageStore {
+            inner: Arc::new(Inner {
+                session,
+                stmts,
+                keyspace: config.keyspace,
+                bucket_size,
+                in_flight: Semaphore::new(config.max_in_flight),
+                heads: StdMutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The keyspace this store works in.
+    pub fn keyspace(&self) -> &str {
+        &self.inner.keyspace
+    }
+
+    /// Messages per partition in this keyspace.
+    pub fn bucket_size(&self) -> i64 {
+        self.inner.bucket_size
+    }
+}
+
+impl Inner {
+    /// Runs one prepared statement while holding an in-flight permit.
+    async fn exec(
+        &self,
+        context: &str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|e| Error::internal("cassandra: the in-flight semaphore was closed", e))?;
+        self.session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(|e| error::execution(context, e))
+    }
+
+    /// The partition bucket of a seq.
+    fn bucket(&self, seq: i64) -> i64 {
+        seq.div_euclid(self.bucket_size)
+    }
+
+    /// The head row: `(last_seq, pending)`, `(0, None)` for a chat without messages.
+    async fn read_head(&self, chat_id: ChatId) -> Result<append::Head> {
+        let rows = self
+            .exec(
+                "reading a chat head",
+                &self.stmts.head_read,
+                (chat_id.get(),),
+            )
+            .await?
+            .into_rows_result()
+            .map_err(|e| error::rows("chat_heads", e))?;
+        let row = rows
+            .maybe_first_row::<(Option<i64>, Option<append::PendingTuple>)>()
+            .map_err(|e| error::rows("chat_heads", e))?;
+        match row {
+            None => Ok(append::Head::empty()),
+            Some((last_seq, pending)) => append::Head::from_columns(chat_id, last_seq, pending),
+        }
+    }
+
+    /// The message at `seq`, if it is in `messages`.
+    async fn read_message(&self, chat_id: ChatId, seq: i64) -> Result<Option<Message>> {
+        let rows = self
+            .exec(
+                "reading a message",
+                &self.stmts.message_read,
+                (chat_id.get(), self.bucket(seq), seq),
+            )
+            .await?;
+        Ok(rows_to_messages(chat_id, rows)?.into_iter().next())
+    }
+
+    /// `last_seq` of one chat; writes the head's pending message first if it is not in
+    /// `messages` yet (see the module doc).
+    async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
+        let head = self.read_head(chat_id).await?;
+        if head.last_seq == 0 {
+            return Ok(Seq::ZERO);
+        }
+        if self.read_message(chat_id, head.last_seq).await?.is_none() {
+            if let Some(pending) = &head.pending {
+                self.materialize(chat_id, head.last_seq, pending).await?;
+            }
+        }
+        Ok(Seq(head.last_seq))
+    }
+}
+
+/// Decodes message rows (selected as [`MESSAGE_COLUMNS`]); a missing column is `Internal` with
+/// the chat and seq, never a panic.
+fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>> {
+    type RawMessage = (
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| error::rows("messages", e))?;
+    let iter = rows
+        .rows::<RawMessage>()
+        .map_err(|e| error::rows("messages", e))?;
+    let mut out = Vec::with_capacity(rows.rows_num());
+    for row in iter {
+        let (seq, sender_id, msg_text, sent_at, timestamp, client_msg_id) =
+            row.map_err(|e| error::rows("messages", e))?;
+        let seq =
+            seq.ok_or_else(|| error::bad_row(format!("chat {chat_id}: message without seq")))?;
+        let missing =
+            |col: &str| error::bad_row(format!("chat {chat_id} seq {seq}: {col} is null"));
+        out.push(Message {
+            chat_id,
+            seq: Seq(seq),
+            sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
+            msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
+            sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
+            timestamp,
+            client_msg_id,
+        });
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl MessageStore for CassandraMessageStore {
+    async fn append(&self, message: NewMessage) -> Result<Appended> {
+        self.inner.append(message).await
+    }
+
+    async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>> {
+        self.inner.fetch(chat_id, query).await
+    }
+
+    async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
+        self.inner.last_seq(chat_id).await
+    }
+
+    async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
+        // One task per distinct chat, all at once (the semaphore bounds the requests).
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut distinct: Vec<ChatId> = chat_ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for chat_id in distinct {
+            let inner = Arc::clone(&self.inner);
+            tasks.spawn(async move { (chat_id, inner.last_seq(chat_id).await) });
+        }
+        let mut found = HashMap::with_capacity(tasks.len());
+        while let Some(joined) = tasks.join_next().await {
+            let (chat_id, seq) =
+                joined.map_err(|e| Error::internal("cassandra: last_seq task failed", e))?;
+            found.insert(chat_id, seq?);
+        }
+        chat_ids
+            .iter()
+            .map(|c| {
+                found
+                    .get(c)
+                    .copied()
+                    .ok_or_else(|| error::bad_row(format!("last_seqs lost chat {c}")))
+            })
+            .collect()
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.inner
+            .exec("health check", &self.inner.stmts.health, ())
+            .await
+            .map(|_| ())
+    }
+}
