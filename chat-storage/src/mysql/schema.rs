@@ -1,0 +1,186 @@
+//! The schema and its versioned migrations, applied at start-up.
+//!
+//! Every migration has a version; `schema_migrations` records the applied ones. Several nodes may
+//! start at once against one database: each takes the named lock
+//! `GET_LOCK('chat_schema_migration:<database>', 30)` on one connection, reads the applied
+//! versions, applies the missing ones in order and releases the lock, so exactly one node applies
+//! each migration and the others see it applied. (The lock name carries the database name so
+//! that test databases on one server migrate in parallel.) MySQL commits DDL implicitly, so each
+//! statement is written to be safe to run again (`IF NOT EXISTS`) in case a node died between a
+//! migration's statements and its row in `schema_migrations`.
+//!
+//! # Tables
+//! - `users`, `chats`, `user_chat`, `sessions`: the metadata store (the seed's Users, Chats and
+//!   UserChat, plus sessions). `user_chat` has its primary key `(chat_id, user_id)` for "members
+//!   of a chat" and "role of a user in a chat", and the key `(user_id, chat_id)` for "chats of a
+//!   user". Emails and client message ids are binary strings: compared byte for byte, never by a
+//!   collation that would equate `a` and `ä` or ignore trailing spaces.
+//! - `messages`, `chat_seq`: the message store. `chat_seq` holds each chat's counter (see the
+//!   module doc of [`crate::mysql`] for why it is not a column of `chats`). `client_msg_id` can
+//!   be longer than an index allows, so the dedupe key indexes its SHA-256 in a stored generated
+//!   column; lookups compare the id itself too.
+
+use super::error::{bad_row, Failure};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+/// One migration: a version, a name for humans, and its statements.
+struct Migration {
+    /// Applied in ascending order; never reused.
+    version: u32,
+    /// What it does.
+    name: &'static str,
+    /// The statements, each safe to run twice.
+    statements: &'static [&'static str],
+}
+
+/// Every migration, oldest first.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "users, chats, user_chat, sessions, messages, chat_seq",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS users (
+            user_id BIGINT NOT NULL AUTO_INCREMENT,
+            email VARBINARY(1024) NOT NULL,
+            pw_hash VARCHAR(1024) NOT NULL,
+            display_name VARCHAR(512) NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id),
+            UNIQUE KEY users_email (email)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS chats (
+            chat_id BIGINT NOT NULL AUTO_INCREMENT,
+            chat_name VARCHAR(512) NOT NULL,
+            owner_id BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (chat_id),
+            KEY chats_owner (owner_id),
+            CONSTRAINT chats_owner_fk FOREIGN KEY (owner_id) REFERENCES users (user_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS user_chat (
+            chat_id BIGINT NOT NULL,
+            user_id BIGINT NOT NULL,
+            role VARCHAR(16) NOT NULL,
+            joined_at BIGINT NOT NULL,
+            PRIMARY KEY (chat_id, user_id),
+            KEY user_chat_by_user (user_id, chat_id),
+            CONSTRAINT user_chat_chat_fk FOREIGN KEY (chat_id) REFERENCES chats (chat_id),
+            CONSTRAINT user_chat_user_fk FOREIGN KEY (user_id) REFERENCES users (user_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS sessions (
+            token_hash BINARY(32) NOT NULL,
+            user_id BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (token_hash),
+            KEY sessions_expiry (expires_at),
+            KEY sessions_user (user_id),
+            CONSTRAINT sessions_user_fk FOREIGN KEY (user_id) REFERENCES users (user_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        // No foreign keys from here on: the message tables may live in another database than
+        // the users and chats (metadata in SQLite, messages in MySQL).
+        "CREATE TABLE IF NOT EXISTS chat_seq (
+            chat_id BIGINT NOT NULL,
+            last_seq BIGINT NOT NULL,
+            PRIMARY KEY (chat_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS messages (
+            chat_id BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            sender_id BIGINT NOT NULL,
+            msg_text MEDIUMTEXT NOT NULL,
+            sent_at BIGINT NOT NULL,
+            timestamp BIGINT NULL,
+            client_msg_id VARBINARY(8192) NULL,
+            client_msg_hash BINARY(32) AS (UNHEX(SHA2(client_msg_id, 256))) STORED,
+            PRIMARY KEY (chat_id, seq),
+            UNIQUE KEY messages_dedupe (chat_id, sender_id, client_msg_hash)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    ],
+}];
+
+/// The newest schema version this code knows.
+pub(crate) const LATEST_VERSION: u32 = 1;
+
+/// How long a node waits for another node's migration before giving up (seconds).
+const LOCK_WAIT_SECS: u32 = 30;
+
+/// Applies the missing migrations on `conn` (a primary connection whose default database is
+/// `database`), under the named lock.
+pub(crate) async fn migrate(conn: &mut Conn, database: &str) -> Result<(), Failure> {
+    // Lock names are at most 64 characters.
+    let lock: String = format!("chat_schema_migration:{database}")
+        .chars()
+        .take(64)
+        .collect();
+    let got: Option<mysql_async::Row> = conn
+        .exec_first("SELECT GET_LOCK(?, ?)", (lock.as_str(), LOCK_WAIT_SECS))
+        .await?;
+    let got: Option<Option<i64>> = super::scalar("GET_LOCK", got)?;
+    if got != Some(Some(1)) {
+        return Err(Failure::Timeout("waiting for another node's schema migration"));
+    }
+    let result = apply_missing(conn).await;
+    // Released on every path; a lost connection releases it too.
+    let released: Result<Option<mysql_async::Row>, _> =
+        conn.exec_first("SELECT RELEASE_LOCK(?)", (lock.as_str(),)).await;
+    result?;
+    released?;
+    Ok(())
+}
+
+/// Applies every migration not yet recorded (the caller holds the lock).
+async fn apply_missing(conn: &mut Conn) -> Result<(), Failure> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INT NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    )
+    .await?;
+    let rows: Vec<mysql_async::Row> = conn.query("SELECT version FROM schema_migrations").await?;
+    let mut applied = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (v,): (u32,) =
+            mysql_async::from_row_opt(row).map_err(|e| bad_row("schema_migrations", e))?;
+        applied.push(v);
+    }
+    if let Some(&newest) = applied.iter().max() {
+        if newest > LATEST_VERSION {
+            // A newer node migrated this database; this one still works with the tables it
+            // knows (migrations only add), so say so and carry on.
+            tracing::warn!(
+                newest,
+                known = LATEST_VERSION,
+                "mysql: the schema is newer than this build"
+            );
+        }
+    }
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        tracing::info!(version = m.version, name = m.name, "mysql: applying migration");
+        for statement in m.statements {
+            conn.query_drop(*statement).await?;
+        }
+        conn.exec_drop(
+            "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+            (m.version, m.name),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_ascend_and_end_at_latest() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(LATEST_VERSION));
+    }
+}
