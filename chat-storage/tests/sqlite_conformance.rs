@@ -384,3 +384,110 @@ async fn two_stores_on_one_file_stay_dense() {
     assert_eq!(all_seqs(&a, 2).await, (1..=200).collect::<Vec<_>>());
     assert_eq!(all_seqs(&b, 2).await, (1..=200).collect::<Vec<_>>());
 }
+
+/// Set in the child process of [`acked_appends_survive_kill_9`]: the database it appends to.
+const KILL9_DB_ENV: &str = "CHAT_STORAGE_KILL9_DB";
+
+/// The appender of [`acked_appends_survive_kill_9`]. Run by the parent (with
+/// [`KILL9_DB_ENV`] set) it appends from 8 tasks until it is killed, printing `acked <seq>` after
+/// each append returned. Run on its own (as part of the suite) it appends 8 x 40 messages to a
+/// temporary database and checks they are dense.
+#[test]
+fn kill9_child_appender() {
+    let child_db = std::env::var_os(KILL9_DB_ENV).map(std::path::PathBuf::from);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = child_db
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("chat.db"));
+    let per_task: i64 = if child_db.is_some() { 1_000_000 } else { 40 };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = SqliteStore::open(&path).expect("open");
+        let mut handles = Vec::new();
+        for t in 0..8_i64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    let a = store
+                        .append(msg(11, t, "durable", Some(format!("{t}/{i}"))))
+                        .await
+                        .expect("append");
+                    // Captured by the test harness when run on its own; a line on stdout (which
+                    // flushes at every newline) in the child.
+                    println!("acked {}", a.message.seq);
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("appender");
+        }
+        assert_eq!(
+            all_seqs(&store, 11).await,
+            (1..=8 * per_task).collect::<Vec<_>>()
+        );
+    });
+}
+
+/// SIGKILLs a process that is appending, then checks that every append it acknowledged is in
+/// the reopened database, that the chat is dense, and that seq continues after it.
+#[test]
+fn acked_appends_survive_kill_9() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "kill9_child_appender",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL9_DB_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the appender");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut acked = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read child stdout");
+        if let Some(seq) = line.strip_prefix("acked ") {
+            acked.push(seq.trim().parse::<i64>().expect("a seq"));
+            if acked.len() == 300 {
+                // Kill mid-flight: other appends are queued or being committed right now.
+                child.kill().expect("SIGKILL the appender");
+                break;
+            }
+        }
+    }
+    child.wait().expect("reap the appender");
+    assert_eq!(
+        acked.len(),
+        300,
+        "the appender acked 300 messages before it was killed"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = SqliteStore::open(&path).expect("reopen after kill -9");
+        let seqs = all_seqs(&store, 11).await;
+        let last = seqs.last().copied().unwrap_or(0);
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "dense after kill -9");
+        for s in &acked {
+            assert!(
+                *s <= last,
+                "acked seq {s} was lost (the chat ends at {last})"
+            );
+        }
+        assert_eq!(
+            store.last_seq(ChatId(11)).await.expect("last_seq"),
+            Seq(last)
+        );
+        let next = store
+            .append(msg(11, 99, "after", None))
+            .await
+            .expect("append");
+        assert_eq!(next.message.seq, Seq(last + 1));
+    });
+}
