@@ -2,7 +2,7 @@
 //! paging, `last_seq`, round-trips.
 //!
 //! Every function takes a fresh store by value and panics on a broken contract. Each test works
-//! in chats of its own with random ids (see [`random_id`]), so a shared database is fine.
+//! in chats of its own with random ids (random ids far above what a fresh database hands out), so a shared database is fine.
 
 use super::random_id;
 use chat_core::ids::now_millis;

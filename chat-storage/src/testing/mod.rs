@@ -1,4 +1,5 @@
-//! The storage conformance suite: every contract of [`MetadataStore`] and [`MessageStore`]
+//! The storage conformance suite: every contract of
+//! [`MetadataStore`](chat_core::MetadataStore) and [`MessageStore`](chat_core::MessageStore)
 //! written once as a test, runnable against any backend.
 //!
 //! Each test is a `pub async fn` in [`metadata`] or [`messages`] that takes a freshly made,
