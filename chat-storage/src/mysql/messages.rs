@@ -152,7 +152,7 @@ impl MessageStore for MysqlStore {
                         Ok(seq) => {
                             // Acked only after COMMIT returned: the message is durable.
                             tx.commit().await?;
-                            return Ok(Some(Outcome::Stored(seq)));
+                            Ok(Some(Outcome::Stored(seq)))
                         }
                         Err(f) => {
                             // Undo the counter increment with the failed insert: no hole.
