@@ -12,7 +12,7 @@
 //! | parameter | default | meaning |
 //! | --- | --- | --- |
 //! | `replication_strategy` | `SimpleStrategy` | or `NetworkTopologyStrategy` |
-//! | `replication_factor` | `1` | replicas of every row (in `datacenter` for NTS) |
+//! | `replication_factor` (or `replication`) | `1` | replicas of every row (in `datacenter` for NTS) |
 //! | `datacenter` | `datacenter1` | the data center NTS replicates into |
 //! | `consistency` | `quorum` | reads and writes: `one`, `two`, `three`, `quorum`, `all`, `local_quorum`, `local_one`, `each_quorum` |
 //! | `serial` | `serial` | serial consistency of the lightweight transactions: `serial` or `local_serial` |
@@ -140,7 +140,7 @@ impl CassandraConfig {
                 .ok_or_else(|| bad(&format!("parameter '{pair}' has no value")))?;
             match key {
                 "replication_strategy" => strategy = value.to_owned(),
-                "replication_factor" => {
+                "replication_factor" | "replication" => {
                     factor = value
                         .parse()
                         .ok()

@@ -1,0 +1,282 @@
+//! Cassandra-specific behaviour beyond the conformance suite, against a real node
+//! (`CHAT_TEST_CASSANDRA_URL`, see `scripts/cassandra.sh`): paging across partition buckets, the
+//! bucket size pinned per keyspace, a claimer that died between its claim and its message write,
+//! and a cluster that cannot be reached.
+#![cfg(all(feature = "cassandra", feature = "testing"))]
+
+use chat_core::{ChatId, Error, FetchQuery, Message, MessageStore, NewMessage, Seq, UserId};
+use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
+use chat_storage::cassandra::{CassandraConfig, CassandraMessageStore};
+use scylla::client::session_builder::SessionBuilder;
+
+fn base() -> String {
+    url_from_env("CHAT_TEST_CASSANDRA_URL")
+}
+
+/// `url` with `extra` query parameters added.
+fn with_params(url: &str, extra: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{extra}")
+    } else {
+        format!("{url}?{extra}")
+    }
+}
+
+fn msg(chat: ChatId, sender: i64, text: &str, cmid: Option<&str>) -> NewMessage {
+    NewMessage {
+        chat_id: chat,
+        sender_id: UserId(sender),
+        msg_text: text.to_owned(),
+        sent_at: 1_700_000_000_000,
+        timestamp: None,
+        client_msg_id: cmid.map(str::to_owned),
+    }
+}
+
+fn seqs(page: &[Message]) -> Vec<i64> {
+    page.iter().map(|m| m.seq.get()).collect()
+}
+
+async fn open(url: &str) -> CassandraMessageStore {
+    CassandraMessageStore::connect(CassandraConfig::from_url(url).expect("url"))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_walk_across_small_buckets_both_ways() {
+    // Bucket size 7: seqs 1..=6 in bucket 0, 7..=13 in bucket 1, ... so every page below
+    // crosses partitions, at and between their edges.
+    let url = with_params(&fresh_keyspace_url(&base()), "bucket_size=7");
+    let store = open(&url).await;
+    assert_eq!(store.bucket_size(), 7);
+    let chat = ChatId(77);
+    for i in 1..=40 {
+        let a = store
+            .append(msg(chat, 1, &format!("m{i}"), None))
+            .await
+            .expect("append");
+        assert_eq!(a.message.seq, Seq(i));
+    }
+    for limit in [1_u32, 3, 6, 7, 8, 13, 14, 15, 40, 100] {
+        // Forward from every position.
+        for after in 0..=41_i64 {
+            let page = store
+                .fetch(
+                    chat,
+                    FetchQuery::After {
+                        after: Seq(after),
+                        limit,
+                    },
+                )
+                .await
+                .expect("after");
+            let from = after + 1;
+            let to = (after + i64::from(limit)).min(40);
+            assert_eq!(
+                seqs(&page),
+                (from..=to).collect::<Vec<_>>(),
+                "after {after} limit {limit}"
+            );
+        }
+        // Backward from every position.
+        for before in 0..=42_i64 {
+            let page = store
+                .fetch(
+                    chat,
+                    FetchQuery::Before {
+                        before: Seq(before),
+                        limit,
+                    },
+                )
+                .await
+                .expect("before");
+            let to = (before - 1).min(40);
+            let from = (to - i64::from(limit) + 1).max(1);
+            let expected: Vec<i64> = if to < 1 {
+                Vec::new()
+            } else {
+                (from..=to).collect()
+            };
+            assert_eq!(seqs(&page), expected, "before {before} limit {limit}");
+        }
+        let latest = store
+            .fetch(chat, FetchQuery::Latest { limit })
+            .await
+            .expect("latest");
+        let from = (40 - i64::from(limit) + 1).max(1);
+        assert_eq!(
+            seqs(&latest),
+            (from..=40).collect::<Vec<_>>(),
+            "latest {limit}"
+        );
+    }
+    // Far-away bounds do not walk empty buckets forever.
+    let page = store
+        .fetch(
+            chat,
+            FetchQuery::Before {
+                before: Seq(i64::MAX),
+                limit: 5,
+            },
+        )
+        .await
+        .expect("before max");
+    assert_eq!(seqs(&page), (36..=40).collect::<Vec<_>>());
+    let page = store
+        .fetch(
+            chat,
+            FetchQuery::After {
+                after: Seq(i64::MAX - 1),
+                limit: 5,
+            },
+        )
+        .await
+        .expect("after max");
+    assert!(page.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_size_is_fixed_by_the_keyspace() {
+    let url = fresh_keyspace_url(&base());
+    let first = open(&with_params(&url, "bucket_size=50")).await;
+    assert_eq!(first.bucket_size(), 50);
+    // Without a bucket_size the stored one is used ...
+    assert_eq!(open(&url).await.bucket_size(), 50);
+    // ... and a different one is refused: it would move existing messages.
+    match CassandraMessageStore::connect(
+        CassandraConfig::from_url(&with_params(&url, "bucket_size=60")).expect("url"),
+    )
+    .await
+    {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("bucket_size"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// A process that won the LWT for seq n and died before writing message n leaves only the
+/// claim (with the message in it). Nothing may be lost or left as a hole: `last_seq` and the
+/// next append write it, and the sender's retry finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_writer_died_is_completed_by_others() {
+    let url = fresh_keyspace_url(&base());
+    let store = open(&url).await;
+    let chat = ChatId(4242);
+    store
+        .append(msg(chat, 1, "one", Some("c1")))
+        .await
+        .expect("append 1");
+
+    // Play the dead claimer: move the head to 2 with its message, write nothing else.
+    let config = CassandraConfig::from_url(&url).expect("url");
+    let session = SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .build()
+        .await
+        .expect("session");
+    let ks = store.keyspace();
+    let pending: (i64, &str, i64, Option<i64>, Option<&str>) =
+        (7, "orphan", 1_700_000_000_500, Some(5), Some("c2"));
+    let result = session
+        .query_unpaged(
+            format!(
+                "UPDATE {ks}.chat_heads SET last_seq = 2, pending = ? WHERE chat_id = ? \
+                 IF last_seq = 1"
+            ),
+            (pending, chat.get()),
+        )
+        .await
+        .expect("claim seq 2 by hand");
+    let (applied,): (bool,) = result
+        .into_rows_result()
+        .expect("rows")
+        .first_row::<(bool,)>()
+        .expect("applied");
+    assert!(applied);
+
+    // A fresh process (no cached head) sees seq 2 as last_seq, and then it is readable.
+    let other = open(&url).await;
+    assert_eq!(other.last_seq(chat).await.expect("last_seq"), Seq(2));
+    let page = other
+        .fetch(
+            chat,
+            FetchQuery::After {
+                after: Seq(0),
+                limit: 10,
+            },
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(seqs(&page), vec![1, 2]);
+    assert_eq!(page[1].msg_text, "orphan");
+    assert_eq!(page[1].timestamp, Some(5));
+
+    // The sender's retry gets the stored message, not a second one.
+    let retry = store
+        .append(msg(chat, 7, "orphan again", Some("c2")))
+        .await
+        .expect("retry");
+    assert!(!retry.created);
+    assert_eq!(retry.message, page[1]);
+    let next = store
+        .append(msg(chat, 1, "three", None))
+        .await
+        .expect("append 3");
+    assert_eq!(next.message.seq, Seq(3));
+
+    // Same again, but this time the next append (not last_seq) has to complete the claim.
+    let pending: (i64, &str, i64, Option<i64>, Option<&str>) =
+        (8, "orphan 4", 1_700_000_000_900, None, None);
+    let current = store
+        .fetch(chat, FetchQuery::Latest { limit: 1 })
+        .await
+        .expect("latest");
+    let p3: (i64, &str, i64, Option<i64>, Option<&str>) =
+        (1, "three", current[0].sent_at, None, None);
+    let result = session
+        .query_unpaged(
+            format!(
+                "UPDATE {ks}.chat_heads SET last_seq = 4, pending = ? WHERE chat_id = ? \
+                 IF last_seq = 3 AND pending = ?"
+            ),
+            (pending, chat.get(), p3),
+        )
+        .await
+        .expect("claim seq 4 by hand");
+    let (applied,): (bool,) = result
+        .into_rows_result()
+        .expect("rows")
+        .first_row::<(bool,)>()
+        .expect("applied");
+    assert!(applied);
+    let five = other
+        .append(msg(chat, 2, "five", None))
+        .await
+        .expect("append 5");
+    assert_eq!(five.message.seq, Seq(5));
+    let page = store
+        .fetch(
+            chat,
+            FetchQuery::After {
+                after: Seq(0),
+                limit: 10,
+            },
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
+    assert_eq!(page[3].msg_text, "orphan 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_unavailable() {
+    // Nothing listens on this loopback address's CQL port.
+    let config = CassandraConfig::from_url(
+        "cassandra://127.0.0.254:9042/nothing?connect_timeout_ms=2000&request_timeout_ms=2000",
+    )
+    .expect("url");
+    match CassandraMessageStore::connect(config).await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
