@@ -168,10 +168,21 @@ async fn retried_send_returns_the_first_copy() {
     assert_dense(&history, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cut_connection_loses_and_repeats_nothing() {
+/// How a test takes the server away under its clients.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Graceful shutdown (WebSockets closed with 1012, requests drained), then a start.
+    Restart,
+    /// Everything dropped at once, like a killed process, then a start on the same data.
+    Crash,
+}
+
+/// A subscriber watches a chat while a sender keeps sending through a restart or a crash: the
+/// subscriber ends with every message once, in order, and history agrees.
+async fn stream_survives(name: &str, cut: Cut) {
     const TOTAL: usize = 300;
-    let mut server = TestServer::start("cut_connection").await;
+    const BEFORE: usize = 100;
+    let mut server = TestServer::start(name).await;
     let a = server.user("alice").await;
     let b = server.user("bob").await;
     let chat = a
@@ -182,8 +193,10 @@ async fn a_cut_connection_loses_and_repeats_nothing() {
     let mut sub = b.subscribe().await.expect("subscribe");
     assert_eq!(next_event(&mut sub).await, Event::Connected);
 
-    // Alice keeps sending, through the restart (the SDK retries with the same client_msg_id),
-    // with retries patient enough for a slow restart on a loaded machine.
+    // Alice sends BEFORE messages, waits for the go, then sends the rest while the server goes
+    // away and comes back: the SDK retries with the same client_msg_id, patiently enough for a
+    // slow restart on a loaded machine.
+    let (go, wait_for_go) = tokio::sync::oneshot::channel::<()>();
     let sender = {
         let a = Client::builder(&server.url())
             .token(a.token().expect("token"))
@@ -194,17 +207,25 @@ async fn a_cut_connection_loses_and_repeats_nothing() {
             .build()
             .expect("client");
         tokio::spawn(async move {
+            let mut wait_for_go = Some(wait_for_go);
             for k in 0..TOTAL {
-                a.send(chat, &format!("m{k}")).await.expect("send");
-                if k % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                if k == BEFORE {
+                    if let Some(w) = wait_for_go.take() {
+                        w.await.expect("go");
+                    }
                 }
+                a.send(chat, &format!("m{k}")).await.expect("send");
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
     };
-    // Bob has seen a part of the stream when the server goes away under him.
-    let mut seen = messages_of(&mut sub, chat, 50).await;
-    server.restart().await;
+    // Bob has seen part of the stream when the server goes away under him.
+    let mut seen = messages_of(&mut sub, chat, BEFORE / 2).await;
+    go.send(()).expect("sender waiting");
+    match cut {
+        Cut::Restart => server.restart().await,
+        Cut::Crash => server.crash_and_start().await,
+    }
     let mut disconnected = false;
     let mut reconnected = false;
     while seen.len() < TOTAL {
@@ -230,8 +251,20 @@ async fn a_cut_connection_loses_and_repeats_nothing() {
     let texts: Vec<String> = seen.iter().map(|m| m.msg_text.clone()).collect();
     let want: Vec<String> = (0..TOTAL).map(|k| format!("m{k}")).collect();
     assert_eq!(texts, want, "every message once, in the order it was sent");
+    let history = b.fetch_all_after(chat, Seq::ZERO).await.expect("history");
+    assert_eq!(history, seen, "live and history agree");
     let s = sentinel(&a, chat).await;
     expect_sentinel(&mut sub, chat, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_mid_stream_loses_and_repeats_nothing() {
+    stream_survives("restart_mid_stream", Cut::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_stream_loses_and_repeats_nothing() {
+    stream_survives("crash_mid_stream", Cut::Crash).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -119,6 +119,17 @@ impl TestServer {
         self.handle = Some(handle);
     }
 
+    /// Kills the server like a crash (no close frames, no draining, no flush) and starts it again
+    /// on the same address and stores: only what the stores made durable survives.
+    pub async fn crash_and_start(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+        let handle = launch(&self.store, &self.config, self.addr).await;
+        assert_eq!(handle.local_addr(), self.addr);
+        self.handle = Some(handle);
+    }
+
     /// Registers and logs in a user; `name` makes the email unique within the test.
     pub async fn user(&self, name: &str) -> Client {
         let client = self.client();
