@@ -11,6 +11,7 @@
 #   stop           stop both servers
 #   start-primary  start only the primary (the outage test uses this)
 #   stop-primary   stop only the primary (the outage test uses this)
+#   crash-primary  SIGKILL the primary, as a crash would (the outage test uses this)
 #   status         show whether each server answers and the replica's thread states
 #   env            print `export CHAT_TEST_MYSQL_URL=...` and `CHAT_TEST_MYSQL_REPLICA_URL=...`
 #   logs           tail both error logs (CI prints them when a test fails)
@@ -302,6 +303,25 @@ stop_instance() {
     log "$name stopped"
 }
 
+# A crash, not a shutdown: InnoDB and the binlog recover on the next start, and every commit that
+# was acknowledged must still be there.
+cmd_crash_primary() {
+    local pid
+    if ! pid="$(pid_of primary)"; then
+        log "primary not running"
+        return 0
+    fi
+    log "killing primary (pid $pid) with SIGKILL"
+    kill -9 "$pid"
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null; do
+        [ "$waited" -lt $((TIMEOUT * 2)) ] || die "primary (pid $pid) survived SIGKILL"
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    rm -f "$(pidfile_of primary)"
+}
+
 cmd_stop() {
     stop_instance replica
     stop_instance primary
@@ -355,12 +375,13 @@ start) cmd_start ;;
 stop) cmd_stop ;;
 start-primary) cmd_start_primary ;;
 stop-primary) stop_instance primary ;;
+crash-primary) cmd_crash_primary ;;
 status) cmd_status ;;
 env) cmd_env ;;
 logs) cmd_logs ;;
 reset) cmd_reset ;;
 *)
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
