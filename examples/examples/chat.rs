@@ -12,6 +12,7 @@
 //! /leave                   leave the current chat
 //! /me                      show who you are
 //! /quit                    exit
+//! //text                   send "/text" (e.g. `//time` asks the bot example for the time)
 //! ```
 
 use anyhow::Context as _;
@@ -120,7 +121,7 @@ impl Session {
         let result = match words.next().unwrap_or_default() {
             "/quit" | "/exit" => return false,
             "/help" => {
-                println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit");
+                println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit | //text sends /text");
                 Ok(())
             }
             "/chats" => {
@@ -155,22 +156,24 @@ impl Session {
                     .map_err(Into::into),
                 None => Err(anyhow::anyhow!("no current chat")),
             },
+            cmd if cmd.starts_with("//") => self.say(&line[1..]),
             cmd if cmd.starts_with('/') => Err(anyhow::anyhow!("unknown command {cmd}; try /help")),
-            _ => match self.current {
-                Some(chat) => {
-                    // The sender task only stops when the program does.
-                    let _ = self.outbox.send((chat, line.to_owned()));
-                    Ok(())
-                }
-                None => Err(anyhow::anyhow!(
-                    "pick a chat first: /join CHAT_ID or /create NAME"
-                )),
-            },
+            _ => self.say(line),
         };
         if let Err(e) = result {
             eprintln!("! {e}");
         }
         true
+    }
+
+    /// Queues a line for the current chat.
+    fn say(&self, text: &str) -> anyhow::Result<()> {
+        let Some(chat) = self.current else {
+            anyhow::bail!("pick a chat first: /join CHAT_ID or /create NAME");
+        };
+        // The sender task only stops when the program does.
+        let _ = self.outbox.send((chat, text.to_owned()));
+        Ok(())
     }
 
     async fn list_chats(&self) {
