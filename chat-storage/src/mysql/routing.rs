@@ -177,7 +177,20 @@ impl Pools {
         Fut: Future<Output = Result<T, Failure>>,
     {
         if let Some(replica) = self.pick_replica() {
-            match self.try_replica(replica, &freshness, &step).await {
+            // The primary's position is read first, so that a primary that is down is not
+            // blamed on the replica.
+            let position = match freshness {
+                Freshness::Causal => Some(
+                    self.primary_position()
+                        .await
+                        .map_err(|f| f.into_error(what))?,
+                ),
+                Freshness::SelfEvident(_) => None,
+            };
+            match self
+                .try_replica(replica, position.as_deref(), &freshness, &step)
+                .await
+            {
                 Ok(Some(v)) => {
                     self.replica_reads.fetch_add(1, Ordering::Relaxed);
                     return Ok(v);
@@ -202,10 +215,12 @@ impl Pools {
         self.on_primary(what, step).await
     }
 
-    /// The replica read itself: `Ok(None)` when the answer may be stale.
+    /// The replica read itself: `Ok(None)` when the answer may be stale. `position` is the
+    /// primary's GTID position for a causal read.
     async fn try_replica<T, F, Fut>(
         &self,
         replica: &Replica,
+        position: Option<&str>,
         freshness: &Freshness<'_, T>,
         step: &F,
     ) -> Result<Option<T>, Failure>
@@ -219,13 +234,13 @@ impl Pools {
                 Ok(complete(&v).then_some(v))
             }
             Freshness::Causal => {
-                let position = self.primary_position().await?;
+                let position = position.unwrap_or_default();
                 let mut conn = self.conn(&replica.pool).await?;
                 let waited = tokio::time::timeout(
                     self.replica_wait + self.op_timeout,
                     conn.exec_first::<mysql_async::Row, _, _>(
                         "SELECT MASTER_GTID_WAIT(?, ?)",
-                        (position.as_str(), self.replica_wait.as_secs_f64()),
+                        (position, self.replica_wait.as_secs_f64()),
                     ),
                 )
                 .await
