@@ -12,8 +12,9 @@ use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use chat_core::protocol::ServerFrame;
 use chat_core::{Broker, BrokerEvent, BrokerStream, ChatId, Event, Result, Topic, UserId};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
@@ -446,7 +447,14 @@ impl Hub {
     /// Consumes the broker's event stream until it ends.
     pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
         while let Some(event) = events.next().await {
-            self.handle(event).await;
+            // One bad event must not end live delivery for the whole node.
+            if AssertUnwindSafe(self.handle(event))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("handling a broker event panicked; event dropped");
+            }
         }
         tracing::warn!("broker event stream ended; live delivery stopped");
     }

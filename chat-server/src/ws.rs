@@ -92,6 +92,10 @@ async fn run(st: Arc<AppState>, mut socket: WebSocket, caller: Caller) {
         Ok(frame) => frame,
         Err(e) => {
             let (code, reason) = match e {
+                _ if st.shutting_down.is_cancelled() => (
+                    close_code::RESTART,
+                    "server restarting, reconnect".to_owned(),
+                ),
                 Error::Unauthenticated(_) => (close_code::POLICY, "session revoked".to_owned()),
                 e => (close_code::INTERNAL, e.client_message()),
             };
@@ -143,6 +147,13 @@ async fn run(st: Arc<AppState>, mut socket: WebSocket, caller: Caller) {
 /// always delivered live.
 async fn setup(st: &AppState, conn: &Arc<Connection>, caller: &Caller) -> Result<Utf8Bytes> {
     st.hub.register(conn.clone()).await?;
+    // A shutdown that began before this registration did not see the connection to close it.
+    if st.shutting_down.is_cancelled() {
+        return Err(Error::Unavailable {
+            message: "server restarting".into(),
+            source: None,
+        });
+    }
     // A logout between authentication and registration published its event before this
     // connection could hear it; check again now that it can.
     authenticate_hash(st, caller).await?;

@@ -3,6 +3,10 @@
 //! SDK), so every status code, error code and close code of the contract is checked as a client
 //! on the wire sees it. Every bad-input test also checks that the server keeps serving.
 
+// Test code: a failed unwrap is a failed test. (clippy.toml allows it inside `#[test]` functions
+// only, not in this file's helpers.)
+#![allow(clippy::unwrap_used)]
+
 use chat_core::{ChatId, Limits, Member, MetadataStore, Role, UserId};
 use chat_server::broker::LocalBroker;
 use chat_server::config::PasswordHashing;

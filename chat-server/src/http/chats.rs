@@ -120,21 +120,13 @@ pub(crate) async fn add_member(
         )
         .await?;
     if added {
-        let view = chat_view(&st, chat_id).await?;
-        // The chat's topic first: existing members' nodes deliver it there, and the added
-        // user's node delivers it from the user's topic only to a user new to the chat.
-        publish(
-            &st,
-            Topic::Chat(chat_id),
-            Event::ChatUpdated { chat: view.clone() },
-        )
-        .await;
-        publish(
-            &st,
-            Topic::User(req.user_id),
-            Event::ChatUpdated { chat: view },
-        )
-        .await;
+        if let Some(view) = view_to_publish(&st, chat_id).await {
+            // The chat's topic first: existing members' nodes deliver it there, and the added
+            // user's node delivers it from the user's topic only to a user new to the chat.
+            let updated = Event::ChatUpdated { chat: view };
+            publish(&st, Topic::Chat(chat_id), updated.clone()).await;
+            publish(&st, Topic::User(req.user_id), updated).await;
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -167,8 +159,9 @@ pub(crate) async fn remove_member(
     let removed = Event::RemovedFromChat { chat_id, user_id };
     publish(&st, Topic::User(user_id), removed.clone()).await;
     publish(&st, Topic::Chat(chat_id), removed).await;
-    let view = chat_view(&st, chat_id).await?;
-    publish(&st, Topic::Chat(chat_id), Event::ChatUpdated { chat: view }).await;
+    if let Some(view) = view_to_publish(&st, chat_id).await {
+        publish(&st, Topic::Chat(chat_id), Event::ChatUpdated { chat: view }).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -189,6 +182,19 @@ async fn chat_view(st: &AppState, chat_id: ChatId) -> Result<ChatView> {
         owner_id: Some(chat.owner_id),
         created_at: Some(chat.created_at),
     })
+}
+
+/// The chat as it is after a committed membership change, for the event. The change already
+/// succeeded, so failing to read it back only costs the live notification (logged); the request
+/// still succeeds.
+async fn view_to_publish(st: &AppState, chat_id: ChatId) -> Option<ChatView> {
+    match chat_view(st, chat_id).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(%chat_id, error = %e, "could not read the chat to publish its update");
+            None
+        }
+    }
 }
 
 /// Publishes a membership event. The change is committed; a lost event only delays what live
