@@ -246,3 +246,47 @@ impl std::fmt::Debug for ServerHandle {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::LocalBroker;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn router_answers_without_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("chat.db")).unwrap();
+        let server = Server::new(
+            Arc::new(store.clone()),
+            Arc::new(store),
+            Arc::new(LocalBroker::new()),
+            Config {
+                node_id: "oneshot".into(),
+                ..Config::default()
+            },
+        );
+        let router = server.router();
+        let health = router
+            .clone()
+            .oneshot(Request::get("/v1/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let missing = router
+            .oneshot(
+                Request::get("/v1/users/me")
+                    .header("authorization", "Bearer nope")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        let body = axum::body::to_bytes(missing.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unauthenticated");
+    }
+}
