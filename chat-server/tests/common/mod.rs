@@ -28,14 +28,56 @@ pub const PASSWORD: &str = "correct horse battery";
 
 /// The metadata and message store URLs of one test.
 ///
-/// This is where per-test isolation for shared database servers goes: a hook that creates a
-/// fresh MySQL database (or Cassandra keyspace) named after `test_name` and returns its URL.
+/// `CHAT_TEST_METADATA` and `CHAT_TEST_MESSAGES` each name a backend (`sqlite`, `mysql`,
+/// `cassandra`) or give a full store URL. `mysql` means a fresh database on the server of
+/// `CHAT_TEST_MYSQL_URL` and `cassandra` a fresh keyspace on the cluster of
+/// `CHAT_TEST_CASSANDRA_URL`, so tests stay isolated on shared database servers. When both are
+/// `mysql`, they share one database (and so one store), as a server configured that way would.
 /// SQLite needs nothing here: each test already gets its own data directory.
-pub fn store_urls(test_name: &str) -> (String, String) {
-    let _ = test_name;
-    let metadata = std::env::var("CHAT_TEST_METADATA").unwrap_or_else(|_| "sqlite".to_owned());
-    let messages = std::env::var("CHAT_TEST_MESSAGES").unwrap_or_else(|_| "sqlite".to_owned());
+pub async fn store_urls(test_name: &str) -> (String, String) {
+    let kind = |var: &str| std::env::var(var).unwrap_or_else(|_| "sqlite".to_owned());
+    let (metadata_kind, messages_kind) = (kind("CHAT_TEST_METADATA"), kind("CHAT_TEST_MESSAGES"));
+    let metadata = backend_url(&metadata_kind, test_name).await;
+    let messages = if messages_kind == metadata_kind && messages_kind == "mysql" {
+        metadata.clone()
+    } else {
+        backend_url(&messages_kind, test_name).await
+    };
     (metadata, messages)
+}
+
+/// The URL of a fresh store of the named backend (or the URL itself when one is given).
+async fn backend_url(kind: &str, test_name: &str) -> String {
+    match kind {
+        "mysql" => mysql_database(test_name).await,
+        "cassandra" => cassandra_keyspace(test_name),
+        other => other.to_owned(),
+    }
+}
+
+#[cfg(feature = "mysql")]
+async fn mysql_database(test_name: &str) -> String {
+    use chat_storage::mysql::testing::{fresh_database, url_from_env, PRIMARY_URL_ENV};
+    let base = url_from_env(PRIMARY_URL_ENV).unwrap_or_else(|e| panic!("{test_name}: {e}"));
+    fresh_database(&base)
+        .await
+        .unwrap_or_else(|e| panic!("{test_name}: creating a MySQL database: {e}"))
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn mysql_database(test_name: &str) -> String {
+    panic!("{test_name}: CHAT_TEST_*=mysql needs `--features mysql` (the test command uses --all-features)")
+}
+
+#[cfg(feature = "cassandra")]
+fn cassandra_keyspace(_test_name: &str) -> String {
+    use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
+    fresh_keyspace_url(&url_from_env("CHAT_TEST_CASSANDRA_URL"))
+}
+
+#[cfg(not(feature = "cassandra"))]
+fn cassandra_keyspace(test_name: &str) -> String {
+    panic!("{test_name}: CHAT_TEST_*=cassandra needs `--features cassandra` (the test command uses --all-features)")
 }
 
 /// The server configuration of the tests: cheap password hashing (hundreds of users are
@@ -69,7 +111,7 @@ impl TestServer {
     /// Starts a server on a free loopback port, over fresh stores.
     pub async fn start(test_name: &str) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let (metadata, messages) = store_urls(test_name);
+        let (metadata, messages) = store_urls(test_name).await;
         let store = StoreConfig {
             metadata,
             metadata_replicas: Vec::new(),
