@@ -12,7 +12,7 @@
 //! - `routing`: the bounded pools, timeouts, retries, and which server answers which read.
 //! - `metadata`, `messages`: the two trait implementations.
 //! - `error`: driver and server errors onto the contract's `Error`.
-//! - [`testing`] (features `testing` + `mysql`): a fresh database per test.
+//! - `testing` (features `testing` + `mysql`): a fresh database per test.
 //!
 //! # Sequence numbers live with the messages
 //! The seed sketch keeps `last_seq` on the Chats row. Here the counter is the `chat_seq` table
