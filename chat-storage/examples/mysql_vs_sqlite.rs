@@ -19,7 +19,9 @@
 #[cfg(all(feature = "mysql", feature = "sqlite", feature = "testing"))]
 mod bench {
     use chat_core::{ChatId, FetchQuery, MessageStore, NewMessage, Seq, UserId};
-    use chat_storage::mysql::testing::{drop_database, fresh_database, url_from_env, PRIMARY_URL_ENV};
+    use chat_storage::mysql::testing::{
+        drop_database, fresh_database, url_from_env, PRIMARY_URL_ENV,
+    };
     use chat_storage::mysql::{MysqlConfig, MysqlStore};
     use chat_storage::sqlite::SqliteStore;
     use rand::Rng;
@@ -92,7 +94,10 @@ mod bench {
         // Sanity: every chat is dense and the counts add up.
         let last = store.last_seqs(&chats).await.expect("last_seqs");
         let total: i64 = last.iter().map(|s| s.get()).sum();
-        assert_eq!(total as usize, p.messages, "{name}: every append stored once");
+        assert_eq!(
+            total as usize, p.messages,
+            "{name}: every append stored once"
+        );
 
         let mut page_lat = Vec::with_capacity(p.page_reads);
         let mut rng = rand::thread_rng();

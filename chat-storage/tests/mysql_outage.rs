@@ -130,7 +130,11 @@ async fn assert_acked_kept(store: &MysqlStore, chat: ChatId, acked: &[Message]) 
     assert_eq!(store.last_seq(chat).await.expect("last_seq"), Seq(n));
     for m in acked {
         let idx = usize::try_from(m.seq.get() - 1).expect("positive seq");
-        assert_eq!(all.get(idx), Some(m), "an acked message was lost or changed");
+        assert_eq!(
+            all.get(idx),
+            Some(m),
+            "an acked message was lost or changed"
+        );
     }
 }
 
@@ -189,7 +193,10 @@ async fn primary_outage_fails_fast_and_recovers_with_every_acked_message() {
     // Let the replica have alice, so the read it may answer can be shown to survive.
     let deadline = Instant::now() + RECOVERY;
     while store.replica_stats().replica_reads == 0 {
-        assert_eq!(store.user(alice.user_id).await.expect("user"), Some(alice.clone()));
+        assert_eq!(
+            store.user(alice.user_id).await.expect("user"),
+            Some(alice.clone())
+        );
         assert!(Instant::now() < deadline, "the replica never served alice");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -200,7 +207,11 @@ async fn primary_outage_fails_fast_and_recovers_with_every_acked_message() {
     let s = &*store;
     assert_unavailable(
         "append",
-        answered("append", s.append(message(chat_id, alice.user_id, "down-1"))).await,
+        answered(
+            "append",
+            s.append(message(chat_id, alice.user_id, "down-1")),
+        )
+        .await,
     );
     assert_unavailable(
         "fetch",
@@ -216,13 +227,12 @@ async fn primary_outage_fails_fast_and_recovers_with_every_acked_message() {
         "chats_of_user",
         answered("chats_of_user", s.chats_of_user(alice.user_id)).await,
     );
-    assert_unavailable(
-        "health",
-        answered("health", MessageStore::health(s)).await,
-    );
+    assert_unavailable("health", answered("health", MessageStore::health(s)).await);
     // A read the replica may answer still works without the primary.
     assert_eq!(
-        answered("user", s.user(alice.user_id)).await.expect("user from the replica"),
+        answered("user", s.user(alice.user_id))
+            .await
+            .expect("user from the replica"),
         Some(alice.clone())
     );
 

@@ -159,7 +159,11 @@ async fn replica_serves_reads_but_never_stale_ones() {
         ))
         .await
         .expect("mark the replica");
-    let seen = store.user(alice.user_id).await.expect("user").expect("alice");
+    let seen = store
+        .user(alice.user_id)
+        .await
+        .expect("user")
+        .expect("alice");
     assert_eq!(
         seen.display_name, "only on the replica",
         "user() must be answered by the replica"
@@ -172,7 +176,10 @@ async fn replica_serves_reads_but_never_stale_ones() {
         .await
         .expect("unmark the replica");
     let before = store.replica_stats();
-    assert_eq!(store.chat(chat.chat_id).await.expect("chat"), Some(chat.clone()));
+    assert_eq!(
+        store.chat(chat.chat_id).await.expect("chat"),
+        Some(chat.clone())
+    );
     let page = store
         .fetch(
             chat.chat_id,
@@ -183,7 +190,10 @@ async fn replica_serves_reads_but_never_stale_ones() {
         )
         .await
         .expect("history");
-    assert_eq!(page.iter().map(|m| m.seq.get()).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(
+        page.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
     let after = store.replica_stats();
     assert_eq!(
         after.replica_reads,
@@ -246,7 +256,11 @@ async fn replica_serves_reads_but_never_stale_ones() {
         .fetch(chat.chat_id, FetchQuery::Latest { limit: 50 })
         .await
         .expect("fetch");
-    assert_eq!(latest.last(), Some(&sent), "a fetch right after a send sees it");
+    assert_eq!(
+        latest.last(),
+        Some(&sent),
+        "a fetch right after a send sees it"
+    );
     let catch_up = store
         .fetch(
             chat.chat_id,
@@ -258,7 +272,10 @@ async fn replica_serves_reads_but_never_stale_ones() {
         .await
         .expect("fetch after");
     assert_eq!(catch_up, vec![sent.clone()]);
-    assert_eq!(store.last_seq(chat.chat_id).await.expect("last_seq"), Seq(11));
+    assert_eq!(
+        store.last_seq(chat.chat_id).await.expect("last_seq"),
+        Seq(11)
+    );
     let newest_page = store
         .fetch(
             chat.chat_id,
@@ -354,8 +371,14 @@ async fn a_dead_replica_only_sends_reads_to_the_primary() {
             .await
             .expect("append");
     }
-    assert_eq!(store.user(user.user_id).await.expect("user"), Some(user.clone()));
-    assert_eq!(store.chat(chat.chat_id).await.expect("chat"), Some(chat.clone()));
+    assert_eq!(
+        store.user(user.user_id).await.expect("user"),
+        Some(user.clone())
+    );
+    assert_eq!(
+        store.chat(chat.chat_id).await.expect("chat"),
+        Some(chat.clone())
+    );
     assert_eq!(
         store.chats_of_user(user.user_id).await.expect("chats"),
         vec![(chat.clone(), Role::Owner)]

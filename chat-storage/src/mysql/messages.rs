@@ -25,15 +25,7 @@ const DEDUPE_ATTEMPTS: u32 = 3;
 
 /// A message row.
 fn message_from(row: Row) -> Result<Message, Failure> {
-    type Cols = (
-        i64,
-        i64,
-        i64,
-        String,
-        i64,
-        Option<i64>,
-        Option<String>,
-    );
+    type Cols = (i64, i64, i64, String, i64, Option<i64>, Option<String>);
     let (chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id): Cols =
         decode("messages", row)?;
     Ok(Message {
@@ -246,7 +238,8 @@ impl MessageStore for MysqlStore {
                      ORDER BY seq DESC LIMIT ?"
                 );
                 let sql = sql.as_str();
-                let complete = move |page: &Vec<Message>| before_page_is_complete(before, limit, page);
+                let complete =
+                    move |page: &Vec<Message>| before_page_is_complete(before, limit, page);
                 self.pools
                     .on_replica(
                         "fetch before",
@@ -286,9 +279,8 @@ impl MessageStore for MysqlStore {
         let mut known: HashMap<i64, i64> = HashMap::with_capacity(chat_ids.len());
         for chunk in chat_ids.chunks(LAST_SEQS_CHUNK) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
-                "SELECT chat_id, last_seq FROM chat_seq WHERE chat_id IN ({placeholders})"
-            );
+            let sql =
+                format!("SELECT chat_id, last_seq FROM chat_seq WHERE chat_id IN ({placeholders})");
             let sql = sql.as_str();
             let ids: Vec<i64> = chunk.iter().map(|c| c.get()).collect();
             let ids = &ids;

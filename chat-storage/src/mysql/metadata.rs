@@ -8,8 +8,8 @@ use super::routing::Freshness;
 use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, Error, Member, MetadataStore, Millis, NewChat, NewSession, NewUser, Result,
-    Role, Session, User, UserCredentials, UserId,
+    Chat, ChatId, Error, Member, MetadataStore, Millis, NewChat, NewSession, NewUser, Result, Role,
+    Session, User, UserCredentials, UserId,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, TxOpts};
@@ -157,7 +157,12 @@ impl MetadataStore for MysqlStore {
                 conn.exec_drop(
                     "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
                      VALUES (?, ?, ?, ?)",
-                    (&s.token_hash[..], s.user_id.get(), s.created_at, s.expires_at),
+                    (
+                        &s.token_hash[..],
+                        s.user_id.get(),
+                        s.created_at,
+                        s.expires_at,
+                    ),
                 )
                 .await
                 .map_err(|e| match server_code(&e) {
@@ -238,19 +243,21 @@ impl MetadataStore for MysqlStore {
             .pools
             .on_primary("create_chat", |mut conn| async move {
                 in_transaction!(conn, |tx| {
-                    insert_chat(&mut tx, chat, others).await.map_err(|f| match f {
-                        Failure::Db(e)
-                            if matches!(
-                                server_code(&e),
-                                Some(code::NO_REFERENCED_ROW | code::NO_REFERENCED_ROW_OLD)
-                            ) =>
-                        {
-                            Failure::Domain(Error::NotFound(
-                                "the owner or a member is not a user".into(),
-                            ))
-                        }
-                        f => f,
-                    })
+                    insert_chat(&mut tx, chat, others)
+                        .await
+                        .map_err(|f| match f {
+                            Failure::Db(e)
+                                if matches!(
+                                    server_code(&e),
+                                    Some(code::NO_REFERENCED_ROW | code::NO_REFERENCED_ROW_OLD)
+                                ) =>
+                            {
+                                Failure::Domain(Error::NotFound(
+                                    "the owner or a member is not a user".into(),
+                                ))
+                            }
+                            f => f,
+                        })
                 })
             })
             .await?;
@@ -277,8 +284,7 @@ impl MetadataStore for MysqlStore {
                 |mut conn| async move {
                     let row: Option<Row> = conn.exec_first(sql, (chat_id.get(),)).await?;
                     let Some(row) = row else { return Ok(None) };
-                    let (id, name, owner, created): (i64, String, i64, i64) =
-                        decode("chats", row)?;
+                    let (id, name, owner, created): (i64, String, i64, i64) = decode("chats", row)?;
                     Ok(Some(chat_from(id, name, owner, created)))
                 },
             )
@@ -355,7 +361,8 @@ impl MetadataStore for MysqlStore {
         let max = u64::try_from(max_members).unwrap_or(u64::MAX);
         self.pools
             .on_primary("add_member", |mut conn| async move {
-                in_transaction!(conn, |tx| add_member_in(&mut tx, chat_id, member, max).await)
+                in_transaction!(conn, |tx| add_member_in(&mut tx, chat_id, member, max)
+                    .await)
             })
             .await
     }
@@ -411,8 +418,9 @@ async fn insert_chat(
     // A foreign key failure here (an unknown user) aborts the whole transaction.
     for chunk in members.chunks(MEMBER_INSERT_CHUNK) {
         let placeholders = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql =
-            format!("INSERT INTO user_chat (chat_id, user_id, role, joined_at) VALUES {placeholders}");
+        let sql = format!(
+            "INSERT INTO user_chat (chat_id, user_id, role, joined_at) VALUES {placeholders}"
+        );
         let mut params: Vec<mysql_async::Value> = Vec::with_capacity(chunk.len() * 4);
         for m in chunk {
             params.push(chat_id.into());

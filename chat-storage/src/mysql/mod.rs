@@ -191,7 +191,10 @@ impl MysqlStore {
         );
         let db = database.clone();
         // Migrations wait up to 30 s for another node's lock, beyond the usual operation timeout.
-        let mut conn = pools.conn(&pools.primary).await.map_err(|f| f.into_error("migrate"))?;
+        let mut conn = pools
+            .conn(&pools.primary)
+            .await
+            .map_err(|f| f.into_error("migrate"))?;
         schema::migrate(&mut conn, &db)
             .await
             .map_err(|f| f.into_error("migrate"))?;

@@ -118,12 +118,15 @@ pub(crate) async fn migrate(conn: &mut Conn, database: &str) -> Result<(), Failu
         .await?;
     let got: Option<Option<i64>> = super::scalar("GET_LOCK", got)?;
     if got != Some(Some(1)) {
-        return Err(Failure::Timeout("waiting for another node's schema migration"));
+        return Err(Failure::Timeout(
+            "waiting for another node's schema migration",
+        ));
     }
     let result = apply_missing(conn).await;
     // Released on every path; a lost connection releases it too.
-    let released: Result<Option<mysql_async::Row>, _> =
-        conn.exec_first("SELECT RELEASE_LOCK(?)", (lock.as_str(),)).await;
+    let released: Result<Option<mysql_async::Row>, _> = conn
+        .exec_first("SELECT RELEASE_LOCK(?)", (lock.as_str(),))
+        .await;
     result?;
     released?;
     Ok(())
@@ -161,7 +164,11 @@ async fn apply_missing(conn: &mut Conn) -> Result<(), Failure> {
         if applied.contains(&m.version) {
             continue;
         }
-        tracing::info!(version = m.version, name = m.name, "mysql: applying migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "mysql: applying migration"
+        );
         for statement in m.statements {
             conn.query_drop(*statement).await?;
         }

@@ -22,14 +22,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The base URL in the environment variable `var`, or an error that says how to start MariaDB.
 /// Tests call this and fail (never skip) when it is missing.
 pub fn url_from_env(var: &str) -> Result<String> {
-    std::env::var(var).map_err(|_| {
-        Error::Unavailable {
-            message: format!(
-                "{var} is not set: start MariaDB with `scripts/mariadb.sh start` and run \
+    std::env::var(var).map_err(|_| Error::Unavailable {
+        message: format!(
+            "{var} is not set: start MariaDB with `scripts/mariadb.sh start` and run \
                  `eval \"$(scripts/mariadb.sh env)\"` before the MySQL tests"
-            ),
-            source: None,
-        }
+        ),
+        source: None,
     })
 }
 
@@ -41,7 +39,9 @@ pub async fn fresh_database(base_url: &str) -> Result<String> {
     let suffix: u64 = rand::thread_rng().gen();
     let name = format!("chat_test_{suffix:016x}");
     let opts = parse_url(base_url)?;
-    let builder = OptsBuilder::from_opts(opts).db_name(None::<String>).prefer_socket(false);
+    let builder = OptsBuilder::from_opts(opts)
+        .db_name(None::<String>)
+        .prefer_socket(false);
     let sql = format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin");
     run_one(builder, &sql, "create test database").await?;
     with_database(base_url, &name)
@@ -55,8 +55,15 @@ pub async fn drop_database(url: &str) -> Result<()> {
         return Err(Error::InvalidArgument(format!("no database in {url}")));
     };
     check_database_name(&name)?;
-    let builder = OptsBuilder::from_opts(opts).db_name(None::<String>).prefer_socket(false);
-    run_one(builder, &format!("DROP DATABASE IF EXISTS `{name}`"), "drop test database").await
+    let builder = OptsBuilder::from_opts(opts)
+        .db_name(None::<String>)
+        .prefer_socket(false);
+    run_one(
+        builder,
+        &format!("DROP DATABASE IF EXISTS `{name}`"),
+        "drop test database",
+    )
+    .await
 }
 
 /// `url` with its database (path) replaced by `database`.
