@@ -9,6 +9,7 @@ use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
 use chat_storage::cassandra::{CassandraConfig, CassandraMessageStore};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 const TASKS_PER_NODE: i64 = 4;
 const SENDS_PER_TASK: i64 = 40;
@@ -34,6 +35,24 @@ async fn history(store: &CassandraMessageStore, chat: ChatId) -> Vec<Message> {
         }
         out.extend(page);
     }
+}
+
+/// Appends like a client: retryable errors are retried with the same message. Returns the
+/// result and whether any attempt failed first.
+async fn send_until_acked(store: &CassandraMessageStore, m: &NewMessage) -> (Appended, bool) {
+    let mut retried = false;
+    for _ in 0..100 {
+        match store.append(m.clone()).await {
+            Ok(a) => return (a, retried),
+            Err(e) if e.is_retryable() => {
+                eprintln!("send {:?}: {e}; retrying", m.client_msg_id);
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("send failed with a non-retryable error: {e:?}"),
+        }
+    }
+    panic!("send {:?} never succeeded", m.client_msg_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,12 +82,17 @@ async fn two_nodes_append_to_one_chat_concurrently() {
                         timestamp: Some(i),
                         client_msg_id: Some(cmid),
                     };
-                    let first = node.append(m.clone()).await.expect("append");
-                    assert!(first.created, "a first send creates its message");
+                    // Like a client: a retryable error (a lightweight transaction that timed out
+                    // under contention, outcome unknown) is retried with the same client_msg_id.
+                    let (first, retried) = send_until_acked(&node, &m).await;
+                    assert!(
+                        first.created || retried,
+                        "a first send that did not fail creates its message"
+                    );
                     // Every 5th send is retried through the other node (a client that
                     // reconnected elsewhere): same message back, nothing new stored.
                     if i % 5 == 0 {
-                        let again = other.append(m).await.expect("retry");
+                        let (again, _) = send_until_acked(&other, &m).await;
                         assert!(!again.created, "a retry through the other node must dedupe");
                         assert_eq!(again.message, first.message);
                     }
