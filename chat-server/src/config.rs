@@ -2,6 +2,7 @@
 //! defaults.
 
 use chat_core::Limits;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// The server's settings. `Config::default()` gives the documented defaults.
@@ -33,6 +34,12 @@ pub struct Config {
     pub session_sweep_interval: Duration,
     /// How long `GET /v1/health` waits for each backend before calling it down.
     pub health_timeout: Duration,
+    /// Further dependencies `GET /v1/health` checks, by the name it reports them under (e.g.
+    /// `("cache", ..)` for the membership cache's Redis). Empty by default.
+    pub health_checks: Vec<(String, std::sync::Arc<dyn crate::HealthCheck>)>,
+    /// Limits against abuse: login, registration and send rates per address and account,
+    /// connection caps and timeouts. See [`AbuseLimits`].
+    pub abuse: AbuseLimits,
 }
 
 impl Default for Config {
@@ -49,6 +56,98 @@ impl Default for Config {
             ws_write_timeout: Duration::from_secs(10),
             session_sweep_interval: Duration::from_secs(600),
             health_timeout: Duration::from_secs(3),
+            health_checks: Vec::new(),
+            abuse: AbuseLimits::default(),
+        }
+    }
+}
+
+/// A token bucket: `per_sec` tokens refill each second up to `burst`. A `per_sec` of 0 turns the
+/// limit off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate, in events per second (fractions allowed: 0.1 is six a minute).
+    pub per_sec: f64,
+    /// Events allowed at once.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const OFF: RateLimit = RateLimit {
+        per_sec: 0.0,
+        burst: 0,
+    };
+
+    /// `per_sec` sustained, `burst` at once.
+    pub const fn new(per_sec: f64, burst: u32) -> RateLimit {
+        RateLimit { per_sec, burst }
+    }
+}
+
+/// Limits that keep one client, address or account from exhausting the server. The per-user
+/// send rate is [`Limits::send_rate_per_sec`]; everything else hostile clients can drive is here.
+///
+/// Per-address limits key on the TCP peer's address, or, when the peer is one of
+/// [`AbuseLimits::trusted_proxies`], on the client address that proxy reports in
+/// `X-Forwarded-For`. Behind a proxy that is not listed, every client shares the proxy's address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbuseLimits {
+    /// Login attempts per client address. Each costs an argon2 hash, the most expensive thing
+    /// an anonymous client can ask for.
+    pub login_per_addr: RateLimit,
+    /// Login attempts per account (email), from any address: bounds password guessing spread
+    /// over many addresses. Kept loose enough that the owner still gets in soon after an
+    /// attack stops.
+    pub login_per_account: RateLimit,
+    /// Registrations per client address.
+    pub register_per_addr: RateLimit,
+    /// Sends per client address, over all the users behind it (REST and WebSocket together).
+    pub send_per_addr: RateLimit,
+    /// Open WebSockets per user; one more upgrade gets 429 `rate_limited`. 0 means no cap.
+    pub ws_per_user: usize,
+    /// TCP connections served at once (HTTP and WebSocket). The accept loop waits for a free
+    /// slot instead of accepting more, so the process never runs out of file descriptors or
+    /// memory because of connections.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and how long a kept-alive
+    /// connection may sit idle before its next request. A client that opens sockets and sends
+    /// nothing holds them only this long.
+    pub header_read_timeout: Duration,
+    /// How long one REST request (reading its body included) may take before it is answered
+    /// with 408; stops slow-body clients from holding a connection.
+    pub request_timeout: Duration,
+    /// Proxies (e.g. the nginx in front) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        AbuseLimits {
+            login_per_addr: RateLimit::new(1.0, 30),
+            login_per_account: RateLimit::new(0.2, 10),
+            register_per_addr: RateLimit::new(0.5, 20),
+            send_per_addr: RateLimit::new(200.0, 1000),
+            ws_per_user: 32,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl AbuseLimits {
+    /// The rate limits off and the caps raised, for test suites that register hundreds of users
+    /// from one address; the timeouts and the connection cap stay at their defaults.
+    pub fn unthrottled() -> Self {
+        AbuseLimits {
+            login_per_addr: RateLimit::OFF,
+            login_per_account: RateLimit::OFF,
+            register_per_addr: RateLimit::OFF,
+            send_per_addr: RateLimit::OFF,
+            ws_per_user: 0,
+            ..AbuseLimits::default()
         }
     }
 }

@@ -30,15 +30,21 @@
 //! - `send`: the one send path shared by REST and WebSocket: validate, rate-limit, check
 //!   membership, append, publish.
 //! - `auth`: argon2id passwords, bearer tokens, sessions.
-//! - `rate_limit`: the per-user send token bucket.
+//! - `accept`: the accept loop under HTTP: a cap on open connections, the header read timeout,
+//!   the peer's address, the graceful drain.
+//! - `rate_limit`: abuse limits: token buckets for sends (per user and per address), logins
+//!   (per address and per account) and registrations (per address); WebSockets per user.
 //! - `metrics`: Prometheus counters and latency histograms for `GET /metrics`.
 //! - `error`: `chat_core::Error` to HTTP status plus JSON error body.
 //! - `state`: what every handler and connection shares.
 
+mod accept;
 mod auth;
 pub mod broker;
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod hub;
 mod metrics;
@@ -48,5 +54,5 @@ mod server;
 mod state;
 mod ws;
 
-pub use config::{Config, PasswordHashing};
+pub use config::{AbuseLimits, Config, PasswordHashing, RateLimit};
 pub use server::{Server, ServerHandle};

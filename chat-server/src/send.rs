@@ -1,6 +1,7 @@
 //! The one send path shared by `POST /v1/send` and the WebSocket `send` frame:
 //! validate, rate-limit, check membership, append durably, then publish.
 
+use crate::rate_limit::Guards;
 use crate::state::AppState;
 use chat_core::ids::now_millis;
 use chat_core::{Appended, ChatId, Error, Event, Millis, NewMessage, Result, Role, Topic, UserId};
@@ -16,6 +17,8 @@ pub(crate) struct SendInput {
     pub(crate) timestamp: Option<Millis>,
     /// Idempotency key.
     pub(crate) client_msg_id: Option<String>,
+    /// The client's address, for the per-address send limit (`None` when unknown).
+    pub(crate) client_addr: Option<std::net::IpAddr>,
 }
 
 /// Stores a message and, if it is new, publishes it to the chat's topic.
@@ -32,7 +35,8 @@ pub(crate) async fn send_message(
     if let Some(id) = &input.client_msg_id {
         limits.client_msg_id(id)?;
     }
-    state.send_rate.check(sender)?;
+    state.guards.send_per_user.check(sender)?;
+    Guards::by_addr(&state.guards.send_per_addr, input.client_addr)?;
     require_member(state, input.chat_id, sender).await?;
     let appended = state
         .messages

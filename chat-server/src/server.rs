@@ -5,11 +5,11 @@ use crate::auth::Passwords;
 use crate::config::Config;
 use crate::hub::{close_code, Hub};
 use crate::metrics::Metrics;
-use crate::rate_limit::SendRateLimiter;
+use crate::rate_limit::Guards;
 use crate::state::AppState;
 use anyhow::Context as _;
 use chat_core::{Broker, MessageStore, MetadataStore};
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -42,10 +42,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let state = AppState {
             hub: Arc::new(Hub::new(broker.clone(), metrics.clone())),
-            send_rate: SendRateLimiter::new(
-                config.limits.send_rate_per_sec,
-                config.limits.send_burst,
-            ),
+            guards: Guards::new(&config),
             passwords: Passwords::new(config.password_hashing),
             metadata,
             messages,
@@ -112,15 +109,18 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, node_id = %st.config.node_id, "chat server listening");
         }
-        let graceful = st.shutting_down.clone();
-        let serving = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .into_future();
+        let serving = crate::accept::serve(
+            listener,
+            router,
+            &st.config.abuse,
+            st.shutting_down.clone(),
+            st.crashed.clone(),
+        );
         tokio::pin!(serving);
         tokio::select! {
-            r = &mut serving => {
-                // Only an accept loop failure ends it before a shutdown was asked for.
-                return r.context("serving HTTP");
+            () = &mut serving => {
+                // The accept loop ends only once a shutdown was asked for.
+                anyhow::bail!("the accept loop stopped unexpectedly");
             }
             _ = shutdown => {}
         }
@@ -130,9 +130,8 @@ impl Server {
         st.shutting_down.cancel();
         st.hub
             .close_all(close_code::RESTART, "server restarting, reconnect");
-        match timeout_at(deadline, &mut serving).await {
-            Ok(r) => r.context("serving HTTP")?,
-            Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        if timeout_at(deadline, &mut serving).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within the grace period");
         }
         if timeout_at(deadline, st.hub.wait_empty()).await.is_err() {
             tracing::warn!("WebSocket connections did not close within the grace period");
@@ -143,6 +142,11 @@ impl Server {
             .context("flushing the message store")?;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+
+    /// The shared state, for in-crate harnesses.
+    pub(crate) fn state(&self) -> Arc<AppState> {
+        self.state.clone()
     }
 
     /// Starts the task that delivers broker events, once.

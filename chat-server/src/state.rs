@@ -4,7 +4,7 @@ use crate::auth::Passwords;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::rate_limit::SendRateLimiter;
+use crate::rate_limit::Guards;
 use chat_core::{Broker, MessageStore, MetadataStore};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,8 @@ pub(crate) struct AppState {
     pub(crate) hub: Arc<Hub>,
     /// Counters for `GET /metrics`.
     pub(crate) metrics: Arc<Metrics>,
-    /// Per-user send rate.
-    pub(crate) send_rate: SendRateLimiter,
+    /// Rate limits (sends, logins, registrations) and the WebSocket cap per user.
+    pub(crate) guards: Guards,
     /// argon2id with the configured cost.
     pub(crate) passwords: Passwords,
     /// Cancelled when a graceful shutdown starts: new WebSockets are refused.

@@ -4,8 +4,9 @@
 
 use crate::auth::{authenticate, bearer, hex, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::QueryParams;
+use crate::http::extract::{ClientAddr, QueryParams};
 use crate::hub::{close_code, serialize, truncate_reason, Connection, Push};
+use crate::rate_limit::ConnectionSlot;
 use crate::send::{send_message, SendInput};
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -18,6 +19,7 @@ use chat_core::protocol::{ChatCursor, ClientFrame, ServerFrame};
 use chat_core::{ChatId, Error, Result};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +30,11 @@ use tokio::time::timeout;
 /// dropping the socket. Short: a peer that is not reading will never take it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /v1/ws`: authenticates (header or `?token=`), then upgrades.
+/// `GET /v1/ws`: authenticates (header or `?token=`), takes one of the user's connection slots,
+/// then upgrades.
 pub(crate) async fn upgrade(
     State(st): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     QueryParams(query): QueryParams,
     upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -57,12 +61,18 @@ pub(crate) async fn upgrade(
         }
         .into());
     }
+    // Taken before upgrading so an over-cap client gets a plain 429 it can read; held by the
+    // connection task until the socket closes.
+    let slot = st.guards.ws_per_user.acquire(caller.user_id)?;
     let max = st.config.limits.max_frame_bytes;
+    // No `Sec-WebSocket-Extensions` is ever answered (tungstenite implements none), so
+    // permessage-deflate is never negotiated: a frame's size on the wire is its size in memory,
+    // and the frame cap below bounds both.
     Ok(upgrade
         .max_frame_size(max)
         .max_message_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| run(st, socket, caller)))
+        .on_upgrade(move |socket| run(st, socket, caller, addr, slot)))
 }
 
 /// Decrements the open-connections gauge however the connection ends.
@@ -75,7 +85,13 @@ impl Drop for Gauge {
 }
 
 /// Serves one upgraded connection until it closes.
-async fn run(st: Arc<AppState>, mut socket: WebSocket, caller: Caller) {
+async fn run(
+    st: Arc<AppState>,
+    mut socket: WebSocket,
+    caller: Caller,
+    addr: Option<IpAddr>,
+    _slot: ConnectionSlot,
+) {
     st.metrics
         .ws_connections_total
         .fetch_add(1, Ordering::Relaxed);
@@ -125,7 +141,7 @@ async fn run(st: Arc<AppState>, mut socket: WebSocket, caller: Caller) {
         st.config.ws_write_timeout,
     ));
     tokio::select! {
-        _ = read_loop(&st, &mut stream, &conn) => {
+        _ = read_loop(&st, &mut stream, &conn, addr) => {
             // However reading ended, the writer stops (sending the close frame, if any).
             conn.stop();
             if timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut writer).await.is_err() {
@@ -184,7 +200,12 @@ async fn authenticate_hash(st: &AppState, caller: &Caller) -> Result<()> {
 
 /// Reads client frames until the peer closes, a violation closes the connection, or the
 /// connection is told to close.
-async fn read_loop(st: &AppState, stream: &mut SplitStream<WebSocket>, conn: &Arc<Connection>) {
+async fn read_loop(
+    st: &AppState,
+    stream: &mut SplitStream<WebSocket>,
+    conn: &Arc<Connection>,
+    addr: Option<IpAddr>,
+) {
     loop {
         let next = tokio::select! {
             biased;
@@ -210,7 +231,7 @@ async fn read_loop(st: &AppState, stream: &mut SplitStream<WebSocket>, conn: &Ar
             Ok(Some(Ok(m))) => m,
         };
         match msg {
-            Message::Text(text) => handle_text(st, conn, text.as_str()).await,
+            Message::Text(text) => handle_text(st, conn, text.as_str(), addr).await,
             Message::Binary(_) => {
                 conn.close(
                     close_code::UNSUPPORTED,
@@ -250,7 +271,12 @@ fn classify(e: &axum::Error) -> Option<(u16, String)> {
 
 /// Handles one client text frame: `send` or `ping`; anything else gets a `bad_request` error
 /// frame and the connection stays open.
-async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &str) {
+pub(crate) async fn handle_text(
+    st: &AppState,
+    conn: &Arc<Connection>,
+    text: &str,
+    addr: Option<IpAddr>,
+) {
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -286,6 +312,7 @@ async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &str) {
                     msg_text,
                     timestamp,
                     client_msg_id: Some(client_msg_id.clone()),
+                    client_addr: addr,
                 },
             )
             .await;

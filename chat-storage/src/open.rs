@@ -40,6 +40,24 @@ impl StoreConfig {
             data_dir: data_dir.into(),
         }
     }
+
+    /// Checks the URLs' syntax (and the replica rule) without opening or connecting to
+    /// anything: the part of [`open`] that reads operator input, on its own so that it can be
+    /// fuzzed and run before a server starts. Errors are `InvalidArgument`, as from [`open`].
+    pub fn check(&self) -> Result<()> {
+        let metadata = parse(&self.metadata, &self.data_dir)?;
+        parse(&self.messages, &self.data_dir)?;
+        for replica in &self.metadata_replicas {
+            // Logged forms of a replica URL must not leak its password either.
+            let _ = redact(replica);
+        }
+        if !self.metadata_replicas.is_empty() && !matches!(metadata, StoreUrl::Mysql(_)) {
+            return Err(Error::InvalidArgument(
+                "metadata replicas need a mysql:// metadata store".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The opened stores, type-erased so the server does not care which backend it got.

@@ -2,7 +2,7 @@
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::http::extract::{JsonBody, QueryParams};
+use crate::http::extract::{ClientAddr, JsonBody, QueryParams};
 use crate::send::{require_member, send_message, SendInput};
 use crate::state::AppState;
 use axum::extract::State;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub(crate) async fn send(
     State(st): State<Arc<AppState>>,
     caller: Caller,
+    ClientAddr(addr): ClientAddr,
     JsonBody(req): JsonBody<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
     if req.user_id.is_some_and(|u| u != caller.user_id) {
@@ -29,6 +30,7 @@ pub(crate) async fn send(
             msg_text: req.msg_text,
             timestamp: req.timestamp,
             client_msg_id: req.client_msg_id,
+            client_addr: addr,
         },
     )
     .await?;

@@ -1,6 +1,6 @@
 //! The HTTP surface: the router with every REST route and `GET /v1/ws`, the fallbacks that keep
 //! every failure in the contract's JSON error format, and the cross-cutting layers (body limit,
-//! panic catching, metrics, tracing).
+//! request timeout, panic catching, metrics, tracing).
 
 mod chats;
 pub(crate) mod extract;
@@ -20,6 +20,7 @@ use chat_core::{Error, ErrorCode};
 use futures::FutureExt as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
 /// Every route of the contract, with its layers.
@@ -44,6 +45,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.config.abuse.request_timeout,
+            request_timeout,
+        ))
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -63,6 +68,24 @@ async fn method_not_allowed() -> Response {
         ErrorCode::Other("method_not_allowed".into()),
         "method not allowed on this route".into(),
     )
+}
+
+/// Answers 408 `request_timeout` when a request (reading its body included) takes longer than
+/// the configured limit, so a client trickling a body cannot hold a connection forever. A
+/// WebSocket upgrade answers at once; the socket's own idle timeout covers it afterwards.
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::Other("request_timeout".into()),
+            "the request took too long".into(),
+        ),
+    }
 }
 
 /// Turns a panicking handler into a 500 `internal` answer instead of a dropped connection.

@@ -2,7 +2,8 @@
 
 use crate::auth::{hex, new_token, Caller};
 use crate::error::ApiResult;
-use crate::http::extract::JsonBody;
+use crate::http::extract::{ClientAddr, JsonBody};
+use crate::rate_limit::Guards;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,8 +16,10 @@ use std::sync::Arc;
 /// `POST /v1/users`.
 pub(crate) async fn register(
     State(st): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    Guards::by_addr(&st.guards.register_per_addr, addr)?;
     let limits = &st.config.limits;
     let email = limits.email(&req.email)?;
     limits.new_password(&req.password)?;
@@ -38,12 +41,21 @@ pub(crate) async fn register(
 /// amount of hashing work.
 pub(crate) async fn login(
     State(st): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<SessionView>> {
+    // Both limits are taken before any hashing: the argon2 work is what an attacker wants to
+    // make the server do.
+    Guards::by_addr(&st.guards.login_per_addr, addr)?;
     let limits = &st.config.limits;
     limits.password_len(&req.password)?;
     let creds = match limits.email(&req.email) {
-        Ok(email) => st.metadata.user_credentials(&email).await?,
+        Ok(email) => {
+            // Keyed on the validated (so bounded, normalized) email only: a malformed one
+            // matches no account and is already limited per address.
+            st.guards.login_per_account.check(email.clone())?;
+            st.metadata.user_credentials(&email).await?
+        }
         Err(_) => None,
     };
     let (user, hash) = match creds {

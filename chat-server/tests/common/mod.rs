@@ -92,6 +92,8 @@ pub fn test_config() -> Config {
             ..Limits::default()
         },
         password_hashing: PasswordHashing::fast_insecure(),
+        // Hundreds of users from one address: the abuse limits have their own tests.
+        abuse: chat_server::AbuseLimits::unthrottled(),
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     }

@@ -53,7 +53,7 @@
 //! # Failures
 //! Every pool is bounded; taking a connection (including connecting) times out after
 //! `acquire_timeout` and each operation after `op_timeout`, so a database that is down answers
-//! [`Error::Unavailable`](chat_core::Error::Unavailable) within seconds instead of hanging.
+//! [`Error::Unavailable`] within seconds instead of hanging.
 //! Broken connections are dropped by the pool, which connects again when the server is back: no
 //! restart or manual step is needed. An append that times out after sending `COMMIT` may or may
 //! not be stored; the client's retry with the same `client_msg_id` finds out without a duplicate.
