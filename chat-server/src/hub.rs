@@ -7,18 +7,51 @@
 //! and runs the one task that consumes [`Broker::events`]. A message event is serialized once and
 //! the same bytes are queued to every recipient connection. Queues are bounded: a connection
 //! whose queue is full is closed as a slow consumer instead of letting memory grow.
+//!
+//! # Resync: when the broker may have lost events
+//! The broker is a wake-up path, not the record. For every chat with a local member the hub
+//! keeps the highest `seq` it has forwarded (starting from the store's `last_seq` when the chat
+//! got its first local member here). On [`BrokerEvent::Resync`] (a Redis restart, a subscriber
+//! reconnect, a failed publish anywhere in the cluster) it, inline and before any later event:
+//! 1. re-reads the chats of every locally connected user, so membership changes whose events
+//!    were lost take effect before anything else is delivered (a removed member gets nothing
+//!    more, an added one gets the chat), and fixes the broker subscriptions to match;
+//! 2. reads `last_seq` of every local chat (one batched call) and, where the store is ahead,
+//!    fetches the messages after the highest forwarded `seq` (one page of 500) plus the newest
+//!    one, and fans them out as ordinary `message` frames.
+//!
+//! So every client ends with every message, in order, even if nothing is sent after an outage:
+//! clients drop duplicates by `seq`, and a client that sees a `seq` beyond a hole fetches the
+//! hole itself (which is also why one page plus the newest message suffices after a long
+//! outage). If a store is down during a resync, it is retried with backoff until it succeeds;
+//! live events keep flowing meanwhile.
 
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use chat_core::protocol::ServerFrame;
-use chat_core::{Broker, BrokerEvent, BrokerStream, ChatId, Event, Result, Topic, UserId};
+use chat_core::{
+    Broker, BrokerEvent, BrokerStream, ChatId, Event, FetchQuery, Message, MessageStore,
+    MetadataStore, Result, Seq, Topic, UserId,
+};
 use futures::{FutureExt as _, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Messages fetched per chat in one resync (the contract's page maximum); beyond it the newest
+/// message is sent too, and clients fetch the hole in between themselves.
+const RESYNC_PAGE: u32 = 500;
+/// Membership reads running at once during a resync.
+const RESYNC_PARALLEL: usize = 16;
+/// Longest one resync may hold up live delivery before it is abandoned and retried.
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// First and longest delay before retrying a resync that failed (a store was down).
+const RESYNC_RETRY_MIN: Duration = Duration::from_millis(200);
+const RESYNC_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// WebSocket close codes the server uses.
 pub(crate) mod close_code {
@@ -207,6 +240,9 @@ struct HubState {
     users: HashMap<UserId, LocalUser>,
     /// Each chat's locally connected members. Never holds an empty set.
     chats: HashMap<ChatId, HashSet<UserId>>,
+    /// For chats in `chats`: the highest `seq` forwarded here, or the store's `last_seq` when
+    /// the chat got its first local member. A resync fetches what came after it.
+    seqs: HashMap<ChatId, Seq>,
 }
 
 impl HubState {
@@ -240,13 +276,55 @@ impl HubState {
             added
         } else {
             let removed = local.chats.remove(&chat);
-            if let Some(set) = self.chats.get_mut(&chat) {
-                set.remove(&user);
-                if set.is_empty() {
-                    self.chats.remove(&chat);
-                }
-            }
+            self.drop_member(chat, user);
             removed
+        }
+    }
+
+    /// Takes `user` out of `chat`'s local members, forgetting the chat when nobody is left.
+    fn drop_member(&mut self, chat: ChatId, user: UserId) {
+        if let Some(set) = self.chats.get_mut(&chat) {
+            set.remove(&user);
+            if set.is_empty() {
+                self.chats.remove(&chat);
+                self.seqs.remove(&chat);
+            }
+        }
+    }
+
+    /// Raises a local chat's forwarded `seq` (chats without local members are not tracked).
+    fn saw(&mut self, chat: ChatId, seq: Seq) {
+        if self.chats.contains_key(&chat) {
+            let s = self.seqs.entry(chat).or_insert(seq);
+            if *s < seq {
+                *s = seq;
+            }
+        }
+    }
+
+    /// Starts tracking a local chat at `seq` unless it is tracked already (then what was
+    /// forwarded stands: raising it could skip messages still in flight).
+    fn track(&mut self, chat: ChatId, seq: Seq) {
+        if self.chats.contains_key(&chat) {
+            self.seqs.entry(chat).or_insert(seq);
+        }
+    }
+
+    /// Replaces what this node knows of `user`'s chats with `wanted` (a fresh read of
+    /// committed state), collecting the topics whose subscription may change.
+    fn replace_chats(&mut self, user: UserId, wanted: HashSet<ChatId>, topics: &mut Vec<Topic>) {
+        let Some(local) = self.users.get(&user) else {
+            return;
+        };
+        let old: Vec<ChatId> = local.chats.iter().copied().collect();
+        for c in old {
+            if !wanted.contains(&c) && self.apply_member(c, user, false) {
+                topics.push(Topic::Chat(c));
+            }
+        }
+        for c in wanted {
+            self.apply_member(c, user, true);
+            topics.push(Topic::Chat(c));
         }
     }
 
@@ -267,6 +345,12 @@ impl HubState {
 pub(crate) struct Hub {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
+    /// Read on a resync: the chats of connected users.
+    metadata: Arc<dyn MetadataStore>,
+    /// Read on a resync and when a chat gets its first local member: `last_seq`, missed pages.
+    messages: Arc<dyn MessageStore>,
+    /// Set when a resync failed (a store was down); the event loop retries it.
+    resync_pending: AtomicBool,
     state: Mutex<HubState>,
     /// Topics the broker is subscribed to. A tokio mutex because it is held across the
     /// broker's `subscribe`/`unsubscribe` calls, which serializes them so concurrent joins and
@@ -278,11 +362,20 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// An empty hub delivering the events of `broker`.
-    pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Hub {
+    /// An empty hub delivering the events of `broker`, catching up from the stores on a
+    /// resync.
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        metadata: Arc<dyn MetadataStore>,
+        messages: Arc<dyn MessageStore>,
+    ) -> Hub {
         Hub {
             broker,
             metrics,
+            metadata,
+            messages,
+            resync_pending: AtomicBool::new(false),
             state: Mutex::new(HubState::default()),
             subscribed: tokio::sync::Mutex::new(HashSet::new()),
             count: watch::channel(0).0,
@@ -342,19 +435,33 @@ impl Hub {
             }
             // The list just loaded, with the changes logged since registration replayed on
             // top, is the newest view of committed state: it replaces what this node knew.
-            let old: Vec<ChatId> = local.chats.iter().copied().collect();
-            let user = conn.user_id;
-            for c in old {
-                if !wanted.contains(&c) && st.apply_member(c, user, false) {
-                    topics.push(Topic::Chat(c));
-                }
-            }
-            for c in wanted {
-                st.apply_member(c, user, true);
-                topics.push(Topic::Chat(c));
-            }
+            st.replace_chats(conn.user_id, wanted, &mut topics);
         }
-        self.reconcile(topics).await
+        self.reconcile(topics).await?;
+        self.track_new_chats().await
+    }
+
+    /// Gives every local chat that has no forwarded `seq` yet the store's `last_seq`. Runs
+    /// after the subscription is in place (and before the connection's `ready` is read), so a
+    /// message the broker loses after this point is above it and found by a resync.
+    async fn track_new_chats(&self) -> Result<()> {
+        let untracked: Vec<ChatId> = {
+            let st = self.state();
+            st.chats
+                .keys()
+                .filter(|c| !st.seqs.contains_key(c))
+                .copied()
+                .collect()
+        };
+        if untracked.is_empty() {
+            return Ok(());
+        }
+        let seqs = self.messages.last_seqs(&untracked).await?;
+        let mut st = self.state();
+        for (c, seq) in untracked.into_iter().zip(seqs) {
+            st.track(c, seq);
+        }
+        Ok(())
     }
 
     /// Removes a connection; unsubscribes topics nobody here needs any more.
@@ -372,12 +479,7 @@ impl Hub {
                 st.users.remove(&user);
                 topics.push(Topic::User(user));
                 for c in chats {
-                    if let Some(set) = st.chats.get_mut(&c) {
-                        set.remove(&user);
-                        if set.is_empty() {
-                            st.chats.remove(&c);
-                        }
-                    }
+                    st.drop_member(c, user);
                     topics.push(Topic::Chat(c));
                 }
             }
@@ -444,9 +546,24 @@ impl Hub {
         result
     }
 
-    /// Consumes the broker's event stream until it ends.
+    /// Consumes the broker's event stream until it ends, retrying a failed resync with backoff
+    /// in between events.
     pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
-        while let Some(event) = events.next().await {
+        let mut retry_delay = RESYNC_RETRY_MIN;
+        loop {
+            let event = if self.resync_pending.load(Ordering::SeqCst) {
+                tokio::select! {
+                    e = events.next() => e,
+                    _ = tokio::time::sleep(retry_delay) => {
+                        retry_delay = (retry_delay * 2).min(RESYNC_RETRY_MAX);
+                        Some(BrokerEvent::Resync)
+                    }
+                }
+            } else {
+                retry_delay = RESYNC_RETRY_MIN;
+                events.next().await
+            };
+            let Some(event) = event else { break };
             // One bad event must not end live delivery for the whole node.
             if AssertUnwindSafe(self.handle(event))
                 .catch_unwind()
@@ -459,14 +576,128 @@ impl Hub {
         tracing::warn!("broker event stream ended; live delivery stopped");
     }
 
+    /// Catches this node's connections up after the broker may have lost events; see the
+    /// module docs. On failure the event loop retries.
+    async fn resync(&self) {
+        self.metrics.broker_resyncs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("broker resync: re-reading memberships and catching up from the store");
+        let result = match tokio::time::timeout(RESYNC_TIMEOUT, self.try_resync()).await {
+            Ok(r) => r,
+            Err(_) => Err(chat_core::Error::Unavailable {
+                message: "resync timed out".into(),
+                source: None,
+            }),
+        };
+        match result {
+            Ok(()) => self.resync_pending.store(false, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!(error = %e, "broker resync failed; retrying");
+                self.resync_pending.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn try_resync(&self) -> Result<()> {
+        // 1. Memberships first, so nothing below reaches someone who was removed.
+        let users: Vec<UserId> = self.state().users.keys().copied().collect();
+        let lists: Vec<(UserId, Result<Vec<ChatId>>)> = futures::stream::iter(users)
+            .map(|u| async move {
+                let chats = self.metadata.chats_of_user(u).await;
+                (
+                    u,
+                    chats.map(|l| l.into_iter().map(|(c, _)| c.chat_id).collect()),
+                )
+            })
+            .buffer_unordered(RESYNC_PARALLEL)
+            .collect()
+            .await;
+        let mut topics = Vec::new();
+        let mut failure = None;
+        {
+            let mut st = self.state();
+            for (user, chats) in lists {
+                match chats {
+                    Ok(chats) => st.replace_chats(user, chats.into_iter().collect(), &mut topics),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        self.reconcile(topics).await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+
+        // 2. Messages stored after what was forwarded.
+        let tracked: Vec<(ChatId, Option<Seq>)> = {
+            let st = self.state();
+            st.chats
+                .keys()
+                .map(|c| (*c, st.seqs.get(c).copied()))
+                .collect()
+        };
+        let ids: Vec<ChatId> = tracked.iter().map(|(c, _)| *c).collect();
+        let last = self.messages.last_seqs(&ids).await?;
+        for ((chat, from), last) in tracked.into_iter().zip(last) {
+            let Some(from) = from else {
+                // Its first member is still being set up; it is tracked from now on.
+                self.state().track(chat, last);
+                continue;
+            };
+            if last <= from {
+                continue;
+            }
+            let mut missed = self
+                .messages
+                .fetch(
+                    chat,
+                    FetchQuery::After {
+                        after: from,
+                        limit: RESYNC_PAGE,
+                    },
+                )
+                .await?;
+            if missed.last().is_some_and(|m| m.seq < last) {
+                // A long outage: the newest message shows clients the hole to fetch.
+                let newest = self
+                    .messages
+                    .fetch(chat, FetchQuery::Latest { limit: 1 })
+                    .await?;
+                missed.extend(newest);
+            }
+            tracing::debug!(%chat, n = missed.len(), "resync delivers missed messages");
+            for m in missed {
+                self.deliver_message(chat, m);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one message frame to every local connection of the chat's members.
+    fn deliver_message(&self, chat: ChatId, message: Message) {
+        let seq = message.seq;
+        let frame = match serialize(&ServerFrame::Message { message }) {
+            Some(f) => f,
+            None => return,
+        };
+        let conns = {
+            let mut st = self.state();
+            st.saw(chat, seq);
+            match st.chats.get(&chat) {
+                Some(members) => st.connections_of(members),
+                None => Vec::new(),
+            }
+        };
+        for c in conns {
+            c.push(frame.clone(), &self.metrics);
+        }
+    }
+
     /// Applies one broker event: delivers frames and updates the maps.
     pub(crate) async fn handle(&self, event: BrokerEvent) {
         self.metrics.broker_events.fetch_add(1, Ordering::Relaxed);
         let (topic, event) = match event {
             BrokerEvent::Resync => {
-                // Clients notice holes by seq and fetch them; nothing to replay here.
-                self.metrics.broker_resyncs.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("broker reported possibly lost events (resync)");
+                self.resync().await;
                 return;
             }
             BrokerEvent::Event { topic, event } => (topic, event),
@@ -477,20 +708,7 @@ impl Hub {
                     tracing::warn!(%chat, "message event on another chat's topic ignored");
                     return;
                 }
-                let frame = match serialize(&ServerFrame::Message { message }) {
-                    Some(f) => f,
-                    None => return,
-                };
-                let conns = {
-                    let st = self.state();
-                    match st.chats.get(&chat) {
-                        Some(members) => st.connections_of(members),
-                        None => Vec::new(),
-                    }
-                };
-                for c in conns {
-                    c.push(frame.clone(), &self.metrics);
-                }
+                self.deliver_message(chat, message);
             }
             (Topic::Chat(chat), Event::ChatUpdated { chat: view }) => {
                 if view.chat_id != chat {
@@ -530,6 +748,8 @@ impl Hub {
                 let conns = {
                     let mut st = self.state();
                     if st.set_member(chat, user, true) {
+                        // The view was read after the join committed: what follows it is new.
+                        st.track(chat, view.last_seq);
                         st.connections_of([&user])
                     } else {
                         Vec::new()
@@ -609,13 +829,27 @@ mod tests {
     use chat_core::protocol::ChatView;
     use chat_core::{Message, Seq};
 
-    fn hub() -> (Arc<Hub>, Arc<LocalBroker>, Arc<Metrics>) {
+    /// The store behind a test hub, and the directory holding it.
+    struct Fixture {
+        store: chat_storage::sqlite::SqliteStore,
+        _dir: tempfile::TempDir,
+    }
+
+    fn hub() -> (Arc<Hub>, Arc<LocalBroker>, Arc<Metrics>, Fixture) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("hub.db")).unwrap();
         let broker = Arc::new(LocalBroker::new());
         let metrics = Arc::new(Metrics::default());
         (
-            Arc::new(Hub::new(broker.clone(), metrics.clone())),
+            Arc::new(Hub::new(
+                broker.clone(),
+                metrics.clone(),
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+            )),
             broker,
             metrics,
+            Fixture { store, _dir: dir },
         )
     }
 
@@ -655,7 +889,7 @@ mod tests {
 
     #[tokio::test]
     async fn fans_out_one_serialization_to_every_member_connection() {
-        let (hub, _, metrics) = hub();
+        let (hub, _, metrics, _fx) = hub();
         let (_a1, mut a1) = connect(&hub, 1, &[10], 8).await;
         let (_a2, mut a2) = connect(&hub, 1, &[10], 8).await;
         let (_b, mut b) = connect(&hub, 2, &[10, 11], 8).await;
@@ -674,7 +908,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscriptions_follow_connections() {
-        let (hub, broker, _) = hub();
+        let (hub, broker, _, _fx) = hub();
         let (a, _ra) = connect(&hub, 1, &[10], 8).await;
         let (b, _rb) = connect(&hub, 2, &[10], 8).await;
         assert!(hub
@@ -701,7 +935,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_closes_the_slow_consumer_once() {
-        let (hub, _, metrics) = hub();
+        let (hub, _, metrics, _fx) = hub();
         let (slow, _rx_never_read) = connect(&hub, 1, &[10], 2).await;
         let (_fast, mut fast) = connect(&hub, 2, &[10], 64).await;
         for seq in 1..=10 {
@@ -721,7 +955,7 @@ mod tests {
 
     #[tokio::test]
     async fn membership_events_update_delivery() {
-        let (hub, _, _) = hub();
+        let (hub, _, _, _fx) = hub();
         let (_a, mut a) = connect(&hub, 1, &[10], 16).await;
         let (_b, mut b) = connect(&hub, 2, &[], 16).await;
         let view = ChatView {
@@ -767,7 +1001,7 @@ mod tests {
 
     #[tokio::test]
     async fn changes_during_the_chat_list_load_are_not_lost() {
-        let (hub, _, _) = hub();
+        let (hub, _, _, _fx) = hub();
         let (c, mut rx) = Connection::new(hub.next_id(), UserId(1), "t".into(), 16);
         hub.register(c.clone()).await.unwrap();
         // The user is added to chat 11 and removed from chat 10 after the store was read...
@@ -806,7 +1040,7 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_session_closes_only_its_connections() {
-        let (hub, _, _) = hub();
+        let (hub, _, _, _fx) = hub();
         let (a, _ra) = Connection::new(hub.next_id(), UserId(1), "aaa".into(), 4);
         let (b, _rb) = Connection::new(hub.next_id(), UserId(1), "bbb".into(), 4);
         for c in [&a, &b] {
@@ -823,5 +1057,178 @@ mod tests {
         .await;
         assert!(a.is_closing());
         assert!(!b.is_closing());
+    }
+
+    /// A user in the fixture's store.
+    async fn user(fx: &Fixture, name: &str) -> UserId {
+        use chat_core::{MetadataStore as _, NewUser};
+        fx.store
+            .create_user(NewUser {
+                email: format!("{name}@example.com"),
+                display_name: name.into(),
+                pw_hash: "x".into(),
+                created_at: 0,
+            })
+            .await
+            .unwrap()
+            .user_id
+    }
+
+    /// Stores a message without publishing it: the broker "lost" it.
+    async fn append_silently(fx: &Fixture, chat: ChatId, sender: UserId, text: &str) -> Seq {
+        use chat_core::{MessageStore as _, NewMessage};
+        fx.store
+            .append(NewMessage {
+                chat_id: chat,
+                sender_id: sender,
+                msg_text: text.into(),
+                sent_at: 0,
+                timestamp: None,
+                client_msg_id: None,
+            })
+            .await
+            .unwrap()
+            .message
+            .seq
+    }
+
+    async fn connect_ids(
+        hub: &Hub,
+        user: UserId,
+        chats: &[ChatId],
+    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        let (c, rx) = Connection::new(hub.next_id(), user, format!("tok{user}"), 64);
+        hub.register(c.clone()).await.unwrap();
+        hub.set_user_chats(&c, chats).await.unwrap();
+        (c, rx)
+    }
+
+    fn seqs_of(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            let v = frame_json(f);
+            if v["type"] == "message" {
+                out.push(v["message"]["seq"].as_i64().unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn resync_delivers_what_the_broker_lost_and_only_that() {
+        use chat_core::{MetadataStore as _, NewChat};
+        let (hub, _, metrics, fx) = hub();
+        let (a, b) = (user(&fx, "a").await, user(&fx, "b").await);
+        let (chat, _) = fx
+            .store
+            .create_chat(NewChat {
+                chat_name: "c".into(),
+                owner_id: a,
+                member_ids: vec![b],
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        let chat = chat.chat_id;
+        // One message before anyone connects: a resync must not replay it.
+        append_silently(&fx, chat, a, "old").await;
+        let (_ca, mut ra) = connect_ids(&hub, a, &[chat]).await;
+        let (_cb, mut rb) = connect_ids(&hub, b, &[chat]).await;
+
+        // Seq 2 arrives live; 3 and 4 are stored while the broker is away.
+        let s2 = append_silently(&fx, chat, a, "live").await;
+        hub.handle(BrokerEvent::Event {
+            topic: Topic::Chat(chat),
+            event: Event::Message {
+                message: Message {
+                    chat_id: chat,
+                    seq: s2,
+                    sender_id: a,
+                    msg_text: "live".into(),
+                    sent_at: 0,
+                    timestamp: None,
+                    client_msg_id: None,
+                },
+            },
+        })
+        .await;
+        append_silently(&fx, chat, a, "lost 1").await;
+        append_silently(&fx, chat, b, "lost 2").await;
+        // And b was removed meanwhile, its event lost too.
+        fx.store.remove_member(chat, b).await.unwrap();
+
+        hub.handle(BrokerEvent::Resync).await;
+        assert_eq!(
+            seqs_of(&mut ra),
+            vec![2, 3, 4],
+            "live, then what was missed, in order"
+        );
+        assert_eq!(
+            seqs_of(&mut rb),
+            vec![2],
+            "a removed member gets nothing from the resync"
+        );
+        assert_eq!(metrics.broker_resyncs.load(Ordering::Relaxed), 1);
+        assert!(!hub.resync_pending.load(Ordering::SeqCst));
+
+        // A second resync with nothing new sends nothing.
+        hub.handle(BrokerEvent::Resync).await;
+        assert!(seqs_of(&mut ra).is_empty());
+    }
+
+    #[tokio::test]
+    async fn resync_after_a_long_outage_sends_a_page_and_the_newest() {
+        use chat_core::{MetadataStore as _, NewChat};
+        let (hub, _, _, fx) = hub();
+        let a = user(&fx, "a").await;
+        let (chat, _) = fx
+            .store
+            .create_chat(NewChat {
+                chat_name: "c".into(),
+                owner_id: a,
+                member_ids: vec![],
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        let chat = chat.chat_id;
+        let (c, mut rx) = Connection::new(hub.next_id(), a, "t".into(), 2048);
+        hub.register(c.clone()).await.unwrap();
+        hub.set_user_chats(&c, &[chat]).await.unwrap();
+        let total = i64::from(RESYNC_PAGE) + 20;
+        for i in 0..total {
+            append_silently(&fx, chat, a, &format!("m{i}")).await;
+        }
+        hub.handle(BrokerEvent::Resync).await;
+        let got = seqs_of(&mut rx);
+        let mut want: Vec<i64> = (1..=i64::from(RESYNC_PAGE)).collect();
+        want.push(total);
+        assert_eq!(
+            got, want,
+            "the first page, then the newest so clients see the hole"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chat_joined_by_event_is_caught_up_from_its_view() {
+        let (hub, _, _, _fx) = hub();
+        let (_c, mut rx) = connect(&hub, 1, &[], 16).await;
+        let view = ChatView {
+            chat_id: ChatId(10),
+            chat_name: "x".into(),
+            member_ids: vec![UserId(1)],
+            last_seq: Seq(7),
+            owner_id: None,
+            created_at: None,
+        };
+        hub.handle(BrokerEvent::Event {
+            topic: Topic::User(UserId(1)),
+            event: Event::ChatUpdated { chat: view },
+        })
+        .await;
+        assert_eq!(hub.state().seqs.get(&ChatId(10)), Some(&Seq(7)));
+        hub.handle(message(10, 8)).await;
+        assert_eq!(hub.state().seqs.get(&ChatId(10)), Some(&Seq(8)));
+        while rx.try_recv().is_ok() {}
     }
 }

@@ -21,7 +21,11 @@
 //! # Layout
 //! - [`server`](Server): `Server` and `ServerHandle`: binding, serving, graceful shutdown.
 //! - [`config`]: [`Config`], every tunable with its default.
-//! - [`broker`]: brokers between nodes; [`broker::LocalBroker`] for one process.
+//! - [`broker`]: brokers between nodes; [`broker::LocalBroker`] for one process,
+//!   `broker::redis::RedisBroker` for a cluster (feature `redis`).
+//! - `cache` (feature `redis`): `CachedMetadataStore`, the user and membership cache in Redis
+//!   and in-process, with its documented staleness bound.
+//! - [`health`]: [`HealthCheck`], extra dependencies `GET /v1/health` reports (the cache).
 //! - `http`: the router, one file per resource (users, chats, messages, ops) and the extractors
 //!   that keep every failure in the contract's JSON error format.
 //! - `ws`: one WebSocket connection: upgrade, `ready`, the reader and the writer task.
@@ -41,8 +45,11 @@
 mod accept;
 mod auth;
 pub mod broker;
+#[cfg(feature = "redis")]
+pub mod cache;
 pub mod config;
 mod error;
+pub mod health;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -55,4 +62,5 @@ mod state;
 mod ws;
 
 pub use config::{AbuseLimits, Config, PasswordHashing, RateLimit};
+pub use health::HealthCheck;
 pub use server::{Server, ServerHandle};

@@ -41,7 +41,12 @@ impl Server {
     ) -> Server {
         let metrics = Arc::new(Metrics::default());
         let state = AppState {
-            hub: Arc::new(Hub::new(broker.clone(), metrics.clone())),
+            hub: Arc::new(Hub::new(
+                broker.clone(),
+                metrics.clone(),
+                metadata.clone(),
+                messages.clone(),
+            )),
             guards: Guards::new(&config),
             passwords: Passwords::new(config.password_hashing),
             metadata,

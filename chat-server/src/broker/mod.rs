@@ -1,11 +1,15 @@
 //! Brokers that carry events between server nodes. [`LocalBroker`] serves a single node
-//! in-process; a Redis broker for clusters plugs in beside it (behind the `redis` feature).
+//! in-process; `redis::RedisBroker` (feature `redis`) connects the nodes of a cluster over Redis
+//! pub/sub.
 
 use async_trait::async_trait;
 use chat_core::{Broker, BrokerEvent, BrokerStream, Error, Event, Result, Topic};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
+
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Events buffered between publishers and the node's hub. The hub only does non-blocking work
 /// per event, so this fills only under extreme bursts, and then publishers wait (backpressure)
