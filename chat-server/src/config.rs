@@ -37,9 +37,6 @@ pub struct Config {
     /// Further dependencies `GET /v1/health` checks, by the name it reports them under (e.g.
     /// `("cache", ..)` for the membership cache's Redis). Empty by default.
     pub health_checks: Vec<(String, std::sync::Arc<dyn crate::HealthCheck>)>,
-    /// Further dependencies `GET /v1/health` checks, by the name it reports them under (e.g.
-    /// `("cache", ..)` for the membership cache's Redis). Empty by default.
-    pub health_checks: Vec<(String, std::sync::Arc<dyn crate::HealthCheck>)>,
     /// Limits against abuse: login, registration and send rates per address and account,
     /// connection caps and timeouts. See [`AbuseLimits`].
     pub abuse: AbuseLimits,
@@ -59,7 +56,6 @@ impl Default for Config {
             ws_write_timeout: Duration::from_secs(10),
             session_sweep_interval: Duration::from_secs(600),
             health_timeout: Duration::from_secs(3),
-            health_checks: Vec::new(),
             health_checks: Vec::new(),
             abuse: AbuseLimits::default(),
         }
