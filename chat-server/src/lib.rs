@@ -49,9 +49,9 @@ pub mod broker;
 pub mod cache;
 pub mod config;
 mod error;
-pub mod health;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 mod http;
 mod hub;
 mod metrics;
