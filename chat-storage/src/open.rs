@@ -331,6 +331,7 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
+    #[cfg(feature = "sqlite")]
     /// The data pointer of an `Arc`, to tell whether two trait objects are one store.
     fn addr<T: ?Sized>(a: &Arc<T>) -> *const () {
         Arc::as_ptr(a).cast::<()>()
