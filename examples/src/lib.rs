@@ -1,7 +1,10 @@
 //! Shared helpers for the example programs: signing in (register on first use) and logging.
 //!
-//! The programs themselves live in `examples/` (`chat`, `bot`); this library holds only what
-//! more than one of them needs.
+//! The programs themselves live in `examples/` (`chat`, `bot`, `loadgen`); this library holds
+//! what more than one of them needs, and the load generator's core ([`loadgen`]), which the
+//! test suite runs in-process.
+
+pub mod loadgen;
 
 use anyhow::Context as _;
 use chat_client::{Client, ErrorCode};
