@@ -10,6 +10,7 @@
 //! - `seed-history`: write millions of messages for `history` straight into the store.
 //! - `writes`: sustained acked sends/s through the server (WebSocket or REST).
 //! - `writes-store`: sustained appends/s straight into a store backend.
+//! - `serve`: the server library with load-test limits (rate limits off), as its own process.
 //!
 //! Every scenario shows a progress bar, prints its result as JSON, and with `--out` writes it
 //! (with the date and command) to a file; latency scenarios draw a percentile plot with
@@ -18,7 +19,7 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use examples::loadgen::{
-    api::Target, connections, fanout, history, plot, report::Report, stats::Latency, writes,
+    api::Target, connections, fanout, history, plot, report::Report, serve, stats::Latency, writes,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -57,6 +58,31 @@ struct Common {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// Run the chat server (library) configured for load tests: rate limits and per-user caps
+    /// off, connection cap raised; otherwise the same server as `chat-server`.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Data directory of `sqlite`.
+        #[arg(long, default_value = "./chat-data")]
+        data_dir: PathBuf,
+        /// Metadata store: `sqlite` or `mysql://…`.
+        #[arg(long, default_value = "sqlite")]
+        metadata: String,
+        /// Message store: `sqlite`, `mysql://…`, `cassandra://…`.
+        #[arg(long, default_value = "sqlite")]
+        messages: String,
+        /// TCP connections served at once.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_connections: usize,
+        /// Frames queued per WebSocket before it is closed as a slow consumer.
+        #[arg(long, default_value_t = 1024)]
+        outbound_queue: usize,
+        /// Hash passwords at argon2's cheapest cost (load tests only).
+        #[arg(long)]
+        fast_passwords: bool,
+    },
     /// U users in G groups of K, sending R msgs/s open loop.
     Fanout {
         #[command(flatten)]
@@ -228,6 +254,26 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
+        Scenario::Serve {
+            listen,
+            data_dir,
+            metadata,
+            messages,
+            max_connections,
+            outbound_queue,
+            fast_passwords,
+        } => {
+            let params = serve::ServeParams {
+                listen,
+                data_dir,
+                metadata,
+                messages,
+                max_connections,
+                outbound_queue,
+                fast_passwords,
+            };
+            serve::serve(&params, shutdown_signal()).await
+        }
         Scenario::Fanout {
             common,
             users,
@@ -410,6 +456,22 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 &[("append -> ack", &hist)],
             )
         }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 

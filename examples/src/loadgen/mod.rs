@@ -18,6 +18,7 @@
 //! - [`report`]: the JSON result file.
 //! - [`plot`]: the percentile plot (PNG).
 //! - [`progress`]: the progress bar.
+//! - [`serve`]: the server library configured for load tests (`loadgen serve`).
 
 pub mod api;
 pub mod connections;
@@ -26,6 +27,7 @@ pub mod history;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod serve;
 pub mod stats;
 pub mod sysmon;
 pub mod writes;
