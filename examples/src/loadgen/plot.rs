@@ -49,6 +49,7 @@ pub fn percentile_plot(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 22))
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..MAX_NINES, 0.0..y_max)

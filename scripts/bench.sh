@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# One command per benchmark scenario of docs/benchmarks.md.
+#
+#   scripts/bench.sh fanout        # fan-out latency and deliveries/s (open loop)
+#   scripts/bench.sh ack           # send->ack latency at 10,000 msg/s on SQLite
+#   scripts/bench.sh connections   # server RSS per idle WebSocket
+#   scripts/bench.sh history-seed  # write 10M messages into a fresh data dir (once)
+#   scripts/bench.sh history       # page back through them, latency per page
+#   scripts/bench.sh writes        # sustained acked sends/s through the server (WebSocket)
+#   scripts/bench.sh writes-rest   # the same over POST /v1/send
+#   scripts/bench.sh writes-store  # appends/s straight into SQLite (no server)
+#   scripts/bench.sh criterion     # cargo bench: frames, hub fan-out, SQLite append batches
+#
+# Arguments after the scenario replace its default load-generator flags (shown below), e.g.
+# `scripts/bench.sh fanout --users 200 --groups 10 --group-size 20 --rate 500 --duration 5`.
+# Each run starts its own server (`loadgen serve`: the chat-server library with the rate limits
+# off; see examples/src/loadgen/serve.rs) on 127.0.0.1:$BENCH_PORT with `ulimit -n` raised to
+# the hard limit, passes its PID to the generator (for CPU and RSS), and stops it afterwards.
+# Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${BENCH_OUT:-$TARGET/bench}"
+PORT="${BENCH_PORT:-18080}"
+DATA="${BENCH_DATA:-$OUT/data}"
+LOADGEN="$TARGET/release/examples/loadgen"
+SERVER_PID=""
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+build() {
+  log "building the load generator (release)"
+  (cd "$ROOT" && cargo build --release -q -p examples --example loadgen)
+}
+
+# start_server DATA_DIR [serve flags...]: starts `loadgen serve` and waits for /v1/health.
+start_server() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  (
+    ulimit -n "$(ulimit -Hn)"
+    exec "$LOADGEN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
+  ) >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do
+    if curl -sf "http://127.0.0.1:$PORT/v1/health" >/dev/null 2>&1; then
+      log "server pid $SERVER_PID on port $PORT (data: $dir)"
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  log "server did not become healthy"; cat "$OUT/server.log" >&2; exit 1
+}
+
+stop_server() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=""
+}
+trap stop_server EXIT
+
+# fresh_data NAME: an empty data directory for one run.
+fresh_data() { rm -rf "$OUT/$1-data"; mkdir -p "$OUT/$1-data"; echo "$OUT/$1-data"; }
+
+lg() {
+  local name=$1; shift
+  "$LOADGEN" "$@" --server "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+    --out "$OUT/$name.json" --plot "$OUT/$name.png"
+}
+
+scenario="${1:-}"; shift || true
+mkdir -p "$OUT"
+# flags DEFAULT...: the caller's flags if any were given, else the defaults.
+EXTRA=("$@")
+flags() { if [ ${#EXTRA[@]} -gt 0 ]; then printf '%s\n' "${EXTRA[@]}"; else printf '%s\n' "$@"; fi; }
+case "$scenario" in
+  fanout)
+    build
+    start_server "$(fresh_data fanout)" --fast-passwords
+    mapfile -t F < <(flags --users 2000 --groups 40 --group-size 50 --rate 2000 --duration 30)
+    lg fanout fanout "${F[@]}"
+    ;;
+  ack)
+    build
+    start_server "$(fresh_data ack)" --fast-passwords
+    mapfile -t F < <(flags --users 1000 --groups 500 --group-size 2 --rate 10000 --duration 30)
+    lg ack fanout "${F[@]}"
+    ;;
+  connections)
+    build
+    start_server "$(fresh_data connections)" --fast-passwords
+    # Both processes are bounded by the hard open-file limit (ulimit -Hn).
+    n=$(( $(ulimit -Hn) - 500 ))
+    mapfile -t F < <(flags --connections "$n" --users 100 --per-source 10000)
+    "$LOADGEN" connections --server "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+      --out "$OUT/connections.json" "${F[@]}"
+    ;;
+  history-seed)
+    build
+    rm -rf "$DATA"
+    mapfile -t F < <(flags --messages 10000000 --concurrency 1024)
+    "$LOADGEN" seed-history --data-dir "$DATA" --out "$OUT/history-seed.json" "${F[@]}"
+    ;;
+  history)
+    build
+    [ -e "$DATA/chat.db" ] || { log "run 'scripts/bench.sh history-seed' first"; exit 1; }
+    start_server "$DATA"
+    mapfile -t F < <(flags --page-size 50 --max-pages 20000)
+    lg history history "${F[@]}"
+    ;;
+  writes)
+    build
+    start_server "$(fresh_data writes)" --fast-passwords
+    mapfile -t F < <(flags --senders 64 --window 32 --duration 20)
+    lg writes writes --via ws "${F[@]}"
+    ;;
+  writes-rest)
+    build
+    start_server "$(fresh_data writes-rest)" --fast-passwords
+    mapfile -t F < <(flags --senders 64 --window 4 --duration 20)
+    lg writes-rest writes --via rest "${F[@]}"
+    ;;
+  writes-store)
+    build
+    dir=$(fresh_data writes-store)
+    mapfile -t F < <(flags --concurrency 1024 --duration 20)
+    "$LOADGEN" writes-store --data-dir "$dir" \
+      --out "$OUT/writes-store.json" --plot "$OUT/writes-store.png" "${F[@]}"
+    ;;
+  criterion)
+    (cd "$ROOT" && cargo bench -p chat-server --bench frames --bench fanout \
+      && cargo bench -p chat-storage --features sqlite --bench sqlite_append)
+    ;;
+  *)
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
