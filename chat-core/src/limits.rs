@@ -177,7 +177,9 @@ impl Limits {
     /// Validates a requested page size; `None` gives the default.
     pub fn page_limit(&self, limit: Option<i64>) -> Result<u32> {
         match limit {
-            None => Ok(self.default_page),
+            // Clamped (found by fuzzing the config): a `default_page` of 0, or above
+            // `max_page`, would otherwise give pages no request could ask for.
+            None => Ok(self.default_page.clamp(1, self.max_page.max(1))),
             Some(l) if l >= 1 && l <= i64::from(self.max_page) => {
                 u32::try_from(l).map_err(|_| Error::InvalidArgument("bad limit".into()))
             }
@@ -221,6 +223,18 @@ mod tests {
         assert!(l.page_limit(Some(0)).is_err());
         assert!(l.page_limit(Some(501)).is_err());
         assert!(l.page_limit(Some(-1)).is_err());
+        // Found by fuzzing: a configured default outside 1..=max_page is clamped into it.
+        let zero = Limits {
+            default_page: 0,
+            ..Limits::default()
+        };
+        assert_eq!(zero.page_limit(None).unwrap(), 1);
+        let big = Limits {
+            default_page: 900,
+            max_page: 20,
+            ..Limits::default()
+        };
+        assert_eq!(big.page_limit(None).unwrap(), 20);
     }
 
     #[test]

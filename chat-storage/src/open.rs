@@ -89,10 +89,16 @@ enum StoreUrl {
 /// The URL with any password replaced, for errors and logs.
 fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+        Some((scheme, rest)) if is_scheme(scheme) => (format!("{scheme}://"), rest),
+        _ => (String::new(), url),
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if path.contains('@') || (scheme.is_empty() && rest.contains('@')) {
+        // Malformed (found by fuzzing: `mysql:/user:pw@host/db`): the credentials are not where
+        // a URL keeps them, so everything before the last '@' goes.
+        let host = url.rsplit_once('@').map_or("", |(_, h)| h);
+        return format!("{scheme}***@{host}");
+    }
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
@@ -100,6 +106,14 @@ fn redact(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// Whether `s` looks like a URL scheme (RFC 3986: a letter, then letters, digits, `+`, `-`,
+/// `.`), so it can be echoed in an error without echoing anything else.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Parses one store URL; `sqlite` alone means `<data_dir>/chat.db`.
@@ -118,21 +132,28 @@ fn parse(url: &str, data_dir: &Path) -> Result<StoreUrl> {
         "sqlite" => {
             if rest.is_empty() || rest.ends_with('/') {
                 return Err(Error::InvalidArgument(format!(
-                    "sqlite URL {url:?} names no file (use sqlite:///abs/path.db or \
-                     sqlite://relative/path.db)"
+                    "sqlite URL {:?} names no file (use sqlite:///abs/path.db or \
+                     sqlite://relative/path.db)",
+                    redact(url)
                 )));
             }
             if rest.contains('?') || rest.contains('#') {
                 return Err(Error::InvalidArgument(format!(
-                    "sqlite URL {url:?}: parameters are not supported"
+                    "sqlite URL {:?}: parameters are not supported",
+                    redact(url)
                 )));
             }
             Ok(StoreUrl::Sqlite(PathBuf::from(rest)))
         }
         "mysql" => Ok(StoreUrl::Mysql(url.to_owned())),
         "cassandra" => Ok(StoreUrl::Cassandra(url.to_owned())),
-        other => Err(Error::InvalidArgument(format!(
+        // Only a plausible scheme is echoed: whatever precedes "://" may be half a password.
+        other if is_scheme(other) => Err(Error::InvalidArgument(format!(
             "unknown store URL scheme {other:?}; expected sqlite, mysql or cassandra"
+        ))),
+        _ => Err(Error::InvalidArgument(format!(
+            "store URL {:?} has no valid scheme; expected sqlite, mysql or cassandra",
+            redact(url)
         ))),
     }
 }
@@ -325,6 +346,15 @@ mod tests {
         );
         assert_eq!(redact("mysql://h:1/db"), "mysql://h:1/db");
         assert_eq!(redact("sqlite"), "sqlite");
+        // Found by fuzzing: credentials outside the authority are masked too.
+        assert_eq!(redact("mysql:/chat:secret@db/chat"), "***@db/chat");
+        assert_eq!(redact("x:secret@h@y://u:pw@db"), "***@db");
+        let e = parse("mysr:secret@r@\0://u:pw@db/chat", &dir()).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = parse("mysql:/chat:secret@db/chat", &dir()).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = parse("sqlite://u:secret@h/", &dir()).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
         let err = parse("bogus://u:hunter2@h/db", &dir()).unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
         let err = parse("u:hunter2@h/db", &dir()).unwrap_err();
