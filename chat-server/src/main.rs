@@ -6,7 +6,7 @@
 use anyhow::Context as _;
 use chat_core::{Broker, Limits};
 use chat_server::broker::LocalBroker;
-use chat_server::{Config, Server};
+use chat_server::{AbuseLimits, Config, RateLimit, Server};
 use chat_storage::open::{open, StoreConfig};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -87,7 +87,70 @@ struct Args {
     /// Seconds a graceful shutdown waits for requests and connections to finish.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
+    #[command(flatten)]
+    abuse: AbuseArgs,
 }
+
+/// Abuse limits (see `chat_server::AbuseLimits`); a rate of 0 turns that limit off.
+#[derive(Debug, clap::Args)]
+struct AbuseArgs {
+    /// Login attempts per second per client address.
+    #[arg(long, env = "CHAT_LOGIN_RATE", default_value_t = AbuseLimits::default().login_per_addr.per_sec)]
+    login_rate: f64,
+    /// Login attempts per client address at once.
+    #[arg(long, env = "CHAT_LOGIN_BURST", default_value_t = AbuseLimits::default().login_per_addr.burst)]
+    login_burst: u32,
+    /// Login attempts per second per account (email), from any address.
+    #[arg(long, env = "CHAT_LOGIN_ACCOUNT_RATE", default_value_t = AbuseLimits::default().login_per_account.per_sec)]
+    login_account_rate: f64,
+    /// Login attempts per account at once.
+    #[arg(long, env = "CHAT_LOGIN_ACCOUNT_BURST", default_value_t = AbuseLimits::default().login_per_account.burst)]
+    login_account_burst: u32,
+    /// Registrations per second per client address.
+    #[arg(long, env = "CHAT_REGISTER_RATE", default_value_t = AbuseLimits::default().register_per_addr.per_sec)]
+    register_rate: f64,
+    /// Registrations per client address at once.
+    #[arg(long, env = "CHAT_REGISTER_BURST", default_value_t = AbuseLimits::default().register_per_addr.burst)]
+    register_burst: u32,
+    /// Sends per second per client address (all its users together).
+    #[arg(long, env = "CHAT_SEND_ADDR_RATE", default_value_t = AbuseLimits::default().send_per_addr.per_sec)]
+    send_addr_rate: f64,
+    /// Sends per client address at once.
+    #[arg(long, env = "CHAT_SEND_ADDR_BURST", default_value_t = AbuseLimits::default().send_per_addr.burst)]
+    send_addr_burst: u32,
+    /// Open WebSockets per user (0: no cap).
+    #[arg(long, env = "CHAT_WS_PER_USER", default_value_t = AbuseLimits::default().ws_per_user)]
+    ws_per_user: usize,
+    /// TCP connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = AbuseLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a connection may take to send request headers (or idle between requests).
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = AbuseLimits::default().header_read_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds one REST request may take, body included, before a 408.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT_SECS", default_value_t = AbuseLimits::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
+    /// A proxy whose X-Forwarded-For is believed (repeatable; e.g. the nginx in front).
+    #[arg(long = "trusted-proxy", env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl AbuseArgs {
+    fn limits(&self) -> AbuseLimits {
+        AbuseLimits {
+            login_per_addr: RateLimit::new(self.login_rate, self.login_burst),
+            login_per_account: RateLimit::new(self.login_account_rate, self.login_account_burst),
+            register_per_addr: RateLimit::new(self.register_rate, self.register_burst),
+            send_per_addr: RateLimit::new(self.send_addr_rate, self.send_addr_burst),
+            ws_per_user: self.ws_per_user,
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
+}
+
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -110,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         session_ttl: Duration::from_secs(args.session_ttl_secs),
         outbound_queue: args.outbound_queue,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        abuse: args.abuse.limits(),
         ..defaults
     };
 
