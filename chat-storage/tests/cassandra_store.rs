@@ -9,6 +9,9 @@ use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
 use chat_storage::cassandra::{CassandraConfig, CassandraMessageStore};
 use scylla::client::session_builder::SessionBuilder;
 
+/// One message of `chat_heads.pending`: (sender_id, msg_text, sent_at, timestamp, client_msg_id).
+type PendingRow<'a> = (i64, &'a str, i64, Option<i64>, Option<&'a str>);
+
 fn base() -> String {
     url_from_env("CHAT_TEST_CASSANDRA_URL")
 }
@@ -136,6 +139,52 @@ async fn pages_walk_across_small_buckets_both_ways() {
     assert!(page.is_empty());
 }
 
+/// Many appenders in one process are claimed in batches; with 5 messages per bucket the batches
+/// straddle bucket boundaries, and every page still reads dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_claims_across_bucket_boundaries_stay_dense() {
+    let url = with_params(&fresh_keyspace_url(&base()), "bucket_size=5");
+    let store = std::sync::Arc::new(open(&url).await);
+    let chat = ChatId(55);
+    let mut tasks = Vec::new();
+    for t in 0..12_i64 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..15 {
+                let cmid = format!("{t}-{i}");
+                let a = store
+                    .append(msg(chat, t, &cmid, Some(&cmid)))
+                    .await
+                    .expect("append");
+                assert!(a.created);
+                got.push(a.message);
+            }
+            got
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("task"));
+    }
+    acked.sort_by_key(|m| m.seq);
+    assert_eq!(seqs(&acked), (1..=180).collect::<Vec<_>>());
+    let mut read = Vec::new();
+    loop {
+        let after = read.last().map_or(Seq(0), |m: &Message| m.seq);
+        let page = store
+            .fetch(chat, FetchQuery::After { after, limit: 13 })
+            .await
+            .expect("fetch");
+        if page.is_empty() {
+            break;
+        }
+        read.extend(page);
+    }
+    assert_eq!(read, acked, "history is exactly what was acked");
+    assert_eq!(store.last_seq(chat).await.expect("last_seq"), Seq(180));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_size_is_fixed_by_the_keyspace() {
     let url = fresh_keyspace_url(&base());
@@ -175,8 +224,7 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
         .await
         .expect("session");
     let ks = store.keyspace();
-    let pending: (i64, &str, i64, Option<i64>, Option<&str>) =
-        (7, "orphan", 1_700_000_000_500, Some(5), Some("c2"));
+    let pending: Vec<PendingRow<'_>> = vec![(7, "orphan", 1_700_000_000_500, Some(5), Some("c2"))];
     let result = session
         .query_unpaged(
             format!(
@@ -225,35 +273,37 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
     assert_eq!(next.message.seq, Seq(3));
 
     // Same again, but this time the next append (not last_seq) has to complete the claim.
-    let pending: (i64, &str, i64, Option<i64>, Option<&str>) =
-        (8, "orphan 4", 1_700_000_000_900, None, None);
+    // This claim carries two messages (4 and 5), like a batch of a process that died.
+    let pending: Vec<PendingRow<'_>> = vec![
+        (8, "orphan 4", 1_700_000_000_900, None, None),
+        (9, "orphan 5", 1_700_000_000_901, None, Some("c5")),
+    ];
     let current = store
         .fetch(chat, FetchQuery::Latest { limit: 1 })
         .await
         .expect("latest");
-    let p3: (i64, &str, i64, Option<i64>, Option<&str>) =
-        (1, "three", current[0].sent_at, None, None);
+    let p3: Vec<PendingRow<'_>> = vec![(1, "three", current[0].sent_at, None, None)];
     let result = session
         .query_unpaged(
             format!(
-                "UPDATE {ks}.chat_heads SET last_seq = 4, pending = ? WHERE chat_id = ? \
+                "UPDATE {ks}.chat_heads SET last_seq = 5, pending = ? WHERE chat_id = ? \
                  IF last_seq = 3 AND pending = ?"
             ),
             (pending, chat.get(), p3),
         )
         .await
-        .expect("claim seq 4 by hand");
+        .expect("claim seqs 4 and 5 by hand");
     let (applied,): (bool,) = result
         .into_rows_result()
         .expect("rows")
         .first_row::<(bool,)>()
         .expect("applied");
     assert!(applied);
-    let five = other
-        .append(msg(chat, 2, "five", None))
+    let six = other
+        .append(msg(chat, 2, "six", None))
         .await
-        .expect("append 5");
-    assert_eq!(five.message.seq, Seq(5));
+        .expect("append 6");
+    assert_eq!(six.message.seq, Seq(6));
     let page = store
         .fetch(
             chat,
@@ -264,8 +314,16 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
         )
         .await
         .expect("fetch");
-    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(page[3].msg_text, "orphan 4");
+    assert_eq!(page[4].msg_text, "orphan 5");
+    // The dead claim's dedupe keys were written too.
+    let retry = store
+        .append(msg(chat, 9, "orphan 5 again", Some("c5")))
+        .await
+        .expect("retry 5");
+    assert!(!retry.created);
+    assert_eq!(retry.message.seq, Seq(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

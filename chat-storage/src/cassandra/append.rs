@@ -1,22 +1,31 @@
-//! `append`: a claim on the chat head that carries its message (see the module doc of
-//! [`cassandra`](super) for the reasoning), the in-process per-chat lock and head cache, and
-//! writing a claimed message into `messages` ("materializing" it).
+//! `append`: a claim on the chat head that carries its messages (see the module doc of
+//! [`cassandra`](super) for the reasoning), the in-process per-chat queue and head cache
+//! (group commit: one lightweight transaction claims every message waiting for that chat), and
+//! writing claimed messages into `messages` ("materializing" them).
 
 use super::{error, Inner};
 use chat_core::{Appended, ChatId, Error, Message, NewMessage, Result, Seq, UserId};
 use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::{CqlValue, Row};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
+use tokio::sync::{oneshot, Mutex};
 
-/// How many times one append tries to claim a seq before it reports `Unavailable`. Each failed
-/// try means another appender won a seq, so the chat made progress meanwhile.
+/// How many times one batch tries to claim seqs before it reports `Unavailable`. Each failed
+/// try means another process won seqs of the chat, so the chat made progress meanwhile.
 const MAX_CLAIM_ATTEMPTS: u32 = 200;
+
+/// Most messages one claim carries. The head row holds them until the next claim, so this
+/// bounds that row (64 texts of at most 4 KiB: 256 KiB, far below Cassandra's mutation limit).
+const MAX_BATCH: usize = 64;
 
 /// Chats whose head this process remembers before it forgets idle ones.
 const MAX_CACHED_HEADS: usize = 50_000;
 
-/// The `pending` tuple as stored: `(sender_id, msg_text, sent_at, timestamp, client_msg_id)`.
+/// One message of the `pending` list as stored:
+/// `(sender_id, msg_text, sent_at, timestamp, client_msg_id)`.
 pub(crate) type PendingTuple = (
     Option<i64>,
     Option<String>,
@@ -25,7 +34,7 @@ pub(crate) type PendingTuple = (
     Option<String>,
 );
 
-/// The message a head claimed (everything but chat and seq).
+/// A message a head claimed (everything but chat and seq).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Pending {
     sender_id: i64,
@@ -75,14 +84,20 @@ impl Pending {
     }
 }
 
+/// The stored form of a list of claimed messages.
+fn tuples(pending: &[Pending]) -> Vec<PendingTuple> {
+    pending.iter().map(Pending::tuple).collect()
+}
+
 /// A state of a chat's head row, as one linearizable operation observed it.
 #[derive(Clone, Debug)]
 pub(crate) struct Head {
     /// The last seq handed out (0: no message yet).
     pub(crate) last_seq: i64,
-    /// The message of `last_seq` (`None` only when `last_seq` is 0).
-    pub(crate) pending: Option<Pending>,
-    /// Whether this process knows message `last_seq` is in `messages` at QUORUM.
+    /// The messages of the last claim: seqs `last_seq - len + 1 ..= last_seq` (empty only when
+    /// `last_seq` is 0).
+    pub(crate) pending: Vec<Pending>,
+    /// Whether this process knows the pending messages are in `messages` at QUORUM.
     materialized: bool,
 }
 
@@ -91,42 +106,56 @@ impl Head {
     pub(crate) fn empty() -> Head {
         Head {
             last_seq: 0,
-            pending: None,
+            pending: Vec::new(),
             materialized: true,
         }
+    }
+
+    /// The seq of the first pending message.
+    pub(crate) fn first_pending_seq(&self) -> i64 {
+        self.last_seq - i64::try_from(self.pending.len()).unwrap_or(0) + 1
     }
 
     /// A head from its columns; `Internal` when they break the row's invariant.
     pub(crate) fn from_columns(
         chat_id: ChatId,
         last_seq: Option<i64>,
-        pending: Option<PendingTuple>,
+        pending: Option<Vec<PendingTuple>>,
     ) -> Result<Head> {
         let last_seq = last_seq
             .filter(|s| *s >= 1)
             .ok_or_else(|| error::bad_row(format!("chat_heads {chat_id}: bad last_seq")))?;
-        let (sender_id, msg_text, sent_at, timestamp, client_msg_id) = pending
-            .ok_or_else(|| error::bad_row(format!("chat_heads {chat_id}: no pending message")))?;
-        let missing =
-            |col: &str| error::bad_row(format!("chat_heads {chat_id}: pending {col} is null"));
-        Ok(Head {
-            last_seq,
-            pending: Some(Pending {
+        let pending = pending.unwrap_or_default();
+        if pending.is_empty() || i64::try_from(pending.len()).unwrap_or(i64::MAX) > last_seq {
+            return Err(error::bad_row(format!(
+                "chat_heads {chat_id}: {} pending messages for last_seq {last_seq}",
+                pending.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (sender_id, msg_text, sent_at, timestamp, client_msg_id) in pending {
+            let missing =
+                |col: &str| error::bad_row(format!("chat_heads {chat_id}: pending {col} is null"));
+            out.push(Pending {
                 sender_id: sender_id.ok_or_else(|| missing("sender_id"))?,
                 msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
                 sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
                 timestamp,
                 client_msg_id,
-            }),
+            });
+        }
+        Ok(Head {
+            last_seq,
+            pending: out,
             materialized: false,
         })
     }
 
     /// The head after this process's own successful claim and writes.
-    fn claimed(last_seq: i64, pending: Pending) -> Head {
+    fn claimed(last_seq: i64, pending: Vec<Pending>) -> Head {
         Head {
             last_seq,
-            pending: Some(pending),
+            pending,
             materialized: true,
         }
     }
@@ -134,111 +163,237 @@ impl Head {
 
 /// The outcome of a claim LWT.
 enum Claim {
-    /// This append owns the seq.
+    /// This process owns the seqs.
     Won,
     /// Someone else moved the head; this is its current state.
     Lost(Head),
 }
 
+/// An append waiting for the chat's next claim.
+struct Waiting {
+    msg: NewMessage,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// Per chat: the appends waiting to be claimed, and the lock (holding the last known head)
+/// that whoever claims for the chat holds.
+#[derive(Default)]
+pub(crate) struct ChatSlot {
+    /// FIFO of appends not yet taken by a claimer. A std mutex: held only to push or drain.
+    queue: StdMutex<Vec<Waiting>>,
+    /// Held by the one task claiming for this chat; `None` when the head is unknown (cold, or
+    /// after an error).
+    head: Arc<Mutex<Option<Head>>>,
+}
+
 impl Inner {
-    /// The per-chat lock holding this process's last known head of the chat.
-    fn head_slot(&self, chat_id: ChatId) -> Arc<tokio::sync::Mutex<Option<Head>>> {
+    /// The per-chat slot.
+    fn chat_slot(&self, chat_id: ChatId) -> Arc<ChatSlot> {
         // A poisoned map only means a panic elsewhere while inserting; the map itself is fine.
-        let mut heads = self
+        let mut slots = self
             .heads
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if heads.len() >= MAX_CACHED_HEADS && !heads.contains_key(&chat_id) {
+        if slots.len() >= MAX_CACHED_HEADS && !slots.contains_key(&chat_id) {
             // Forget chats nobody is appending to right now (only the map holds their Arc).
-            heads.retain(|_, slot| Arc::strong_count(slot) > 1);
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
-        Arc::clone(heads.entry(chat_id).or_default())
+        Arc::clone(slots.entry(chat_id).or_default())
     }
 
     /// Appends one message; see the module doc of [`cassandra`](super).
-    pub(crate) async fn append(&self, msg: NewMessage) -> Result<Appended> {
+    ///
+    /// The message joins its chat's queue. Whoever gets the chat's lock claims everything
+    /// queued (up to [`MAX_BATCH`]) with one lightweight transaction, on a task of its own so
+    /// that a caller that goes away does not abandon the others in its batch.
+    pub(crate) async fn append(self: &Arc<Self>, msg: NewMessage) -> Result<Appended> {
         let chat_id = msg.chat_id;
-        let slot = self.head_slot(chat_id);
-        let mut cached = slot.lock().await;
-        // Taken out: if anything below fails, the head is unknown and the next append starts
-        // cold, from what the database says.
-        let mut head = cached.take();
-        let pending = Pending::of(&msg);
-        for attempt in 0..MAX_CLAIM_ATTEMPTS {
-            if attempt >= 4 {
-                // Another process keeps winning: back off a little so Paxos rounds do not
-                // collide (Cassandra's own contention handling is slower than this).
-                let ms = 1 + u64::from(attempt.min(20)) + fastrand_jitter(attempt);
+        let slot = self.chat_slot(chat_id);
+        let (reply, mut answer) = oneshot::channel();
+        slot.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Waiting { msg, reply });
+        loop {
+            let head = Arc::clone(&slot.head).lock_owned().await;
+            // A claimer before us may have taken (and answered) this append already.
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<Waiting> = {
+                let mut queue = slot
+                    .queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                // Not answered and not queued: only possible if a claimer is still answering.
+                drop(head);
+                return answer.await.unwrap_or_else(|_| Err(interrupted()));
+            }
+            let inner = Arc::clone(self);
+            let claimer = tokio::spawn(async move {
+                let mut head = head;
+                inner.claim_batch(chat_id, &mut head, batch).await;
+            });
+            // Our append is in this batch or still queued (FIFO, so in a later one).
+            if claimer.await.is_err() {
+                return Err(Error::Internal {
+                    message: "cassandra: the claiming task panicked".to_owned(),
+                    source: None,
+                });
+            }
+        }
+    }
+
+    /// Claims seqs for a batch and answers every append in it.
+    async fn claim_batch(&self, chat_id: ChatId, head: &mut Option<Head>, batch: Vec<Waiting>) {
+        let (msgs, replies): (Vec<NewMessage>, Vec<_>) =
+            batch.into_iter().map(|w| (w.msg, w.reply)).unzip();
+        // Taken out: if anything fails, the head is unknown and the next claim starts cold.
+        let mut current = head.take();
+        match self.claim(chat_id, &mut current, &msgs).await {
+            Ok(results) => {
+                *head = current;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(share(&e)));
+                }
+            }
+        }
+    }
+
+    /// The claim loop (see the module doc): returns one result per message, in order.
+    async fn claim(
+        &self,
+        chat_id: ChatId,
+        head: &mut Option<Head>,
+        msgs: &[NewMessage],
+    ) -> Result<Vec<Appended>> {
+        // Within the batch, a repeated (sender, client_msg_id) follows its first occurrence.
+        let mut follows: Vec<Option<usize>> = vec![None; msgs.len()];
+        let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if let Some(cmid) = &m.client_msg_id {
+                match first_of.get(&(m.sender_id.get(), cmid.as_str())) {
+                    Some(&first) => follows[i] = Some(first),
+                    None => {
+                        first_of.insert((m.sender_id.get(), cmid.as_str()), i);
+                    }
+                }
+            }
+        }
+        let mut decided: Vec<Option<Appended>> = vec![None; msgs.len()];
+        let mut attempt = 0;
+        loop {
+            let open: Vec<usize> = (0..msgs.len())
+                .filter(|&i| follows[i].is_none() && decided[i].is_none())
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            if attempt >= MAX_CLAIM_ATTEMPTS {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "cassandra: chat {chat_id} is under too much contention to append; retry"
+                    ),
+                    source: None,
+                });
+            }
+            if attempt >= 2 {
+                // Another process keeps winning: back off a little so Paxos rounds stop
+                // colliding (Cassandra's own contention handling is slower than this).
+                let ms = u64::from(attempt.min(20)) + jitter(attempt);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            let Some(mut current) = head.take() else {
+            attempt += 1;
+
+            let Some(mut cur) = head.take() else {
                 // Cold: an empty chat has no messages and so nothing to dedupe against.
-                match self.claim_first(chat_id, &pending).await? {
+                let new: Vec<Pending> = open.iter().map(|&i| Pending::of(&msgs[i])).collect();
+                match self.claim_first(chat_id, &new).await? {
                     Claim::Won => {
-                        self.materialize(chat_id, 1, &pending).await?;
-                        *cached = Some(Head::claimed(1, pending.clone()));
-                        return Ok(Appended {
-                            message: pending.message(chat_id, 1),
-                            created: true,
-                        });
+                        self.materialize(chat_id, 1, &new).await?;
+                        for (k, &i) in open.iter().enumerate() {
+                            decided[i] = Some(created(&new[k], chat_id, 1 + as_i64(k)));
+                        }
+                        *head = Some(Head::claimed(as_i64(new.len()), new));
                     }
-                    Claim::Lost(now) => {
-                        head = Some(now);
-                        continue;
-                    }
+                    Claim::Lost(now) => *head = Some(now),
                 }
+                continue;
             };
-            let n = current.last_seq;
-            let current_pending = current
-                .pending
-                .clone()
-                .ok_or_else(|| error::bad_row(format!("chat_heads {chat_id}: no pending")))?;
-            // Dedupe against the newest message (still only in the head, maybe) ...
-            if current_pending.same_key(&msg) {
-                if !current.materialized {
-                    self.materialize(chat_id, n, &current_pending).await?;
-                    current.materialized = true;
+
+            // Dedupe against the last claim's messages (maybe only in the head so far) ...
+            let first_seq = cur.first_pending_seq();
+            for &i in &open {
+                if let Some(pos) = cur.pending.iter().position(|p| p.same_key(&msgs[i])) {
+                    decided[i] = Some(Appended {
+                        message: cur.pending[pos].message(chat_id, first_seq + as_i64(pos)),
+                        created: false,
+                    });
                 }
-                *cached = Some(current);
-                return Ok(Appended {
-                    message: current_pending.message(chat_id, n),
-                    created: false,
-                });
             }
             // ... and against every older one, which is in message_dedupe by the invariant.
-            if let Some(stored) = self.find_duplicate(&msg).await? {
-                *cached = Some(current);
-                return Ok(Appended {
-                    message: stored,
-                    created: false,
-                });
+            for i in open {
+                if decided[i].is_none() {
+                    if let Some(stored) = self.find_duplicate(&msgs[i]).await? {
+                        decided[i] = Some(Appended {
+                            message: stored,
+                            created: false,
+                        });
+                    }
+                }
             }
-            // The invariant: message n is in `messages` before the head moves past it.
-            if !current.materialized {
-                self.materialize(chat_id, n, &current_pending).await?;
-                current.materialized = true;
+            // The invariant: the last claim's messages are in `messages` before the head moves
+            // past them (and before a duplicate found among them is answered).
+            if !cur.materialized {
+                self.materialize(chat_id, first_seq, &cur.pending).await?;
+                cur.materialized = true;
             }
+            let new_idx: Vec<usize> = (0..msgs.len())
+                .filter(|&i| follows[i].is_none() && decided[i].is_none())
+                .collect();
+            if new_idx.is_empty() {
+                *head = Some(cur);
+                break;
+            }
+            let new: Vec<Pending> = new_idx.iter().map(|&i| Pending::of(&msgs[i])).collect();
+            let n = cur.last_seq;
             match self
-                .claim_next(chat_id, n, &current_pending, &pending)
+                .claim_next(chat_id, n, &cur.pending, n + as_i64(new.len()), &new)
                 .await?
             {
                 Claim::Won => {
-                    self.materialize(chat_id, n + 1, &pending).await?;
-                    *cached = Some(Head::claimed(n + 1, pending.clone()));
-                    return Ok(Appended {
-                        message: pending.message(chat_id, n + 1),
-                        created: true,
-                    });
+                    self.materialize(chat_id, n + 1, &new).await?;
+                    for (k, &i) in new_idx.iter().enumerate() {
+                        decided[i] = Some(created(&new[k], chat_id, n + 1 + as_i64(k)));
+                    }
+                    *head = Some(Head::claimed(n + as_i64(new.len()), new));
                 }
-                Claim::Lost(now) => head = Some(now),
+                Claim::Lost(now) => *head = Some(now),
             }
         }
-        Err(Error::Unavailable {
-            message: format!(
-                "cassandra: chat {chat_id} is under too much contention to append; retry"
-            ),
-            source: None,
-        })
+        let mut out = Vec::with_capacity(msgs.len());
+        for i in 0..msgs.len() {
+            let result = match follows[i] {
+                Some(first) => decided[first].clone().map(|a| Appended {
+                    message: a.message,
+                    created: false,
+                }),
+                None => decided[i].clone(),
+            };
+            out.push(result.ok_or_else(|| error::bad_row("an append was left undecided"))?);
+        }
+        Ok(out)
     }
 
     /// The stored message with the same `(chat, sender, client_msg_id)`, if any.
@@ -262,7 +417,8 @@ impl Inner {
             return Ok(None);
         };
         let seq = seq.ok_or_else(|| error::bad_row("message_dedupe: null seq"))?;
-        // The dedupe row is written together with (never before) its message row completes.
+        // Dedupe rows are written with their messages, and both complete before the head
+        // moves on; so a dedupe row found here points at a stored message.
         let stored = self.read_message(msg.chat_id, seq).await?.ok_or_else(|| {
             error::bad_row(format!(
                 "chat {}: dedupe key points at seq {seq}, which is not stored",
@@ -272,69 +428,198 @@ impl Inner {
         Ok(Some(stored))
     }
 
-    /// Writes message `seq` (and its dedupe row) at the configured consistency. Idempotent:
-    /// every writer of one seq writes the same values.
-    pub(crate) async fn materialize(&self, chat_id: ChatId, seq: i64, p: &Pending) -> Result<()> {
-        let message = self.exec(
-            "writing a message",
-            &self.stmts.message_write,
-            (
-                chat_id.get(),
-                self.bucket(seq),
-                seq,
-                p.sender_id,
-                &p.msg_text,
-                p.sent_at,
-                p.timestamp,
-                &p.client_msg_id,
-            ),
+    /// Writes messages `first_seq ..` (and their dedupe rows) at the configured consistency.
+    /// Idempotent: every writer of one seq writes the same values.
+    ///
+    /// The message rows of one bucket go in one single-partition batch, which every replica
+    /// applies atomically, and buckets are written in ascending order; so a reader never sees a
+    /// later message of the claim without the earlier ones, even if this writer dies half-way.
+    pub(crate) async fn materialize(
+        &self,
+        chat_id: ChatId,
+        first_seq: i64,
+        msgs: &[Pending],
+    ) -> Result<()> {
+        let rows = async {
+            let mut start = 0;
+            while start < msgs.len() {
+                let bucket = self.bucket(first_seq + as_i64(start));
+                let mut end = start + 1;
+                while end < msgs.len() && self.bucket(first_seq + as_i64(end)) == bucket {
+                    end += 1;
+                }
+                self.write_bucket(
+                    chat_id,
+                    bucket,
+                    first_seq + as_i64(start),
+                    &msgs[start..end],
+                )
+                .await?;
+                start = end;
+            }
+            Ok::<_, Error>(())
+        };
+        let dedupe = async {
+            type DedupeRow<'a> = (i64, i64, &'a str, i64);
+            let values: Vec<DedupeRow<'_>> = msgs
+                .iter()
+                .enumerate()
+                .filter_map(|(k, p)| {
+                    p.client_msg_id
+                        .as_deref()
+                        .map(|c| (chat_id.get(), p.sender_id, c, first_seq + as_i64(k)))
+                })
+                .collect();
+            match values.as_slice() {
+                [] => {}
+                [one] => {
+                    self.exec("writing a dedupe key", &self.stmts.dedupe_write, one)
+                        .await?;
+                }
+                _ => {
+                    // One round trip for all of them; the rows need no atomicity, only to be
+                    // complete before the append is acknowledged, which the batch gives.
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    for _ in &values {
+                        batch.append_statement(self.stmts.dedupe_write.clone());
+                    }
+                    batch.set_is_idempotent(true);
+                    let _permit = self.permit().await?;
+                    self.session
+                        .batch(&batch, values)
+                        .await
+                        .map_err(|e| error::execution("writing dedupe keys", e))?;
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let (r, d) = tokio::join!(rows, dedupe);
+        r?;
+        d
+    }
+
+    /// Message rows `first_seq ..` of one bucket, in one statement or one unlogged
+    /// single-partition batch.
+    async fn write_bucket(
+        &self,
+        chat_id: ChatId,
+        bucket: i64,
+        first_seq: i64,
+        msgs: &[Pending],
+    ) -> Result<()> {
+        type MessageRow<'a> = (
+            i64,
+            i64,
+            i64,
+            i64,
+            &'a str,
+            i64,
+            Option<i64>,
+            Option<&'a str>,
         );
-        match &p.client_msg_id {
-            Some(client_msg_id) => {
-                let dedupe = self.exec(
-                    "writing a dedupe key",
-                    &self.stmts.dedupe_write,
-                    (chat_id.get(), p.sender_id, client_msg_id, seq),
-                );
-                let (m, d) = tokio::join!(message, dedupe);
-                m?;
-                d?;
-            }
-            None => {
-                message.await?;
-            }
+        let values: Vec<MessageRow<'_>> = msgs
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                (
+                    chat_id.get(),
+                    bucket,
+                    first_seq + as_i64(k),
+                    p.sender_id,
+                    p.msg_text.as_str(),
+                    p.sent_at,
+                    p.timestamp,
+                    p.client_msg_id.as_deref(),
+                )
+            })
+            .collect();
+        if let [one] = values.as_slice() {
+            self.exec("writing a message", &self.stmts.message_write, one)
+                .await?;
+            return Ok(());
         }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in &values {
+            batch.append_statement(self.stmts.message_write.clone());
+        }
+        batch.set_is_idempotent(true);
+        let _permit = self.permit().await?;
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| error::execution("writing messages", e))?;
         Ok(())
     }
 
-    /// `INSERT ... IF NOT EXISTS` of the head with `last_seq = 1`.
-    async fn claim_first(&self, chat_id: ChatId, p: &Pending) -> Result<Claim> {
+    /// `INSERT ... IF NOT EXISTS` of the head with the first messages of the chat.
+    async fn claim_first(&self, chat_id: ChatId, new: &[Pending]) -> Result<Claim> {
         let result = self
             .exec(
-                "claiming seq 1",
+                "claiming the first seqs",
                 &self.stmts.head_first,
-                (chat_id.get(), p.tuple()),
+                (chat_id.get(), as_i64(new.len()), tuples(new)),
             )
             .await?;
         claim_result(chat_id, result)
     }
 
-    /// `UPDATE ... IF last_seq = n AND pending = pending_n` to `n + 1` and the new message.
+    /// `UPDATE ... IF last_seq = n AND pending = <current>` to `last` and the new messages.
     async fn claim_next(
         &self,
         chat_id: ChatId,
         n: i64,
-        current: &Pending,
-        next: &Pending,
+        current: &[Pending],
+        last: i64,
+        new: &[Pending],
     ) -> Result<Claim> {
         let result = self
             .exec(
-                "claiming the next seq",
+                "claiming the next seqs",
                 &self.stmts.head_next,
-                (n + 1, next.tuple(), chat_id.get(), n, current.tuple()),
+                (last, tuples(new), chat_id.get(), n, tuples(current)),
             )
             .await?;
         claim_result(chat_id, result)
+    }
+}
+
+/// A newly created message's result.
+fn created(p: &Pending, chat_id: ChatId, seq: i64) -> Appended {
+    Appended {
+        message: p.message(chat_id, seq),
+        created: true,
+    }
+}
+
+/// An index or length as i64 (batches are at most [`MAX_BATCH`] long).
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The error a caller gets when the task claiming its append went away before answering.
+fn interrupted() -> Error {
+    Error::Unavailable {
+        message: "cassandra: the append was interrupted; its outcome is unknown, retry it".into(),
+        source: None,
+    }
+}
+
+/// One batch error, handed to every append of the batch (the source goes to logs once).
+fn share(e: &Error) -> Error {
+    match e {
+        Error::Unavailable { message, .. } => Error::Unavailable {
+            message: message.clone(),
+            source: None,
+        },
+        Error::Internal { message, .. } => Error::Internal {
+            message: message.clone(),
+            source: None,
+        },
+        Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+        other => Error::Internal {
+            message: other.to_string(),
+            source: None,
+        },
     }
 }
 
@@ -358,7 +643,17 @@ fn claim_result(chat_id: ChatId, result: QueryResult) -> Result<Claim> {
                 _ => None,
             };
             let pending = match column("pending") {
-                Some(CqlValue::Tuple(fields)) => Some(pending_from_cql(chat_id, fields)?),
+                Some(CqlValue::List(items)) => Some(
+                    items
+                        .into_iter()
+                        .map(|item| match item {
+                            CqlValue::Tuple(fields) => pending_from_cql(chat_id, fields),
+                            _ => Err(error::bad_row(format!(
+                                "chat_heads {chat_id}: pending item is not a tuple"
+                            ))),
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
                 _ => None,
             };
             Ok(Claim::Lost(Head::from_columns(chat_id, last_seq, pending)?))
@@ -367,7 +662,7 @@ fn claim_result(chat_id: ChatId, result: QueryResult) -> Result<Claim> {
     }
 }
 
-/// The `pending` tuple from a dynamically typed LWT result.
+/// One `pending` tuple from a dynamically typed LWT result.
 fn pending_from_cql(chat_id: ChatId, fields: Vec<Option<CqlValue>>) -> Result<PendingTuple> {
     let bad = || error::bad_row(format!("chat_heads {chat_id}: pending has the wrong shape"));
     let mut it = fields.into_iter();
@@ -393,7 +688,7 @@ fn pending_from_cql(chat_id: ChatId, fields: Vec<Option<CqlValue>>) -> Result<Pe
 
 /// A little jitter (0..8 ms) without a random-number dependency: the low bits of the clock,
 /// mixed with the attempt number, differ between the processes that collide.
-fn fastrand_jitter(attempt: u32) -> u64 {
+fn jitter(attempt: u32) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`config`]: [`CassandraConfig`] and the `cassandra://` URL.
 //! - `schema`: keyspace, tables and versioned migrations (`schema_migrations`).
-//! - `append`: how a message gets its `seq` (below).
+//! - `append`: how messages get their `seq` (below).
 //! - `fetch`: pages, walking buckets backward and forward.
 //! - `error`: driver errors to [`chat_core::Error`].
 //! - [`testing`] (features `cassandra` + `testing`): a unique keyspace per test.
@@ -15,51 +15,58 @@
 //!   most `bucket_size` messages (default 10 000, fixed per keyspace in `store_settings`), and
 //!   the partition of any `seq` is known without a lookup.
 //! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
-//! - `chat_heads (chat_id) -> last_seq, pending`: the last `seq` handed out and *that message
-//!   itself*. Written only by lightweight transactions (LWT); the two tables above are written
-//!   only by plain writes, never mixed with LWTs on the same rows.
+//! - `chat_heads (chat_id) -> last_seq, pending`: the last `seq` handed out and *the messages
+//!   of the claim that handed it out*. Written only by lightweight transactions (LWT); the two
+//!   tables above are written only by plain writes, never mixed with LWTs on the same rows.
 //!
-//! # How `seq` stays dense: a claim that carries its message
-//! An append, holding an in-process lock for the chat (so one process never races itself):
+//! # How `seq` stays dense: a claim that carries its messages
+//! Appends to one chat queue up in the process; whoever holds the chat's in-process lock takes
+//! everything queued (up to 64 messages: group commit) and, on a task of its own:
 //! 1. Knows a state `(n, pending_n)` of the chat's head, observed linearizably: from its own
 //!    last LWT on that chat, or from the current values a failed LWT returns. A cold process
-//!    first tries `INSERT ... IF NOT EXISTS` with `last_seq = 1`, which succeeds only for a chat
-//!    without messages and otherwise returns the current head.
-//! 2. Dedupe: if `pending_n` has the same `(sender, client_msg_id)`, that is the answer; else a
-//!    QUORUM read of `message_dedupe` finds any older one (see the invariant below why it must).
-//! 3. Materializes `pending_n`: writes message `n` to `messages` (and its dedupe row) at QUORUM,
-//!    unless this process already did. The write is idempotent (same values), so any number of
-//!    processes may do it, and it is what lets a crashed claimer never leave a hole.
-//! 4. Claims: `UPDATE chat_heads SET last_seq = n+1, pending = <msg> IF last_seq = n AND
-//!    pending = pending_n`. If it applies, writes message `n+1` and its dedupe row at QUORUM, then
-//!    acks. If not, the LWT returns the current head: go to 2 with it (another node won `n+1`).
+//!    first tries `INSERT ... IF NOT EXISTS` with `last_seq = k` and its `k` messages, which
+//!    succeeds only for a chat without messages and otherwise returns the current head.
+//! 2. Dedupe: a message whose `(sender, client_msg_id)` is in `pending_n` gets that one back;
+//!    else a QUORUM read of `message_dedupe` finds any older one (the invariant below says why
+//!    it must). Repeats inside the batch follow their first occurrence.
+//! 3. Materializes `pending_n`: writes its messages to `messages` (one single-partition batch
+//!    per bucket, buckets in ascending order, so a reader never sees a later one without the
+//!    earlier ones) and their dedupe rows, at QUORUM, unless this process already did. These
+//!    writes are idempotent (same values), so any number of processes may do them, and they are
+//!    what lets a claimer that died never leave a hole.
+//! 4. Claims: `UPDATE chat_heads SET last_seq = n+k, pending = <the k new messages> IF last_seq
+//!    = n AND pending = pending_n`. If it applies, writes messages `n+1..=n+k` and their dedupe
+//!    rows the same way, then acks all k. If not, the LWT returned the current head: go to 2
+//!    with it (another process won those seqs).
 //!
-//! **Invariant:** the head only moves from `n` to `n+1` after message `n` and its dedupe row
-//! are at QUORUM. Hence:
-//! - *No two messages with one seq:* `n+1` is handed out by exactly one successful LWT (Paxos),
-//!   and the message content of `seq` n+1 is fixed by that LWT (every later write copies it).
-//! - *No hole, ever:* the claim holds the message; if its claimer dies before step 4's writes,
-//!   the next append (or a `last_seq`, or the sender's retry) writes it from `pending`. The head
-//!   never skips. Rows become visible in `seq` order, because row `n+1` is written only after row
-//!   `n` completed at QUORUM; a QUORUM read that starts after row `n+1` was written sees `n`.
-//!   Why not claim the message row itself (`INSERT INTO messages ... IF NOT EXISTS` at the next
-//!   seq)? That also gives no duplicates and no holes, but then the dedupe key lives in another
-//!   partition than the claim, and no single LWT can claim both: a crash between the two, or a
-//!   retry racing a timed-out first attempt, stores the message twice. And a head-first CAS
-//!   *without* the message in it leaves a permanent hole when the claimer dies after the CAS.
+//! **Invariant:** the head only moves past `n` after the messages of the claim that ended at
+//! `n`, and their dedupe rows, are at QUORUM. Hence:
+//! - *No two messages with one seq:* seqs `n+1..=n+k` are handed out by exactly one successful
+//!   LWT (Paxos), and their contents are fixed by it (every later write copies them).
+//! - *No hole, ever:* the claim holds its messages; if its claimer dies before writing them,
+//!   the next claim (or a `last_seq`, or the sender's retry) writes them from `pending`. The head
+//!   never skips. Rows become visible in `seq` order: a claim's rows are written only after the
+//!   previous claim's rows completed at QUORUM, and within a claim in ascending atomic buckets.
+//!   Why not make the message row itself the claim (`INSERT INTO messages ... IF NOT EXISTS` at
+//!   the next seq)? That also gives no duplicates and no holes, but the dedupe key then lives in
+//!   another partition than the claim and no single LWT can claim both: a crash between the
+//!   two, or a retry racing a timed-out first attempt, stores the message twice. And a
+//!   head-first CAS *without* the messages in it leaves a permanent hole when the claimer dies
+//!   between the CAS and the row write.
 //! - *A retried send never duplicates:* the LWT applies only if the head is still the `(n,
-//!   pending_n)` the dedupe check looked at, and every message `<= n` is either `pending_n` or
-//!   already in `message_dedupe` (by the invariant) before that check ran.
+//!   pending_n)` the dedupe check looked at, and every message `<= n` is either in `pending_n`
+//!   or already in `message_dedupe` (by the invariant) before that check ran.
 //! - *Nothing acked is lost:* an append acks only after the claim (Paxos, QUORUM commit) and
-//!   the message row (QUORUM) completed. An append that times out is `Unavailable` and its
-//!   outcome unknown; the client's retry with the same `client_msg_id` finds it or stores it.
+//!   its message rows (QUORUM) completed. An append whose LWT times out is `Unavailable` with an
+//!   unknown outcome; the client's retry with the same `client_msg_id` finds it or stores it.
 //!
-//! Every append is one Paxos round (4 round trips between replicas in Cassandra's Paxos v1)
-//! plus two parallel QUORUM writes, plus a QUORUM read when it has a `client_msg_id`. Sends to
-//! *different* chats run in parallel; sends to *one* chat are serialized by the LWT (and, within
-//! one process, by the lock, so a process never contends with itself).
-//! `docs/benchmarks-cassandra.md` has the numbers, and why a per-chat owner that assigns `seq` in
-//! memory was not built.
+//! Every claim is one Paxos round plus the QUORUM writes of its rows, plus a QUORUM read per
+//! message with a `client_msg_id`. Sends to *different* chats run in parallel; sends to *one*
+//! chat are serialized by the LWT, but one process claims all its waiting sends at once, so a
+//! busy chat costs one Paxos round per batch, not per message. Processes (server nodes) sending
+//! to the same chat contend in Paxos; the loser re-reads the head from the failed LWT and tries
+//! again with a little backoff. `docs/benchmarks-cassandra.md` has the numbers, and why a
+//! per-chat owner node that assigns `seq` in memory was not built.
 //!
 //! # Reads
 //! - Reads use the configured consistency (default QUORUM). `last_seq` reads the head at QUORUM
@@ -140,16 +147,17 @@ struct Inner {
     bucket_size: i64,
     /// Bounds the requests this store has in flight; each request holds a permit.
     in_flight: Semaphore,
-    /// Per-chat lock and the last head state this process observed (see `append`). A std mutex:
-    /// it is held only to look up or insert an entry, never across an await.
-    heads: StdMutex<HashMap<ChatId, Arc<tokio::sync::Mutex<Option<append::Head>>>>>,
+    /// Per chat: the appends waiting for a claim, and the lock holding the last head state this
+    /// process observed (see `append`). A std mutex: held only to look up or insert an entry,
+    /// never across an await.
+    heads: StdMutex<HashMap<ChatId, Arc<append::ChatSlot>>>,
 }
 
 /// Every statement of the data path, prepared at connect.
 struct Statements {
-    /// `INSERT INTO chat_heads ... IF NOT EXISTS`: claims seq 1 of an empty chat.
+    /// `INSERT INTO chat_heads ... IF NOT EXISTS`: claims the first seqs of an empty chat.
     head_first: PreparedStatement,
-    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: claims the next seq.
+    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: claims the next seqs.
     head_next: PreparedStatement,
     /// The head row at the configured consistency.
     head_read: PreparedStatement,
@@ -189,7 +197,7 @@ impl Statements {
             head_first: prepare(
                 "head_first",
                 format!(
-                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, 1, ?) \
+                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, ?, ?) \
                      IF NOT EXISTS"
                 ),
                 false,
@@ -326,6 +334,14 @@ impl CassandraMessageStore {
 }
 
 impl Inner {
+    /// A permit to have one more request in flight.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|e| Error::internal("cassandra: the in-flight semaphore was closed", e))
+    }
+
     /// Runs one prepared statement while holding an in-flight permit.
     async fn exec(
         &self,
@@ -361,7 +377,7 @@ impl Inner {
             .into_rows_result()
             .map_err(|e| error::rows("chat_heads", e))?;
         let row = rows
-            .maybe_first_row::<(Option<i64>, Option<append::PendingTuple>)>()
+            .maybe_first_row::<(Option<i64>, Option<Vec<append::PendingTuple>>)>()
             .map_err(|e| error::rows("chat_heads", e))?;
         match row {
             None => Ok(append::Head::empty()),
@@ -388,10 +404,11 @@ impl Inner {
         if head.last_seq == 0 {
             return Ok(Seq::ZERO);
         }
+        // The last claim's messages are written bucket by bucket in ascending order, each
+        // bucket atomically: if its last message is there, all of them are.
         if self.read_message(chat_id, head.last_seq).await?.is_none() {
-            if let Some(pending) = &head.pending {
-                self.materialize(chat_id, head.last_seq, pending).await?;
-            }
+            self.materialize(chat_id, head.first_pending_seq(), &head.pending)
+                .await?;
         }
         Ok(Seq(head.last_seq))
     }

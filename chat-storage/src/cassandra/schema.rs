@@ -62,12 +62,13 @@ const MIGRATIONS: &[Migration] = &[Migration {
             seq bigint,
             PRIMARY KEY ((chat_id, sender_id, client_msg_id)))",
         // One row per chat, written only by lightweight transactions: the last seq handed out
-        // and that message itself (sender_id, msg_text, sent_at, timestamp, client_msg_id), kept
-        // until the next append has made sure it is in `messages` (see the module doc).
+        // and the messages of the claim that handed it out (each as sender_id, msg_text,
+        // sent_at, timestamp, client_msg_id; seqs last_seq - len + 1 ..= last_seq), kept until
+        // the next claim has made sure they are in `messages` (see the module doc).
         "CREATE TABLE IF NOT EXISTS {ks}.chat_heads (
             chat_id bigint PRIMARY KEY,
             last_seq bigint,
-            pending frozen<tuple<bigint, text, bigint, bigint, text>>)",
+            pending frozen<list<frozen<tuple<bigint, text, bigint, bigint, text>>>>)",
     ],
 }];
 
