@@ -17,10 +17,6 @@ use tokio::sync::{oneshot, Mutex};
 /// try means another process won seqs of the chat, so the chat made progress meanwhile.
 const MAX_CLAIM_ATTEMPTS: u32 = 200;
 
-/// Most messages one claim carries. The head row holds them until the next claim, so this
-/// bounds that row (64 texts of at most 4 KiB: 256 KiB, far below Cassandra's mutation limit).
-const MAX_BATCH: usize = 64;
-
 /// Chats whose head this process remembers before it forgets idle ones.
 const MAX_CACHED_HEADS: usize = 50_000;
 
@@ -204,7 +200,7 @@ impl Inner {
     /// Appends one message; see the module doc of [`cassandra`](super).
     ///
     /// The message joins its chat's queue. Whoever gets the chat's lock claims everything
-    /// queued (up to [`MAX_BATCH`]) with one lightweight transaction, on a task of its own so
+    /// queued (up to `max_claim`) with one lightweight transaction, on a task of its own so
     /// that a caller that goes away does not abandon the others in its batch.
     pub(crate) async fn append(self: &Arc<Self>, msg: NewMessage) -> Result<Appended> {
         let chat_id = msg.chat_id;
@@ -227,7 +223,7 @@ impl Inner {
                     .queue
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let take = queue.len().min(MAX_BATCH);
+                let take = queue.len().min(self.max_claim);
                 queue.drain(..take).collect()
             };
             if batch.is_empty() {
@@ -591,7 +587,7 @@ fn created(p: &Pending, chat_id: ChatId, seq: i64) -> Appended {
     }
 }
 
-/// An index or length as i64 (batches are at most [`MAX_BATCH`] long).
+/// An index or length as i64 (claims are at most `MAX_CLAIM` long).
 fn as_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

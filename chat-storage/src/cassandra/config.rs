@@ -18,6 +18,7 @@
 //! | `serial` | `serial` | serial consistency of the lightweight transactions: `serial` or `local_serial` |
 //! | `bucket_size` | `10000` | messages per partition; fixed when the keyspace is created |
 //! | `max_in_flight` | `256` | requests this store has outstanding at once |
+//! | `max_claim` | `64` | most appends of one chat claimed by one lightweight transaction (1: one LWT per message) |
 //! | `request_timeout_ms` | `15000` | client-side timeout of one request |
 //! | `connect_timeout_ms` | `10000` | timeout of one connection attempt |
 //!
@@ -32,6 +33,10 @@ use std::time::Duration;
 /// partition near 1 MB, far below the sizes where Cassandra partitions get slow, while a page
 /// of up to 500 messages touches at most two partitions.
 pub const DEFAULT_BUCKET_SIZE: i64 = 10_000;
+
+/// The most appends one claim may carry: the chat's head row holds them until the next claim,
+/// so this bounds that row (64 texts of at most 4 KiB: 256 KiB, far below Cassandra's limits).
+pub const MAX_CLAIM: usize = 64;
 
 /// The native-protocol port every node listens on unless the URL says otherwise.
 pub const DEFAULT_PORT: u16 = 9042;
@@ -86,6 +91,9 @@ pub struct CassandraConfig {
     pub bucket_size: Option<i64>,
     /// Requests this store has in flight at once; more wait for a permit.
     pub max_in_flight: usize,
+    /// Most queued appends of one chat that one lightweight transaction claims (group commit);
+    /// 1 makes every message its own LWT. At most [`MAX_CLAIM`].
+    pub max_claim: usize,
     /// Client-side timeout of one request.
     pub request_timeout: Duration,
     /// Timeout of one connection attempt.
@@ -103,6 +111,7 @@ impl CassandraConfig {
             serial_consistency: SerialConsistency::Serial,
             bucket_size: None,
             max_in_flight: 256,
+            max_claim: 64,
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(10),
         }
@@ -183,6 +192,13 @@ impl CassandraConfig {
                         .ok()
                         .filter(|n| (1..=65_536).contains(n))
                         .ok_or_else(|| bad("max_in_flight must be 1..=65536"))?;
+                }
+                "max_claim" => {
+                    config.max_claim = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_CLAIM).contains(n))
+                        .ok_or_else(|| bad("max_claim must be 1..=64"))?;
                 }
                 "request_timeout_ms" => {
                     config.request_timeout = parse_millis(value)
@@ -318,7 +334,7 @@ mod tests {
         let c = CassandraConfig::from_url(
             "cassandra://127.0.0.1,127.0.0.2,127.0.0.3:9043/msgs?replication_factor=3\
              &consistency=LOCAL_QUORUM&serial=local_serial&bucket_size=500&max_in_flight=8\
-             &request_timeout_ms=2000&connect_timeout_ms=1000",
+             &request_timeout_ms=2000&connect_timeout_ms=1000&max_claim=1",
         )
         .unwrap();
         assert_eq!(
@@ -331,6 +347,7 @@ mod tests {
         assert_eq!(c.serial_consistency, SerialConsistency::LocalSerial);
         assert_eq!(c.bucket_size, Some(500));
         assert_eq!(c.max_in_flight, 8);
+        assert_eq!(c.max_claim, 1);
         assert_eq!(c.request_timeout, Duration::from_millis(2000));
         assert_eq!(c.connect_timeout, Duration::from_millis(1000));
     }
@@ -380,6 +397,8 @@ mod tests {
             "cassandra://h/ks?bucket_size=0",
             "cassandra://h/ks?bucket_size=-5",
             "cassandra://h/ks?max_in_flight=0",
+            "cassandra://h/ks?max_claim=0",
+            "cassandra://h/ks?max_claim=65",
             "cassandra://h/ks?request_timeout_ms=0",
             "cassandra://h/ks?nonsense=1",
             "cassandra://h/ks?novalue",

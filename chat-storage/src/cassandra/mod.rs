@@ -21,7 +21,7 @@
 //!
 //! # How `seq` stays dense: a claim that carries its messages
 //! Appends to one chat queue up in the process; whoever holds the chat's in-process lock takes
-//! everything queued (up to 64 messages: group commit) and, on a task of its own:
+//! everything queued (up to `max_claim`, default 64: group commit) and, on a task of its own:
 //! 1. Knows a state `(n, pending_n)` of the chat's head, observed linearizably: from its own
 //!    last LWT on that chat, or from the current values a failed LWT returns. A cold process
 //!    first tries `INSERT ... IF NOT EXISTS` with `last_seq = k` and its `k` messages, which
@@ -101,7 +101,7 @@ pub mod testing;
 
 mod append;
 
-pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE};
+pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
 use async_trait::async_trait;
 use chat_core::{
@@ -147,6 +147,8 @@ struct Inner {
     bucket_size: i64,
     /// Bounds the requests this store has in flight; each request holds a permit.
     in_flight: Semaphore,
+    /// Most appends of one chat one claim carries.
+    max_claim: usize,
     /// Per chat: the appends waiting for a claim, and the lock holding the last head state this
     /// process observed (see `append`). A std mutex: held only to look up or insert an entry,
     /// never across an await.
@@ -317,6 +319,7 @@ impl CassandraMessageStore {
                 keyspace: config.keyspace,
                 bucket_size,
                 in_flight: Semaphore::new(config.max_in_flight),
+                max_claim: config.max_claim.clamp(1, MAX_CLAIM),
                 heads: StdMutex::new(HashMap::new()),
             }),
         })
