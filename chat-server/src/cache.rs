@@ -57,6 +57,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one Redis command may take before the cache gives up and asks the database.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a Redis failure, lookups skip Redis this long (straight to the database), so an
+/// outage costs each request nothing instead of a timeout per lookup. Writes that guard the
+/// staleness bound (removal, logout) always try.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Cache settings.
 #[derive(Clone, Debug)]
@@ -169,6 +173,8 @@ pub struct CachedMetadataStore {
     redis: ConnectionManager,
     config: CacheConfig,
     caches: Arc<Caches>,
+    /// Until when lookups skip Redis after a failure (see [`REDIS_BACKOFF`]).
+    down_until: Mutex<Option<Instant>>,
     /// Cancelled on drop: stops the invalidation listener.
     closed: CancellationToken,
 }
@@ -214,6 +220,7 @@ impl CachedMetadataStore {
             redis,
             config,
             caches,
+            down_until: Mutex::new(None),
             closed,
         })
     }
@@ -243,8 +250,29 @@ impl CachedMetadataStore {
         format!("{}user:{user_id}", self.config.prefix)
     }
 
+    /// Whether Redis failed within the last [`REDIS_BACKOFF`].
+    fn redis_down(&self) -> bool {
+        let g = match self.down_until.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        g.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records a Redis failure: lookups skip Redis for a while.
+    fn mark_down(&self) {
+        let mut g = match self.down_until.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Some(Instant::now() + REDIS_BACKOFF);
+    }
+
     /// Reads a cached JSON value; `None` on a miss or when Redis is unreachable.
     async fn redis_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        if self.redis_down() {
+            return None;
+        }
         let mut conn = self.redis.clone();
         let mut get_cmd = redis::cmd("GET");
         get_cmd.arg(key);
@@ -254,9 +282,13 @@ impl CachedMetadataStore {
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis cache get failed; asking the database");
+                self.mark_down();
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                self.mark_down();
+                None
+            }
         }
     }
 
@@ -269,6 +301,10 @@ impl CachedMetadataStore {
         ttl: Duration,
         only_if_absent: bool,
     ) -> bool {
+        if only_if_absent && self.redis_down() {
+            // A fill is only an optimisation: skip it while Redis is failing.
+            return false;
+        }
         let Ok(bytes) = serde_json::to_vec(value) else {
             return false;
         };
@@ -284,15 +320,22 @@ impl CachedMetadataStore {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis cache set failed");
+                self.mark_down();
                 false
             }
-            Err(_) => false,
+            Err(_) => {
+                self.mark_down();
+                false
+            }
         }
     }
 
     /// Tells every node to drop its in-process role entries for these members. Best effort:
     /// a lost broadcast is bounded by `local_ttl`.
     async fn broadcast(&self, chat_id: ChatId, user_ids: Vec<UserId>) {
+        if self.redis_down() {
+            return;
+        }
         let Ok(payload) = serde_json::to_string(&Invalidation { chat_id, user_ids }) else {
             return;
         };

@@ -43,10 +43,14 @@ struct Args {
     #[arg(long, env = "CHAT_MESSAGES", default_value = "sqlite")]
     messages: String,
 
-    /// Broker between nodes: `local` (one node, in-process). A Redis broker for several nodes
-    /// plugs in here (`redis://...`, feature `redis`).
+    /// Broker between nodes: `local` (one node, in-process) or a Redis URL such as
+    /// `redis://127.0.0.1:6390` for a cluster (feature `redis`).
     #[arg(long, env = "CHAT_BROKER", default_value = "local")]
     broker: String,
+
+    /// Redis cache and key prefix flags (see `ClusterArgs`).
+    #[command(flatten)]
+    cluster: ClusterArgs,
 
     /// This node's name in health answers and logs (default: hostname-pid).
     #[arg(long, env = "CHAT_NODE_ID")]
@@ -87,6 +91,7 @@ struct Args {
     /// Seconds a graceful shutdown waits for requests and connections to finish.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
+
     #[command(flatten)]
     abuse: AbuseArgs,
 }
@@ -151,7 +156,6 @@ impl AbuseArgs {
     }
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -189,9 +193,15 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
     };
     let stores = open(&store_config).await.context("opening the stores")?;
-    let broker = broker(&args.broker)?;
+    let broker = open_broker(&args.broker, &args.cluster).await?;
+    let (metadata, health_checks) =
+        wrap_cache(stores.metadata, &args.broker, &args.cluster).await?;
+    let config = Config {
+        health_checks,
+        ..config
+    };
 
-    let server = Server::new(stores.metadata, stores.messages, broker, config);
+    let server = Server::new(metadata, stores.messages, broker, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -200,15 +210,106 @@ async fn main() -> anyhow::Result<()> {
     server.serve(listener, shutdown_signal()).await
 }
 
+// ---- Cluster wiring (issue 5): the broker and the membership cache. ----
+
+/// Flags of a node in a cluster: Redis key prefix and the membership cache.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Prefix of every Redis channel and key, so several clusters can share one Redis.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
+    redis_prefix: String,
+
+    /// User and membership cache in Redis (plus a small in-process cache): a Redis URL, or
+    /// `off`. Needs the `redis` feature.
+    #[arg(long, env = "CHAT_CACHE", default_value = "off")]
+    cache: String,
+
+    /// Use the broker's Redis (`--broker redis://...`) for the cache too.
+    #[arg(long, env = "CHAT_CACHE_REDIS", conflicts_with = "cache")]
+    cache_redis: bool,
+
+    /// Longest an in-process cache entry lives, in milliseconds: the bound after which a
+    /// member removed on another node can no longer read or send here.
+    #[arg(long, env = "CHAT_CACHE_LOCAL_TTL_MS", default_value_t = 2000)]
+    cache_local_ttl_ms: u64,
+}
+
+fn is_redis_url(s: &str) -> bool {
+    s.starts_with("redis://") || s.starts_with("rediss://")
+}
+
 /// The broker named by `--broker`.
-fn broker(spec: &str) -> anyhow::Result<Arc<dyn Broker>> {
+async fn open_broker(spec: &str, cluster: &ClusterArgs) -> anyhow::Result<Arc<dyn Broker>> {
     match spec {
         "local" => Ok(Arc::new(LocalBroker::new())),
-        s if s.starts_with("redis://") || s.starts_with("rediss://") => {
-            // The Redis broker (feature `redis`) is constructed here once it exists.
-            anyhow::bail!("this build has no Redis broker yet; use --broker local")
+        s if is_redis_url(s) => {
+            #[cfg(feature = "redis")]
+            {
+                let broker =
+                    chat_server::broker::redis::RedisBroker::connect(s, &cluster.redis_prefix)
+                        .await
+                        .with_context(|| format!("connecting the Redis broker at {s}"))?;
+                tracing::info!(url = s, prefix = %cluster.redis_prefix, "Redis broker");
+                Ok(Arc::new(broker))
+            }
+            #[cfg(not(feature = "redis"))]
+            {
+                let _ = cluster;
+                anyhow::bail!("this build has no Redis broker; rebuild with `--features redis`")
+            }
         }
-        other => anyhow::bail!("unknown broker {other:?}; expected `local`"),
+        other => anyhow::bail!("unknown broker {other:?}; expected `local` or a redis:// URL"),
+    }
+}
+
+/// Wraps the metadata store in the membership cache when `--cache` (or `--cache-redis`) asks
+/// for it; returns the store to serve and the health checks the cache adds.
+async fn wrap_cache(
+    metadata: Arc<dyn chat_core::MetadataStore>,
+    broker: &str,
+    cluster: &ClusterArgs,
+) -> anyhow::Result<(
+    Arc<dyn chat_core::MetadataStore>,
+    Vec<(String, Arc<dyn chat_server::HealthCheck>)>,
+)> {
+    let url = if cluster.cache_redis {
+        if !is_redis_url(broker) {
+            anyhow::bail!("--cache-redis needs a Redis broker (--broker redis://...)");
+        }
+        broker.to_owned()
+    } else {
+        match cluster.cache.as_str() {
+            "off" | "" => return Ok((metadata, Vec::new())),
+            s if is_redis_url(s) => s.to_owned(),
+            other => anyhow::bail!("unknown cache {other:?}; expected `off` or a redis:// URL"),
+        }
+    };
+    #[cfg(feature = "redis")]
+    {
+        use chat_server::cache::{CacheConfig, CachedMetadataStore};
+        let config = CacheConfig {
+            redis_url: url.clone(),
+            prefix: cluster.redis_prefix.clone(),
+            local_ttl: Duration::from_millis(cluster.cache_local_ttl_ms.max(1)),
+            ..CacheConfig::default()
+        };
+        let cached = Arc::new(
+            CachedMetadataStore::connect(metadata, config)
+                .await
+                .with_context(|| format!("connecting the Redis cache at {url}"))?,
+        );
+        tracing::info!(
+            url,
+            local_ttl_ms = cluster.cache_local_ttl_ms,
+            "membership cache"
+        );
+        let check: Arc<dyn chat_server::HealthCheck> = cached.clone();
+        Ok((cached, vec![("cache".to_owned(), check)]))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (metadata, url);
+        anyhow::bail!("this build has no Redis cache; rebuild with `--features redis`")
     }
 }
 

@@ -132,28 +132,36 @@ impl RedisBroker {
                     _ = tokio::time::sleep(delay) => {}
                     _ = closed.cancelled() => return,
                 }
-                // Cleared before publishing: a publish failing after this point starts its own
-                // repair, so no failure can slip between this announcement and the next.
+                delay = (delay * 2).min(RECONNECT_MAX);
+                // A probe first: while Redis is down, publishes keep failing fast (the flag
+                // stays set) instead of each waiting for a timeout.
+                if !publish_control(&mut conn, &control).await {
+                    continue;
+                }
+                // Cleared before the announcement: an event skipped before this point is
+                // covered by it; a publish failing after it starts a new repair.
                 repairing.store(false, Ordering::SeqCst);
-                let mut publish_cmd = redis::cmd("PUBLISH");
-                publish_cmd.arg(&control).arg("resync");
-                let publish = publish_cmd.query_async::<i64>(&mut conn);
-                match timeout(COMMAND_TIMEOUT, publish).await {
-                    Ok(Ok(_)) => {
-                        tracing::info!("redis answers again; announced a cluster-wide resync");
-                        return;
-                    }
-                    _ => {
-                        if repairing.swap(true, Ordering::SeqCst) {
-                            // Another failed publish started a repair task meanwhile.
-                            return;
-                        }
-                        delay = (delay * 2).min(RECONNECT_MAX);
-                    }
+                if publish_control(&mut conn, &control).await {
+                    tracing::info!("redis answers again; announced a cluster-wide resync");
+                    return;
+                }
+                if repairing.swap(true, Ordering::SeqCst) {
+                    // Another failed publish started a repair task meanwhile.
+                    return;
                 }
             }
         });
     }
+}
+
+/// Publishes the cluster-wide resync announcement; whether Redis took it.
+async fn publish_control(conn: &mut ConnectionManager, control: &str) -> bool {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(control).arg("resync");
+    matches!(
+        timeout(COMMAND_TIMEOUT, cmd.query_async::<i64>(conn)).await,
+        Ok(Ok(_))
+    )
 }
 
 impl Drop for RedisBroker {
@@ -199,6 +207,14 @@ fn topic_of(prefix: &str, channel: &str) -> Option<Topic> {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, topic: Topic, event: &Event) -> Result<()> {
+        if self.repairing.load(Ordering::SeqCst) {
+            // Redis just failed and the repair task is waiting for it: fail at once instead of
+            // a timeout per send. The resync the repair announces covers this event too.
+            return Err(Error::Unavailable {
+                message: "redis is unavailable (publish skipped until it answers)".into(),
+                source: None,
+            });
+        }
         let payload = serde_json::to_string(event)
             .map_err(|e| Error::internal("serialising a broker event", e))?;
         let mut conn = self.publisher.clone();

@@ -1,0 +1,486 @@
+//! Multi-process cluster tests: real `chat-server` processes (the built binary) sharing one
+//! MariaDB database, Redis as broker and cache, nginx in front, each test with its own Redis,
+//! nginx, nodes and database (so they run in parallel with everything else).
+//!
+//! Needs `CHAT_TEST_MYSQL_URL` (`scripts/mariadb.sh start && eval "$(scripts/mariadb.sh env)"`),
+//! `redis-server` and `nginx` on the PATH (`scripts/redis.sh install`, `scripts/nginx.sh
+//! install`). Run: `cargo test -p chat-server --all-features --test cluster`.
+
+#![cfg(all(feature = "redis", feature = "mysql"))]
+
+mod cluster_common;
+
+use chat_client::{ChatId, Client, ErrorCode, Event, FetchOptions, Message};
+use chat_core::{Broker, BrokerEvent, Seq, Topic, UserId};
+use chat_server::broker::redis::RedisBroker;
+use cluster_common::*;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The cache's in-process TTL the tests run with: the documented default bound.
+const LOCAL_TTL_MS: u64 = 2000;
+
+/// Waits for the subscription's `Connected` event.
+async fn connected(sub: &mut chat_client::Subscription, who: &str) {
+    loop {
+        let ev = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: never connected"))
+            .unwrap_or_else(|| panic!("{who}: subscription ended"));
+        if ev == Event::Connected {
+            return;
+        }
+    }
+}
+
+/// Sends `per_sender` messages from each sender concurrently (each sender in order), and
+/// calls `fault` once `fault_after` sends in total were acknowledged. Returns every
+/// acknowledged message. Every send must succeed: the SDK retries with the same
+/// `client_msg_id` across whatever the fault does.
+async fn stream_with_fault<F, Fut>(
+    senders: &[Client],
+    chat: ChatId,
+    per_sender: usize,
+    fault_after: usize,
+    fault: F,
+) -> Vec<Message>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let acked = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let c = c.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for k in 0..per_sender {
+                    let text = format!("s{i}-{k}");
+                    let m = c
+                        .send(chat, &text)
+                        .await
+                        .unwrap_or_else(|e| panic!("send {text} failed: {e}"));
+                    assert_eq!(m.msg_text, text);
+                    out.push(m);
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    // Spread the stream over time so the fault lands in its middle.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                out
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while acked.load(Ordering::SeqCst) < fault_after {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never reached the fault"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fault().await;
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("sender task"));
+    }
+    all
+}
+
+/// Checks one client's history against what was acknowledged: dense `1..=n`, in order, none
+/// twice, and every acknowledged message present with its text.
+fn check_history(history: &[Message], acked: &[Message], who: &str) {
+    assert_dense(history, acked.len(), who);
+    let by_seq: BTreeMap<i64, &str> = history
+        .iter()
+        .map(|m| (m.seq.0, m.msg_text.as_str()))
+        .collect();
+    for a in acked {
+        assert_eq!(
+            by_seq.get(&a.seq.0).copied(),
+            Some(a.msg_text.as_str()),
+            "{who}: acknowledged message {} missing or different",
+            a.seq
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_on_different_nodes_and_through_nginx_chat_in_one_group() {
+    let cluster = Cluster::start(3, LOCAL_TTL_MS).await;
+    let [n1, n2, n3] = [0, 1, 2].map(|i| cluster.nodes[i].url());
+    let lb = cluster.nginx.url();
+    // Each registers and logs in through its own entry point.
+    let a = user(&n1, "a").await;
+    let b = user(&n2, "b").await;
+    let c = user(&n3, "c").await;
+    let d = user(&lb, "d").await;
+    let ids: Vec<UserId> = [&b, &c, &d].iter().map(|x| x.user_id().unwrap()).collect();
+    let chat = a.create_chat("everyone", &ids).await.unwrap().chat_id;
+
+    let mut subs = Vec::new();
+    for (who, cl) in [("a", &a), ("b", &b), ("c", &c), ("d", &d)] {
+        let mut s = cl.subscribe().await.unwrap();
+        connected(&mut s, who).await;
+        subs.push((who, s));
+    }
+
+    // Only nodes with a member connected subscribe to a chat's channel: chat 2 has members on
+    // n1 and n2 only.
+    let pair = a
+        .create_chat("pair", &[b.user_id().unwrap()])
+        .await
+        .unwrap()
+        .chat_id;
+    let channel = format!("chat:chat:{pair}");
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.redis.subscribers(&channel).await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{channel} never had 2 subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let senders = [a.clone(), b.clone(), c.clone(), d.clone()];
+    let acked = stream_with_fault(&senders, chat, 15, 0, || async {}).await;
+    assert_eq!(acked.len(), 60);
+    let mut histories = Vec::new();
+    for (who, s) in &mut subs {
+        let h = messages(s, chat, 60, who).await;
+        check_history(&h, &acked, who);
+        histories.push(h);
+    }
+    assert!(
+        histories.windows(2).all(|w| w[0] == w[1]),
+        "every member holds the same history"
+    );
+    // Still exactly the two nodes with members of the pair, after all that traffic.
+    assert_eq!(cluster.redis.subscribers(&channel).await, 2);
+
+    for node in &cluster.nodes {
+        let (status, h) = node.health().await;
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["node_id"], node.name.as_str());
+        assert_eq!(h["broker"], "ok");
+        assert_eq!(h["cache"], "ok");
+        assert_eq!(h["storage"]["metadata"], "ok");
+    }
+}
+
+/// What happens to one node in the middle of the stream.
+#[derive(Clone, Copy, Debug)]
+enum NodeFault {
+    /// `kill -9`.
+    Kill,
+    /// SIGTERM: graceful drain, WebSockets closed with 1012.
+    Terminate,
+}
+
+/// Four users connected through nginx, three of them sending; one node (the one holding the
+/// most WebSockets) fails mid-stream. At the end every client holds the same dense history.
+async fn node_fails_mid_stream(fault: NodeFault) {
+    let mut cluster = Cluster::start(3, LOCAL_TTL_MS).await;
+    let lb = cluster.nginx.url();
+    let owner = user(&lb, "owner").await;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        others.push(user(&lb, &format!("u{i}")).await);
+    }
+    let ids: Vec<UserId> = others.iter().map(|c| c.user_id().unwrap()).collect();
+    let chat = owner.create_chat("stream", &ids).await.unwrap().chat_id;
+    let mut subs = Vec::new();
+    for (i, cl) in std::iter::once(&owner).chain(others.iter()).enumerate() {
+        let who = format!("client{i}");
+        let mut s = cl.subscribe().await.unwrap();
+        connected(&mut s, &who).await;
+        subs.push((who, s));
+    }
+    // The victim is the node holding the most of these WebSockets.
+    let mut counts = Vec::new();
+    for n in &cluster.nodes {
+        counts.push(n.ws_connections().await);
+    }
+    let victim = (0..counts.len()).max_by_key(|&i| counts[i]).unwrap();
+    assert!(counts[victim] > 0, "no node holds a WebSocket: {counts:?}");
+
+    let per_sender = 40;
+    let victim_node = &mut cluster.nodes[victim];
+    let acked = stream_with_fault(&others, chat, per_sender, per_sender, || async {
+        match fault {
+            NodeFault::Kill => victim_node.kill9(),
+            NodeFault::Terminate => victim_node.terminate(),
+        }
+    })
+    .await;
+    assert_eq!(acked.len(), 3 * per_sender);
+    let mut histories = Vec::new();
+    for (who, s) in &mut subs {
+        let h = messages(s, chat, acked.len(), who).await;
+        check_history(&h, &acked, who);
+        histories.push(h);
+    }
+    assert!(histories.windows(2).all(|w| w[0] == w[1]));
+    // And the history itself, read back through nginx, is the same.
+    let stored = owner.fetch_all_after(chat, Seq(0)).await.unwrap();
+    assert_eq!(stored, histories[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_mid_stream_loses_nothing() {
+    node_fails_mid_stream(NodeFault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_a_node_and_its_clients_move_on_through_nginx() {
+    node_fails_mid_stream(NodeFault::Terminate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_and_restarted_mid_stream_loses_nothing() {
+    let mut cluster = Cluster::start(3, LOCAL_TTL_MS).await;
+    // One user per node, connected directly: every delivery between them crosses Redis.
+    let mut clients = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        clients.push(user(&n.url(), &format!("u{i}")).await);
+    }
+    let ids: Vec<UserId> = clients[1..].iter().map(|c| c.user_id().unwrap()).collect();
+    let chat = clients[0]
+        .create_chat("outage", &ids)
+        .await
+        .unwrap()
+        .chat_id;
+    let mut subs = Vec::new();
+    for (i, cl) in clients.iter().enumerate() {
+        let who = format!("u{i}");
+        let mut s = cl.subscribe().await.unwrap();
+        connected(&mut s, &who).await;
+        subs.push((who, s));
+    }
+
+    // Redis dies a third of the way in; the rest of the stream, to its very end, is sent while
+    // it is down (sends still succeed: the store is the record).
+    let per_sender = 30;
+    let t0 = Instant::now();
+    let redis = &mut cluster.redis;
+    let acked = stream_with_fault(&clients, chat, per_sender, per_sender, || async {
+        redis.kill();
+    })
+    .await;
+    assert_eq!(acked.len(), 3 * per_sender);
+    eprintln!("stream done after {:?}", t0.elapsed());
+    let (status, h) = cluster.nodes[1].health().await;
+    assert_eq!(status, 503, "health while Redis is down: {h}");
+    assert_ne!(h["broker"], "ok");
+
+    // Redis comes back and nothing more is sent: the nodes' resync must deliver the tail.
+    cluster.redis.restart().await;
+    eprintln!("redis back after {:?}", t0.elapsed());
+    for (who, s) in &mut subs {
+        let h = messages(s, chat, acked.len(), who).await;
+        check_history(&h, &acked, who);
+    }
+    eprintln!("caught up after {:?}", t0.elapsed());
+    for n in &mut cluster.nodes {
+        n.wait_healthy().await;
+        assert!(
+            n.metric("chat_broker_resyncs_total").await >= 1,
+            "{} caught up without a resync?",
+            n.name
+        );
+    }
+    // Live delivery resumed: one more message reaches everyone.
+    let last = clients[2].send(chat, "after the outage").await.unwrap();
+    assert_eq!(last.seq.0, acked.len() as i64 + 1);
+    for (who, s) in &mut subs {
+        let h = messages(s, chat, 1, who).await;
+        assert_eq!(h, vec![last.clone()], "{who}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_reach_other_nodes_within_the_bound() {
+    let cluster = Cluster::start(3, LOCAL_TTL_MS).await;
+    let [n1, n2, n3] = [0, 1, 2].map(|i| cluster.nodes[i].url());
+    let owner = user(&n1, "owner").await;
+    let removed = user(&n2, "removed").await;
+    let witness = user(&n2, "witness").await;
+    let added = user(&n3, "added").await;
+    let chat = owner
+        .create_chat(
+            "members",
+            &[removed.user_id().unwrap(), witness.user_id().unwrap()],
+        )
+        .await
+        .unwrap()
+        .chat_id;
+    let mut removed_sub = removed.subscribe().await.unwrap();
+    connected(&mut removed_sub, "removed").await;
+    let mut witness_sub = witness.subscribe().await.unwrap();
+    connected(&mut witness_sub, "witness").await;
+
+    // The removed user reads on n2 and n3 first, so both nodes cache "member".
+    let removed_n3 = via(&removed, &n3);
+    removed.fetch(chat, FetchOptions::latest(10)).await.unwrap();
+    removed_n3
+        .fetch(chat, FetchOptions::latest(10))
+        .await
+        .unwrap();
+    let m1 = owner.send(chat, "before").await.unwrap();
+    assert_eq!(
+        messages(&mut removed_sub, chat, 1, "removed").await,
+        vec![m1.clone()]
+    );
+    assert_eq!(
+        messages(&mut witness_sub, chat, 1, "witness").await,
+        vec![m1]
+    );
+
+    // Removed through n1.
+    owner
+        .remove_member(chat, removed.user_id().unwrap())
+        .await
+        .unwrap();
+    let removed_at = Instant::now();
+    // n2 tells the removed user's connection at once (the event crosses Redis).
+    loop {
+        let ev = tokio::time::timeout(PATIENCE, removed_sub.next())
+            .await
+            .expect("removed_from_chat never arrived")
+            .expect("subscription ended");
+        if ev == Event::RemovedFromChat(chat) {
+            break;
+        }
+        assert!(
+            !matches!(ev, Event::Message(_)),
+            "message after removal: {ev:?}"
+        );
+    }
+    // After the documented bound, neither n2 nor n3 lets the removed user read or send.
+    let bound = Duration::from_millis(LOCAL_TTL_MS);
+    tokio::time::sleep(bound.saturating_sub(removed_at.elapsed())).await;
+    for (node, c) in [("n2", &removed), ("n3", &removed_n3)] {
+        let e = c.fetch(chat, FetchOptions::latest(10)).await.unwrap_err();
+        assert_eq!(e.code(), Some(&ErrorCode::NotAMember), "{node} fetch: {e}");
+        let e = c.send(chat, "still here?").await.unwrap_err();
+        assert_eq!(e.code(), Some(&ErrorCode::NotAMember), "{node} send: {e}");
+    }
+    // Nor does it receive: the witness on the same node gets the next message, the removed
+    // user's stream stays silent.
+    let m2 = owner.send(chat, "after").await.unwrap();
+    assert_eq!(
+        messages(&mut witness_sub, chat, 1, "witness").await,
+        vec![m2]
+    );
+    if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), removed_sub.next()).await
+    {
+        assert!(!matches!(ev, Event::Message(_)), "removed user got {ev:?}");
+    }
+
+    // An added member can read on another node at once, and send on a third.
+    owner
+        .add_member(chat, added.user_id().unwrap())
+        .await
+        .unwrap();
+    let page = via(&added, &n2)
+        .fetch(chat, FetchOptions::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 2);
+    via(&added, &n3).send(chat, "hello").await.unwrap();
+
+    // A logout on n1 is refused on n2 at once (the cache's tombstone).
+    let removed_n1 = via(&removed, &n1);
+    removed_n1.logout().await.unwrap();
+    let e = removed.me().await.unwrap_err();
+    assert!(e.is_unauthenticated(), "token still accepted on n2: {e}");
+}
+
+/// The next event of a broker stream.
+async fn next(ev: &mut chat_core::BrokerStream) -> BrokerEvent {
+    tokio::time::timeout(PATIENCE, ev.next())
+        .await
+        .expect("no broker event")
+        .expect("stream ended")
+}
+
+/// The broker alone, over a real Redis: routing by topic, and recovery from a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_broker_routes_by_topic_and_resyncs_after_a_restart() {
+    use chat_core::Event as BEvent;
+    let mut redis = RedisProc::start().await;
+    let b1 = RedisBroker::connect(&redis.url(), "t:").await.unwrap();
+    let b2 = RedisBroker::connect(&redis.url(), "t:").await.unwrap();
+    let mut ev1 = b1.events().unwrap();
+    let mut ev2 = b2.events().unwrap();
+    assert!(b1.events().is_err(), "events() is single-use");
+    let revoked = |n: u8| BEvent::SessionRevoked {
+        user_id: UserId(1),
+        token_hash: format!("h{n}"),
+    };
+    b1.subscribe(Topic::User(UserId(1))).await.unwrap();
+    b2.subscribe(Topic::User(UserId(2))).await.unwrap();
+    b2.publish(Topic::User(UserId(1)), &revoked(1))
+        .await
+        .unwrap();
+    b1.publish(Topic::User(UserId(2)), &revoked(2))
+        .await
+        .unwrap();
+    let want = |topic, n| BrokerEvent::Event {
+        topic,
+        event: revoked(n),
+    };
+    assert_eq!(next(&mut ev1).await, want(Topic::User(UserId(1)), 1));
+    // b2 gets only its own topic: the first thing it sees is event 2.
+    assert_eq!(next(&mut ev2).await, want(Topic::User(UserId(2)), 2));
+    b1.health().await.unwrap();
+
+    // Restart: both subscribers reconnect, resubscribe, and say so with a Resync.
+    redis.restart().await;
+    assert_eq!(next(&mut ev1).await, BrokerEvent::Resync);
+    assert_eq!(next(&mut ev2).await, BrokerEvent::Resync);
+    // Subscribed again: a publish after the restart arrives (the publisher's first attempt may
+    // find its connection dead; retry, skipping the Resync such a failure announces).
+    let deadline = Instant::now() + PATIENCE;
+    while b2
+        .publish(Topic::User(UserId(1)), &revoked(3))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "publishing never worked again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        match next(&mut ev1).await {
+            BrokerEvent::Resync => continue,
+            e => {
+                assert_eq!(e, want(Topic::User(UserId(1)), 3));
+                break;
+            }
+        }
+    }
+
+    // Unsubscribed topics stop arriving.
+    b1.unsubscribe(Topic::User(UserId(1))).await.unwrap();
+    b1.subscribe(Topic::User(UserId(9))).await.unwrap();
+    b2.publish(Topic::User(UserId(1)), &revoked(4))
+        .await
+        .unwrap();
+    b2.publish(Topic::User(UserId(9)), &revoked(5))
+        .await
+        .unwrap();
+    loop {
+        match next(&mut ev1).await {
+            BrokerEvent::Resync => continue,
+            e => {
+                assert_eq!(e, want(Topic::User(UserId(9)), 5));
+                break;
+            }
+        }
+    }
+}
