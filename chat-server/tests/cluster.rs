@@ -192,12 +192,19 @@ async fn node_fails_mid_stream(fault: NodeFault) {
     for i in 0..3 {
         others.push(user(&lb, &format!("u{i}")).await);
     }
-    let ids: Vec<UserId> = others.iter().map(|c| c.user_id().unwrap()).collect();
-    let chat = owner.create_chat("stream", &ids).await.unwrap().chat_id;
+    let ids: Vec<UserId> = others
+        .iter()
+        .map(|c| c.user_id().expect("logged in"))
+        .collect();
+    let chat = owner
+        .create_chat("stream", &ids)
+        .await
+        .expect("create chat")
+        .chat_id;
     let mut subs = Vec::new();
     for (i, cl) in std::iter::once(&owner).chain(others.iter()).enumerate() {
         let who = format!("client{i}");
-        let mut s = cl.subscribe().await.unwrap();
+        let mut s = cl.subscribe().await.expect("subscribe");
         connected(&mut s, &who).await;
         subs.push((who, s));
     }
@@ -206,7 +213,7 @@ async fn node_fails_mid_stream(fault: NodeFault) {
     for n in &cluster.nodes {
         counts.push(n.ws_connections().await);
     }
-    let victim = (0..counts.len()).max_by_key(|&i| counts[i]).unwrap();
+    let victim = (0..counts.len()).max_by_key(|&i| counts[i]).expect("nodes");
     assert!(counts[victim] > 0, "no node holds a WebSocket: {counts:?}");
 
     let per_sender = 40;
@@ -227,7 +234,10 @@ async fn node_fails_mid_stream(fault: NodeFault) {
     }
     assert!(histories.windows(2).all(|w| w[0] == w[1]));
     // And the history itself, read back through nginx, is the same.
-    let stored = owner.fetch_all_after(chat, Seq(0)).await.unwrap();
+    let stored = owner
+        .fetch_all_after(chat, Seq(0))
+        .await
+        .expect("fetch history");
     assert_eq!(stored, histories[0]);
 }
 
