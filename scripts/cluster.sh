@@ -75,7 +75,7 @@ start_node() {
   # Remember how it was started, for restart-node.
   printf '%q ' "$@" > "$DIR/node$n.cmd"
   mkdir -p "$DIR/node$n"
-  nohup "$bin" \
+  NO_COLOR=1 nohup "$bin" \
     --listen "127.0.0.1:$port" --node-id "node$n" --data-dir "$DIR/node$n" \
     --metadata "$3" --metadata-replica "$4" --messages "$5" \
     --broker "$6" --cache-redis \

@@ -225,6 +225,7 @@ impl NodeProc {
             .args(["--send-rate", "100000", "--send-burst", "100000"])
             .args(["--shutdown-grace-secs", "5"])
             .args(["--log", "info,chat_server=debug,tower_http=warn"])
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
