@@ -275,6 +275,50 @@ mod bench {
         })
         .await?;
 
+        // One LWT per message (max_claim=1): the mechanism without group commit.
+        let mut single = config.clone();
+        single.max_claim = 1;
+        let s1 = Arc::new(CassandraMessageStore::connect(single.clone()).await?);
+        let s2 = Arc::new(CassandraMessageStore::connect(single).await?);
+        let lwt_each: [(&str, Vec<Arc<CassandraMessageStore>>, usize, i64); 4] = [
+            (
+                "[LWT per message] 1 sender, 1 chat",
+                vec![Arc::clone(&s1)],
+                1,
+                500,
+            ),
+            (
+                "[LWT per message] 16 senders, 1 chat, 1 process",
+                vec![Arc::clone(&s1)],
+                16,
+                50,
+            ),
+            (
+                "[LWT per message] 16 senders, 1 chat, 2 processes (8 + 8)",
+                vec![Arc::clone(&s1), Arc::clone(&s2)],
+                16,
+                50,
+            ),
+            (
+                "[LWT per message] 64 senders, 64 chats",
+                vec![Arc::clone(&s1)],
+                64,
+                40,
+            ),
+        ];
+        for (i, (label, stores, tasks, per_task)) in lwt_each.into_iter().enumerate() {
+            let base_chat = 10_000 * (i as i64 + 1);
+            let many = tasks == 64;
+            appends(label, &stores, tasks, per_task * scale, move |t| {
+                ChatId(if many {
+                    base_chat + t as i64
+                } else {
+                    base_chat
+                })
+            })
+            .await?;
+        }
+
         appends(
             "1 sender, 1 chat",
             &[Arc::clone(&a)],
