@@ -112,7 +112,8 @@ pub struct AbuseLimits {
     pub max_connections: usize,
     /// How long a connection may take to send a request's headers, and how long a kept-alive
     /// connection may sit idle before its next request. A client that opens sockets and sends
-    /// nothing holds them only this long.
+    /// nothing holds them only this long. Not much shorter than clients' pool idle times: a
+    /// client reusing a pooled connection just as it is closed sees a spurious error.
     pub header_read_timeout: Duration,
     /// How long one REST request (reading its body included) may take before it is answered
     /// with 408; stops slow-body clients from holding a connection.
@@ -130,7 +131,7 @@ impl Default for AbuseLimits {
             send_per_addr: RateLimit::new(200.0, 1000),
             ws_per_user: 32,
             max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
         }
