@@ -433,7 +433,22 @@ impl Drop for NginxProc {
             print_tail("nginx error.log", &self.dir.path().join("error.log"));
             print_tail("nginx stderr", &self.dir.path().join("stderr.log"));
         }
-        kill_child(&mut self.child);
+        // SIGTERM (fast shutdown): the master takes its workers down with it. A SIGKILL would
+        // orphan the workers, which keep the port and run on.
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
