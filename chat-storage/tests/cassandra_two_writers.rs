@@ -58,9 +58,9 @@ async fn send_until_acked(store: &CassandraMessageStore, m: &NewMessage) -> (App
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_append_to_one_chat_concurrently() {
     let url = fresh_keyspace_url(&url_from_env("CHAT_TEST_CASSANDRA_URL"));
-    // The first node creates the keyspace; the second finds it migrated.
-    let node_a = open(&url).await;
-    let node_b = open(&url).await;
+    // Both nodes start at once against a keyspace that does not exist yet: the migration claim
+    // (an LWT on schema_migrations) lets one of them run the DDL while the other waits.
+    let (node_a, node_b) = tokio::join!(open(&url), open(&url));
     let nodes = [Arc::clone(&node_a), Arc::clone(&node_b)];
     let chat = ChatId(9_000_001);
 
