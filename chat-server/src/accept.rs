@@ -67,12 +67,12 @@ pub(crate) async fn serve(
             inner: stream,
             _slot: permit,
         });
-        let service = router
-            .clone()
-            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        let service = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
-            });
+            },
+        );
         let conn = http
             .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();

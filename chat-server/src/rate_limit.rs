@@ -231,7 +231,10 @@ mod tests {
         l.check("a@b".to_owned()).unwrap();
         match l.check("a@b".to_owned()) {
             Err(Error::RateLimited { retry_after_ms }) => {
-                assert!(retry_after_ms > 9_000 && retry_after_ms <= 10_000, "{retry_after_ms}")
+                assert!(
+                    retry_after_ms > 9_000 && retry_after_ms <= 10_000,
+                    "{retry_after_ms}"
+                )
             }
             other => panic!("expected rate limited, got {other:?}"),
         }
@@ -252,7 +255,9 @@ mod tests {
         drop((b, other, again));
         assert!(lock(&c.open).is_empty());
         let uncapped = ConnectionCounter::new(0);
-        let slots: Vec<_> = (0..100).map(|_| uncapped.acquire(UserId(1)).unwrap()).collect();
+        let slots: Vec<_> = (0..100)
+            .map(|_| uncapped.acquire(UserId(1)).unwrap())
+            .collect();
         assert_eq!(slots.len(), 100);
     }
 }

@@ -55,21 +55,39 @@ fn build() -> World {
     );
     let router = rt.block_on(async { server.router() });
     let (token, user_id, chat_id) = rt.block_on(async {
-        let (s, _) = call(&router, "POST", "/v1/users", None, Some(json!({
-            "email": "fuzz@fuzz.test", "password": "fuzzing password"
-        })))
+        let (s, _) = call(
+            &router,
+            "POST",
+            "/v1/users",
+            None,
+            Some(json!({
+                "email": "fuzz@fuzz.test", "password": "fuzzing password"
+            })),
+        )
         .await;
         assert_eq!(s, StatusCode::CREATED);
-        let (s, v) = call(&router, "POST", "/v1/sessions", None, Some(json!({
-            "email": "fuzz@fuzz.test", "password": "fuzzing password"
-        })))
+        let (s, v) = call(
+            &router,
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(json!({
+                "email": "fuzz@fuzz.test", "password": "fuzzing password"
+            })),
+        )
         .await;
         assert_eq!(s, StatusCode::OK);
         let token = v["token"].as_str().expect("token").to_owned();
         let user = UserId(v["user_id"].as_i64().expect("user_id"));
-        let (s, v) = call(&router, "POST", "/v1/chats", Some(&token), Some(json!({
-            "chat_name": "fuzz", "member_ids": []
-        })))
+        let (s, v) = call(
+            &router,
+            "POST",
+            "/v1/chats",
+            Some(&token),
+            Some(json!({
+                "chat_name": "fuzz", "member_ids": []
+            })),
+        )
         .await;
         assert_eq!(s, StatusCode::CREATED);
         (token, user, ChatId(v["chat_id"].as_i64().expect("chat_id")))
@@ -116,7 +134,11 @@ pub async fn raw(
         None => req.body(Body::empty()),
     }
     .expect("request");
-    let resp = router.clone().oneshot(req).await.expect("infallible router");
+    let resp = router
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("infallible router");
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
@@ -125,7 +147,10 @@ pub async fn raw(
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!("non-JSON answer {status} ({e}): {:?}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "non-JSON answer {status} ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
         })
     };
     (status, v)
@@ -140,7 +165,10 @@ pub fn check_answer(what: &str, status: StatusCode, body: &Value) {
     );
     if status.is_client_error() {
         let code = body["error"]["code"].as_str().unwrap_or("");
-        assert!(!code.is_empty(), "{what}: {status} without an error code: {body}");
+        assert!(
+            !code.is_empty(),
+            "{what}: {status} without an error code: {body}"
+        );
         assert!(body["error"]["message"].is_string(), "{what}: {body}");
     }
 }

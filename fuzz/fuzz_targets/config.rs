@@ -29,9 +29,15 @@ fuzz_target!(|data: &[u8]| {
     const MARK: &str = "Zq9PassWordMarkZq9";
     for which in 0..2 {
         let mut c = config.clone();
-        let mut url = if which == 0 { c.metadata.clone() } else { c.messages.clone() };
+        let mut url = if which == 0 {
+            c.metadata.clone()
+        } else {
+            c.messages.clone()
+        };
         let Some(at) = url.rfind('@') else { continue };
-        let Some(colon) = url[..at].rfind(':') else { continue };
+        let Some(colon) = url[..at].rfind(':') else {
+            continue;
+        };
         if url[colon + 1..at].contains(['/', '?', '#']) {
             continue;
         }

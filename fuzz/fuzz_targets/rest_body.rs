@@ -59,8 +59,7 @@ fuzz_target!(|data: &[u8]| {
             ("show chat", "GET", format!("/v1/chats/{seg}"), token, None)
         }
     };
-    let (status, answer) = w
-        .rt
-        .block_on(common::raw(&w.router, method, &uri, token, body));
+    let (status, answer) =
+        w.rt.block_on(common::raw(&w.router, method, &uri, token, body));
     common::check_answer(what, status, &answer);
 });

@@ -130,11 +130,7 @@ impl FromRequestParts<Arc<AppState>> for ClientAddr {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip());
         Ok(ClientAddr(peer.map(|p| {
-            client_ip(
-                p,
-                &parts.headers,
-                &state.config.abuse.trusted_proxies,
-            )
+            client_ip(p, &parts.headers, &state.config.abuse.trusted_proxies)
         })))
     }
 }
