@@ -287,7 +287,7 @@ main() {
     wipe) cmd_wipe ;;
     url) cmd_url ;;
     *)
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
         [[ -z $cmd ]] || die "unknown command '$cmd'"
         exit 2
         ;;
