@@ -11,6 +11,7 @@
 # what earlier runs on this machine found (fuzz/target/corpus/<target>/, not committed), so the
 # committed corpus stays small. A crash leaves its input in fuzz/artifacts/<target>/ and fails
 # the script; turn it into a regression test and add it to the seeds.
+set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 

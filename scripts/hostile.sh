@@ -7,6 +7,7 @@
 #   scripts/hostile.sh [FUZZ_SECONDS_PER_TARGET]   (default 20)
 #
 # Environment: SCHEMATHESIS_MAX_EXAMPLES (default 25), SCHEMATHESIS_MAX_TIME (default 150).
+set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
