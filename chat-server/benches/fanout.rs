@@ -16,7 +16,7 @@
 use chat_client::Client;
 use chat_core::{Broker, ChatId, Event, Message, Seq, Topic, UserId};
 use chat_server::broker::LocalBroker;
-use chat_server::{Config, PasswordHashing, Server, ServerHandle};
+use chat_server::{AbuseLimits, Config, PasswordHashing, Server, ServerHandle};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::StreamExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,8 @@ async fn room(k: usize) -> Room {
     let broker = Arc::new(LocalBroker::new());
     let config = Config {
         password_hashing: PasswordHashing::fast_insecure(),
+        // Hundreds of registrations and logins from one address.
+        abuse: AbuseLimits::unthrottled(),
         outbound_queue: 1 << 16,
         ..Config::default()
     };
