@@ -89,7 +89,7 @@ async fn fetch_ok(store: &CassandraMessageStore, chat: ChatId, q: FetchQuery) ->
 }
 
 async fn wait_for_acks(acked: &AtomicUsize, at_least: usize) {
-    for _ in 0..1200 {
+    for _ in 0..3000 {
         if acked.load(Ordering::SeqCst) >= at_least {
             return;
         }
@@ -127,7 +127,9 @@ async fn a_node_stops_mid_stream_and_nothing_acked_is_lost() {
         senders.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut i = 0_i64;
-            while !stop.load(Ordering::SeqCst) && i < 5_000 {
+            // Paced (about 50 sends/s per sender) so the stream lasts through a slow node
+            // restart without a huge history; bounded in count as well as by `stop`.
+            while !stop.load(Ordering::SeqCst) && i < 20_000 {
                 let cmid = format!("s{sender}-{i}");
                 let m = NewMessage {
                     chat_id: chat,
@@ -140,6 +142,7 @@ async fn a_node_stops_mid_stream_and_nothing_acked_is_lost() {
                 mine.push(send_until_acked(&store, m).await);
                 acked.fetch_add(1, Ordering::SeqCst);
                 i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             mine
         }));

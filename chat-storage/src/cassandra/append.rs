@@ -247,7 +247,12 @@ impl Inner {
     }
 
     /// Claims seqs for a batch and answers every append in it.
-    async fn claim_batch(&self, chat_id: ChatId, head: &mut Option<Head>, batch: Vec<Waiting>) {
+    async fn claim_batch(
+        self: &Arc<Self>,
+        chat_id: ChatId,
+        head: &mut Option<Head>,
+        batch: Vec<Waiting>,
+    ) {
         let (msgs, replies): (Vec<NewMessage>, Vec<_>) =
             batch.into_iter().map(|w| (w.msg, w.reply)).unzip();
         // Taken out: if anything fails, the head is unknown and the next claim starts cold.
@@ -269,7 +274,7 @@ impl Inner {
 
     /// The claim loop (see the module doc): returns one result per message, in order.
     async fn claim(
-        &self,
+        self: &Arc<Self>,
         chat_id: ChatId,
         head: &mut Option<Head>,
         msgs: &[NewMessage],
@@ -339,14 +344,23 @@ impl Inner {
                 }
             }
             // ... and against every older one, which is in message_dedupe by the invariant.
+            // (All lookups at once: a batch may hold many messages with a client_msg_id.)
+            let mut lookups = tokio::task::JoinSet::new();
             for i in open {
-                if decided[i].is_none() {
-                    if let Some(stored) = self.find_duplicate(&msgs[i]).await? {
-                        decided[i] = Some(Appended {
-                            message: stored,
-                            created: false,
-                        });
-                    }
+                if decided[i].is_none() && msgs[i].client_msg_id.is_some() {
+                    let inner = Arc::clone(self);
+                    let m = msgs[i].clone();
+                    lookups.spawn(async move { (i, inner.find_duplicate(&m).await) });
+                }
+            }
+            while let Some(joined) = lookups.join_next().await {
+                let (i, found) = joined
+                    .map_err(|e| Error::internal("cassandra: a dedupe lookup task failed", e))?;
+                if let Some(stored) = found? {
+                    decided[i] = Some(Appended {
+                        message: stored,
+                        created: false,
+                    });
                 }
             }
             // The invariant: the last claim's messages are in `messages` before the head moves
