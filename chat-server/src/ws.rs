@@ -68,12 +68,23 @@ pub(crate) async fn upgrade(
     // No `Sec-WebSocket-Extensions` is ever answered (tungstenite implements none), so
     // permessage-deflate is never negotiated: a frame's size on the wire is its size in memory,
     // and the frame cap below bounds both.
+    //
+    // Buffers: tungstenite's default 128 KiB read buffer is zero-filled before each read, so it
+    // becomes resident on the first frame: ~139 KiB of RSS per idle connection and a 128 KiB
+    // memset per read (docs/benchmarks.md). Client frames are small (a send is well under 4 KiB
+    // of text plus JSON), and a larger frame is read in several chunks, up to the frame cap.
+    // Outgoing frames are written straight through: the hub's queue already batches them.
     Ok(upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_frame_size(max)
         .max_message_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| run(st, socket, caller, addr, slot)))
 }
+
+/// Bytes read from a WebSocket at a time (tungstenite grows the frame beyond it as needed).
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// Decrements the open-connections gauge however the connection ends.
 struct Gauge(Arc<crate::metrics::Metrics>);
