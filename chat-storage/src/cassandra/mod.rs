@@ -8,7 +8,7 @@
 //! - `append`: how messages get their `seq` (below).
 //! - `fetch`: pages, walking buckets backward and forward.
 //! - `error`: driver errors to [`chat_core::Error`].
-//! - [`testing`] (features `cassandra` + `testing`): a unique keyspace per test.
+//! - `testing` (features `cassandra` + `testing`): a unique keyspace per test, the test URL.
 //!
 //! # Tables
 //! - `messages ((chat_id, bucket), seq)` with `bucket = seq / bucket_size`: a partition holds at
@@ -90,7 +90,11 @@
 //! lose power in that window. `commitlog_sync: batch` makes every ack wait for an fsync, at a
 //! cost in throughput. [`MessageStore::flush`] has nothing to wait for: there is no write-behind.
 //!
-//! Statements are prepared once at connect. A semaphore bounds the requests in flight.
+//! (The scripts' `-Dcassandra.unsafesystem=true` skips fsyncs of Cassandra's own system tables
+//! only, to make a test run's many schema changes cheap; message data is unaffected.)
+//!
+//! Every data statement is prepared once at connect (only the migrations' DDL is sent as plain
+//! text, once). A semaphore bounds the requests in flight (`max_in_flight`).
 
 pub mod config;
 mod error;
