@@ -136,7 +136,11 @@ struct AbuseArgs {
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT_SECS", default_value_t = AbuseLimits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
     /// A proxy whose X-Forwarded-For is believed (repeatable; e.g. the nginx in front).
-    #[arg(long = "trusted-proxy", env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "CHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     trusted_proxies: Vec<std::net::IpAddr>,
 }
 

@@ -294,7 +294,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
-        let body = axum::body::to_bytes(missing.into_body(), 4096).await.unwrap();
+        let body = axum::body::to_bytes(missing.into_body(), 4096)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "unauthenticated");
     }
