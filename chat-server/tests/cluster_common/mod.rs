@@ -166,8 +166,10 @@ impl Drop for RedisProc {
 /// How nodes find their stores, broker and cache.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
-    /// `mysql://...` of the test database (metadata and messages).
+    /// `mysql://...` of the test database (metadata, and messages unless `messages` is set).
     pub database: String,
+    /// Another message store (e.g. `cassandra://...`); `None` keeps messages in `database`.
+    pub messages: Option<String>,
     /// `redis://...` for the broker and the cache.
     pub redis: String,
     /// `--cache-local-ttl-ms`.
@@ -214,7 +216,10 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(["--metadata", &self.spec.database])
-            .args(["--messages", &self.spec.database])
+            .args([
+                "--messages",
+                self.spec.messages.as_deref().unwrap_or(&self.spec.database),
+            ])
             .args(["--broker", &self.spec.redis])
             .arg("--cache-redis")
             .args([
@@ -468,6 +473,7 @@ impl Cluster {
         let redis = RedisProc::start().await;
         let spec = NodeSpec {
             database: fresh_database().await,
+            messages: None,
             redis: redis.url(),
             cache_local_ttl_ms,
         };
