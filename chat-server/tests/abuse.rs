@@ -5,68 +5,32 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use chat_core::Limits;
-use chat_server::broker::LocalBroker;
-use chat_server::{AbuseLimits, Config, PasswordHashing, RateLimit, Server, ServerHandle};
-use chat_storage::sqlite::SqliteStore;
+mod sqlite_server;
+
+use chat_server::{AbuseLimits, Config, RateLimit};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-/// A failure guard for every wait, never a performance assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+use sqlite_server::{quiet_config, SqliteServer as Harness, PATIENCE};
 
 /// A limit that refills so slowly that no test sees a refill.
 fn burst(n: u32) -> RateLimit {
     RateLimit::new(0.0001, n)
 }
 
-struct Harness {
-    handle: Option<ServerHandle>,
-    addr: SocketAddr,
-    http: reqwest::Client,
-    _dir: TempDir,
-}
-
 impl Harness {
     async fn start(abuse: AbuseLimits) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
-        let config = Config {
-            node_id: "abuse".into(),
-            limits: Limits {
-                send_rate_per_sec: 1_000_000,
-                send_burst: 1_000_000,
-                ..Limits::default()
-            },
-            password_hashing: PasswordHashing::fast_insecure(),
+        Harness::launch(Config {
             abuse,
-            ..Config::default()
-        };
-        let server = Server::new(
-            Arc::new(store.clone()),
-            Arc::new(store),
-            Arc::new(LocalBroker::new()),
-            config,
-        );
-        let handle = server.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        Harness {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-            http: reqwest::Client::builder()
-                .timeout(PATIENCE)
-                .build()
-                .unwrap(),
-            _dir: dir,
-        }
+            ..quiet_config("abuse")
+        })
+        .await
     }
 
     async fn post(
@@ -126,14 +90,6 @@ impl Harness {
         tokio_tungstenite::connect_async(url)
             .await
             .map(|(ws, _)| ws)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
     }
 }
 

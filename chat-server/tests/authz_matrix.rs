@@ -8,21 +8,17 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use chat_core::{ChatId, Limits, Member, MetadataStore, NewSession, Role, UserId};
-use chat_server::broker::LocalBroker;
-use chat_server::{AbuseLimits, Config, PasswordHashing, Server, ServerHandle};
-use chat_storage::sqlite::SqliteStore;
+mod sqlite_server;
+
+use chat_core::{ChatId, Member, MetadataStore, NewSession, Role, UserId};
 use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-const PATIENCE: Duration = Duration::from_secs(60);
+use sqlite_server::{quiet_config, SqliteServer as World, PATIENCE};
 
 /// Who calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,22 +117,6 @@ const MATRIX: &[(Action, [Want; 8])] = &[
     (Action::WsUnknownFrame, [UNAUTH, UNAUTH, UNAUTH, ERR_BAD,        ERR_BAD,        ERR_BAD,    ERR_BAD,    ERR_BAD]),
 ];
 
-struct World {
-    handle: Option<ServerHandle>,
-    addr: SocketAddr,
-    http: reqwest::Client,
-    store: SqliteStore,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
-    }
-}
-
 /// One chat with an owner, an admin and two members, plus a non-member, and the tokens of every
 /// kind of caller.
 struct Scene {
@@ -157,36 +137,7 @@ fn unique() -> u64 {
 
 impl World {
     async fn start() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
-        let config = Config {
-            node_id: "authz".into(),
-            limits: Limits {
-                send_rate_per_sec: 1_000_000,
-                send_burst: 1_000_000,
-                ..Limits::default()
-            },
-            password_hashing: PasswordHashing::fast_insecure(),
-            abuse: AbuseLimits::unthrottled(),
-            ..Config::default()
-        };
-        let server = Server::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(LocalBroker::new()),
-            config,
-        );
-        let handle = server.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        World {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-            http: reqwest::Client::builder()
-                .timeout(PATIENCE)
-                .build()
-                .unwrap(),
-            store,
-            _dir: dir,
-        }
+        World::launch(quiet_config("authz")).await
     }
 
     async fn call(

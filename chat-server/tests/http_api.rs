@@ -7,80 +7,35 @@
 // only, not in this file's helpers.)
 #![allow(clippy::unwrap_used)]
 
-use chat_core::{ChatId, Limits, Member, MetadataStore, Role, UserId};
-use chat_server::broker::LocalBroker;
-use chat_server::config::PasswordHashing;
-use chat_server::{Config, Server, ServerHandle};
-use chat_storage::sqlite::SqliteStore;
+mod sqlite_server;
+
+use chat_core::{ChatId, Member, MetadataStore, Role, UserId};
+use chat_server::Config;
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A failure guard for every wait, never a performance assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+use sqlite_server::{quiet_config, SqliteServer as Harness, PATIENCE};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A running server with its store and an HTTP client.
-struct Harness {
-    handle: Option<ServerHandle>,
-    addr: SocketAddr,
-    http: reqwest::Client,
-    store: SqliteStore,
-    _dir: TempDir,
-}
-
-/// Cheap hashing and no effective rate limit, so only the tests about them meet them.
+/// The tests' configuration: no effective limits (the abuse limits have their own tests).
 fn config() -> Config {
     Config {
-        node_id: "http-test".into(),
-        limits: Limits {
-            send_rate_per_sec: 1_000_000,
-            send_burst: 1_000_000,
-            ..Limits::default()
-        },
-        password_hashing: PasswordHashing::fast_insecure(),
-        // Hundreds of users from one address: the abuse limits have their own tests.
-        abuse: chat_server::AbuseLimits::unthrottled(),
         shutdown_grace: Duration::from_secs(5),
-        ..Config::default()
+        ..quiet_config("http-test")
     }
 }
 
 impl Harness {
     async fn start() -> Harness {
-        Harness::start_with(config()).await
-    }
-
-    async fn start_with(config: Config) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
-        let server = Server::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(LocalBroker::new()),
-            config,
-        );
-        let handle = server.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        Harness {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-            http: reqwest::Client::builder()
-                .timeout(PATIENCE)
-                .build()
-                .unwrap(),
-            store,
-            _dir: dir,
-        }
+        Harness::launch(config()).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -229,14 +184,6 @@ impl Harness {
         let ready = next_json(&mut ws).await;
         assert_eq!(ready["type"], "ready", "{ready}");
         (ws, ready)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
     }
 }
 
@@ -749,7 +696,7 @@ async fn sends_over_the_rate_get_429_with_retry_after() {
     let mut cfg = config();
     cfg.limits.send_rate_per_sec = 1;
     cfg.limits.send_burst = 3;
-    let h = Harness::start_with(cfg).await;
+    let h = Harness::launch(cfg).await;
     let (_, ann) = h.user("ann").await;
     let (_, bob) = h.user("bob").await;
     let chat = h.chat(&ann, &[]).await;
@@ -1298,7 +1245,7 @@ async fn membership_changes_reach_live_sockets() {
 async fn slow_reader_is_disconnected_and_others_keep_being_served() {
     let mut cfg = config();
     cfg.outbound_queue = 32;
-    let h = Harness::start_with(cfg).await;
+    let h = Harness::launch(cfg).await;
     let (_, ann) = h.user("ann").await;
     let (slow_id, slow) = h.user("slow").await;
     let (fast_id, fast) = h.user("fast").await;
