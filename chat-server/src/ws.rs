@@ -73,10 +73,14 @@ pub(crate) async fn upgrade(
     // becomes resident on the first frame: ~139 KiB of RSS per idle connection and a 128 KiB
     // memset per read (docs/benchmarks.md). Client frames are small (a send is well under 4 KiB
     // of text plus JSON), and a larger frame is read in several chunks, up to the frame cap.
-    // Outgoing frames are written straight through: the hub's queue already batches them.
+    //
+    // Outgoing frames collect in tungstenite's write buffer until the writer task flushes (it
+    // writes every frame already queued, then flushes once: one `sendto` for a burst instead of
+    // one per frame) or until WS_WRITE_BUFFER bytes are buffered. The buffer is a Vec that
+    // grows on demand: an idle connection holds only what its largest write needed.
     Ok(upgrade
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_frame_size(max)
         .max_message_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
@@ -85,6 +89,13 @@ pub(crate) async fn upgrade(
 
 /// Bytes read from a WebSocket at a time (tungstenite grows the frame beyond it as needed).
 const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes of outgoing frames buffered before tungstenite writes them without waiting for a flush.
+const WS_WRITE_BUFFER: usize = 8 * 1024;
+
+/// Most frames the writer takes from the queue for one flush. Bounds the time one batch keeps
+/// the writer from noticing a close and the bytes it buffers.
+const WRITE_BATCH: usize = 64;
 
 /// Decrements the open-connections gauge however the connection ends.
 struct Gauge(Arc<crate::metrics::Metrics>);
@@ -384,7 +395,7 @@ async fn write_loop(
         let written = tokio::select! {
             biased;
             _ = conn.closed() => break,
-            r = timeout(write_timeout, sink.send(msg)) => r,
+            r = timeout(write_timeout, write_batch(&mut sink, &mut rx, msg)) => r,
         };
         match written {
             Ok(Ok(())) => {}
@@ -404,6 +415,23 @@ async fn write_loop(
     if let Some(r) = conn.close_reason() {
         let _ = timeout(CLOSE_TIMEOUT, sink.send(close_message(r.code, &r.reason))).await;
     }
+}
+
+/// Writes `first` and every frame already queued behind it (up to [`WRITE_BATCH`]), then
+/// flushes once, so a burst of frames costs one socket write instead of one per frame.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    first: Message,
+) -> std::result::Result<(), axum::Error> {
+    sink.feed(first).await?;
+    for _ in 1..WRITE_BATCH {
+        // Empty or closed: either way this batch is complete (a closed queue ends the loop at
+        // the next `recv`).
+        let Ok(frame) = rx.try_recv() else { break };
+        sink.feed(Message::Text(frame)).await?;
+    }
+    sink.flush().await
 }
 
 #[cfg(test)]
