@@ -40,6 +40,23 @@ pub struct Config {
     /// Limits against abuse: login, registration and send rates per address and account,
     /// connection caps and timeouts. See [`AbuseLimits`].
     pub abuse: AbuseLimits,
+    /// Whether the message store stores concurrent appends in the order their
+    /// `MessageStore::append` futures were first polled. SQLite's single writer thread does (its
+    /// queue is FIFO); MySQL and Cassandra do not (concurrent appends race for the chat's next
+    /// `seq`). When true, a WebSocket connection keeps several sends' appends in flight at once
+    /// and they still get `seq`s in frame order; when false, it has one append in flight at a
+    /// time (membership checks still overlap). `false` by default: see
+    /// [`Config::ordered_appends_for`].
+    pub ordered_appends: bool,
+}
+
+impl Config {
+    /// The right [`Config::ordered_appends`] for a message store URL as `chat_storage::open`
+    /// takes it: true for SQLite (`sqlite`, `sqlite://…`), false for anything else.
+    pub fn ordered_appends_for(messages_url: &str) -> bool {
+        let url = messages_url.trim().to_ascii_lowercase();
+        url == "sqlite" || url.starts_with("sqlite://")
+    }
 }
 
 impl Default for Config {
@@ -58,6 +75,7 @@ impl Default for Config {
             health_timeout: Duration::from_secs(3),
             health_checks: Vec::new(),
             abuse: AbuseLimits::default(),
+            ordered_appends: false,
         }
     }
 }

@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
         outbound_queue: args.outbound_queue,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         abuse: args.abuse.limits(),
+        ordered_appends: Config::ordered_appends_for(&args.messages),
         ..defaults
     };
 

@@ -21,6 +21,21 @@ pub(crate) struct SendInput {
     pub(crate) client_addr: Option<std::net::IpAddr>,
 }
 
+/// A send that passed validation and the rate limits: next comes the membership check, then
+/// [`commit`].
+pub(crate) struct Prepared {
+    /// Target chat.
+    pub(crate) chat_id: ChatId,
+    /// Who sends it.
+    pub(crate) sender: UserId,
+    /// The validated text.
+    msg_text: String,
+    /// The sender's clock.
+    timestamp: Option<Millis>,
+    /// Idempotency key.
+    client_msg_id: Option<String>,
+}
+
 /// Stores a message and, if it is new, publishes it to the chat's topic.
 ///
 /// The event is published only after the store returned, so nobody hears of a message that
@@ -30,6 +45,14 @@ pub(crate) async fn send_message(
     sender: UserId,
     input: SendInput,
 ) -> Result<Appended> {
+    let prepared = prepare(state, sender, input)?;
+    require_member(state, prepared.chat_id, sender).await?;
+    commit(state, prepared).await
+}
+
+/// The synchronous first part of a send: validates the input and takes a token from the
+/// sender's and the address's send limits.
+pub(crate) fn prepare(state: &AppState, sender: UserId, input: SendInput) -> Result<Prepared> {
     let limits = &state.config.limits;
     let msg_text = limits.msg_text(&input.msg_text)?;
     if let Some(id) = &input.client_msg_id {
@@ -37,16 +60,31 @@ pub(crate) async fn send_message(
     }
     state.guards.send_per_user.check(sender)?;
     Guards::by_addr(&state.guards.send_per_addr, input.client_addr)?;
-    require_member(state, input.chat_id, sender).await?;
+    Ok(Prepared {
+        chat_id: input.chat_id,
+        sender,
+        msg_text,
+        timestamp: input.timestamp,
+        client_msg_id: input.client_msg_id,
+    })
+}
+
+/// The last part of a send, once the sender is known to be a member: appends, then publishes.
+///
+/// The append is the first thing this future does, so callers that need appends submitted in
+/// a given order (the WebSocket pipeline) get it by polling these futures for the first time
+/// in that order.
+pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appended> {
+    let chat_id = prepared.chat_id;
     let appended = state
         .messages
         .append(NewMessage {
-            chat_id: input.chat_id,
-            sender_id: sender,
-            msg_text,
+            chat_id,
+            sender_id: prepared.sender,
+            msg_text: prepared.msg_text,
             sent_at: now_millis(),
-            timestamp: input.timestamp,
-            client_msg_id: input.client_msg_id,
+            timestamp: prepared.timestamp,
+            client_msg_id: prepared.client_msg_id,
         })
         .await?;
     if appended.created {
@@ -56,12 +94,8 @@ pub(crate) async fn send_message(
         };
         // The message is durable; a failed publish only delays live delivery until clients
         // notice the seq gap or reconnect, so the sender still gets its success.
-        if let Err(e) = state
-            .broker
-            .publish(Topic::Chat(input.chat_id), &event)
-            .await
-        {
-            tracing::warn!(chat_id = %input.chat_id, error = %e, "publishing a message failed");
+        if let Err(e) = state.broker.publish(Topic::Chat(chat_id), &event).await {
+            tracing::warn!(chat_id = %chat_id, error = %e, "publishing a message failed");
         }
     } else {
         state

@@ -44,6 +44,7 @@ pub fn config(p: &ServeParams) -> Config {
             ..AbuseLimits::unthrottled()
         },
         outbound_queue: p.outbound_queue,
+        ordered_appends: Config::ordered_appends_for(&p.messages),
         ..Config::default()
     };
     config.limits.send_rate_per_sec = 0;
