@@ -86,8 +86,9 @@ enum StoreUrl {
     Cassandra(String),
 }
 
-/// The URL with any password replaced, for errors and logs.
-fn redact(url: &str) -> String {
+/// The store URL with any password replaced (`mysql://chat:***@host/db`), for errors, logs and
+/// reports. Malformed URLs that carry credentials in odd places are masked too.
+pub fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) if is_scheme(scheme) => (format!("{scheme}://"), rest),
         _ => (String::new(), url),

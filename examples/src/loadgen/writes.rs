@@ -189,7 +189,7 @@ pub async fn run_server(
             }
         }
     }
-    let hist = progress_until_done(p.progress, p.duration, &tally, tasks).await;
+    let hist = progress_until_done(p.progress, Measure::Seconds(p.duration), &tally, tasks).await;
     let secs = started.elapsed().as_secs_f64();
     let acked = tally.acked.load(Ordering::Relaxed);
     Ok((
@@ -214,26 +214,44 @@ pub async fn run_server(
     ))
 }
 
+/// What the progress bar of a writes run counts.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// A run of fixed length: the bar is seconds.
+    Seconds(Duration),
+    /// A run of fixed size: the bar is appends.
+    Appends(u64),
+}
+
 /// Shows progress while the writer tasks run; merges their histograms.
 async fn progress_until_done(
     show: bool,
-    duration: Duration,
+    measure: Measure,
     tally: &Tally,
     tasks: Vec<tokio::task::JoinHandle<Latency>>,
 ) -> Latency {
-    let pb = progress::bar(show, duration.as_secs().max(1), "writing");
+    let pb = match measure {
+        Measure::Seconds(d) => progress::bar(show, d.as_secs().max(1), "writing"),
+        Measure::Appends(n) => progress::bar(show, n, "appending"),
+    };
     let started = Instant::now();
     let mut all = futures::future::join_all(tasks);
     let results = loop {
         tokio::select! {
             r = &mut all => break r,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                pb.set_position(started.elapsed().as_secs());
                 let acked = tally.acked.load(Ordering::Relaxed);
-                pb.set_message(format!(
-                    "acked {acked} ({:.0}/s)",
-                    acked as f64 / started.elapsed().as_secs_f64().max(1e-9)
-                ));
+                let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                match measure {
+                    Measure::Seconds(_) => {
+                        pb.set_position(started.elapsed().as_secs());
+                        pb.set_message(format!("acked {acked} ({rate:.0}/s)"));
+                    }
+                    Measure::Appends(_) => {
+                        pb.set_position(acked);
+                        pb.set_message(format!("{rate:.0}/s"));
+                    }
+                }
             }
         }
     };
@@ -478,17 +496,18 @@ pub async fn run_store(
             hist
         }));
     }
-    let hist = match (p.count, p.duration) {
-        (Some(count), _) => count_progress(p.progress, count, &tally, tasks).await,
-        (None, d) => progress_until_done(p.progress, d.unwrap_or_default(), &tally, tasks).await,
+    let measure = match (p.count, p.duration) {
+        (Some(count), _) => Measure::Appends(count),
+        (None, d) => Measure::Seconds(d.unwrap_or_default()),
     };
+    let hist = progress_until_done(p.progress, measure, &tally, tasks).await;
     stores.messages.flush().await?;
     let secs = started.elapsed().as_secs_f64();
     let acked = tally.acked.load(Ordering::Relaxed);
     Ok((
         WritesResult {
             via: "store".into(),
-            store: Some(redact(&p.store)),
+            store: Some(chat_storage::open::redact(&p.store)),
             writers: p.concurrency,
             window: 1,
             acked,
@@ -503,49 +522,6 @@ pub async fn run_store(
         hist,
         chats,
     ))
-}
-
-/// A progress bar over a count of appends.
-async fn count_progress(
-    show: bool,
-    count: u64,
-    tally: &Tally,
-    tasks: Vec<tokio::task::JoinHandle<Latency>>,
-) -> Latency {
-    let pb = progress::bar(show, count, "appending");
-    let started = Instant::now();
-    let mut all = futures::future::join_all(tasks);
-    let results = loop {
-        tokio::select! {
-            r = &mut all => break r,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                let acked = tally.acked.load(Ordering::Relaxed);
-                pb.set_position(acked);
-                pb.set_message(format!(
-                    "{:.0}/s",
-                    acked as f64 / started.elapsed().as_secs_f64().max(1e-9)
-                ));
-            }
-        }
-    };
-    pb.finish_and_clear();
-    let mut hist = Latency::new();
-    for h in results.into_iter().flatten() {
-        hist.merge(&h);
-    }
-    hist
-}
-
-/// The store URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Finds or creates the owner account and its chats in the metadata store.
@@ -628,9 +604,9 @@ mod tests {
     #[test]
     fn redacts_passwords() {
         assert_eq!(
-            super::redact("mysql://root:secret@127.0.0.1:3306/chat"),
+            chat_storage::open::redact("mysql://root:secret@127.0.0.1:3306/chat"),
             "mysql://root:***@127.0.0.1:3306/chat"
         );
-        assert_eq!(super::redact("sqlite"), "sqlite");
+        assert_eq!(chat_storage::open::redact("sqlite"), "sqlite");
     }
 }
