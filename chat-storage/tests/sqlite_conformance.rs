@@ -491,3 +491,129 @@ fn acked_appends_survive_kill_9() {
         assert_eq!(next.message.seq, Seq(last + 1));
     });
 }
+
+/// The role cache (`roles.rs`) never answers from before a membership change: with readers
+/// hammering `role` all the time, each `remove_member` / `add_member` is seen by the very next
+/// call, and a chat id asked about before the chat existed is not stuck as "not a member".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn role_answers_follow_every_membership_change_under_concurrent_reads() {
+    use chat_core::{Member, NewChat, Role};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let store = fresh().await;
+    let mut users = Vec::new();
+    for name in ["owner", "guest"] {
+        let user = store
+            .create_user(NewUser {
+                email: format!("{name}@example.test"),
+                display_name: name.to_owned(),
+                pw_hash: "h".to_owned(),
+                created_at: 1,
+            })
+            .await
+            .expect("create_user");
+        users.push(user.user_id);
+    }
+    let (owner, guest) = (users[0], users[1]);
+
+    // Asked before the chat exists (ids start at 1): "not a member", possibly cached.
+    assert_eq!(store.role(ChatId(1), owner).await.expect("role"), None);
+    let (chat, _) = store
+        .create_chat(NewChat {
+            chat_name: "c".to_owned(),
+            owner_id: owner,
+            member_ids: Vec::new(),
+            created_at: now_millis(),
+        })
+        .await
+        .expect("create_chat");
+    assert_eq!(chat.chat_id, ChatId(1));
+    assert_eq!(
+        store.role(chat.chat_id, owner).await.expect("role"),
+        Some(Role::Owner)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let store: SqliteStore = store.store().clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    store.role(chat.chat_id, guest).await.expect("role");
+                    // A cached answer returns without yielding; let the runtime stop us.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..200 {
+        let member = Member {
+            user_id: guest,
+            role: Role::Member,
+        };
+        assert!(store
+            .add_member(chat.chat_id, member, 100)
+            .await
+            .expect("add"));
+        assert_eq!(
+            store.role(chat.chat_id, guest).await.expect("role"),
+            Some(Role::Member),
+            "round {round}: added but not a member"
+        );
+        assert!(store
+            .remove_member(chat.chat_id, guest)
+            .await
+            .expect("remove"));
+        assert_eq!(
+            store.role(chat.chat_id, guest).await.expect("role"),
+            None,
+            "round {round}: removed but still a member"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.expect("reader");
+    }
+}
+
+/// The background checkpointer (`checkpoint.rs`) copies committed pages into the main file by
+/// itself, well before the WAL reaches the writer's backstop size, so commits never have to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_background_checkpointer_folds_the_wal_into_the_main_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let main_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = main_size();
+    // ~2 MB of text: ~500 pages, far below the 16,384-page backstop, so only the background
+    // thread can move it into the main file.
+    let text = "x".repeat(1000);
+    let mut handles = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        let text = text.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..250 {
+                store
+                    .append(msg(9, t, &text, Some(format!("{t}/{i}"))))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("appender");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while main_size() < before + 1_500_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the main file stayed at {} bytes (was {before}): no background checkpoint",
+            main_size()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(all_seqs(&store, 9).await.len(), 2000);
+}

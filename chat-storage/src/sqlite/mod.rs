@@ -16,6 +16,7 @@
 //!   and returns the stored message with `created: false`.
 //! - **Reads** run on a small pool of `query_only` connections on tokio's blocking pool; in WAL
 //!   mode they never wait for the writer. See `reader.rs`.
+//! - **Checkpoints** run on a thread of their own, off the commit path. See `checkpoint.rs`.
 //! - **Schema** is versioned in `PRAGMA user_version` and migrated at open. See `schema.rs`.
 //!
 //! # Durability
@@ -29,9 +30,11 @@
 //! `<path>`, `<path>-wal` and `<path>-shm`; parent directories are created at open. Back it up
 //! with SQLite's online backup or `VACUUM INTO`, not by copying the file alone.
 
+mod checkpoint;
 mod error;
 mod ops;
 mod reader;
+mod roles;
 mod schema;
 mod writer;
 
@@ -45,6 +48,7 @@ use chat_core::{
     UserCredentials, UserId,
 };
 use reader::ReaderPool;
+use roles::{Lookup, RoleCache};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +67,10 @@ pub struct SqliteOptions {
     /// How long a statement waits for a lock held by another connection (another process on the
     /// same file, or a checkpoint) before failing with `Unavailable`.
     pub busy_timeout: Duration,
+    /// Entries of the in-process `role(chat, user)` cache (exact: invalidated by this store's
+    /// own membership writes; see `roles.rs`). 0 turns it off, which is needed only if another
+    /// program changes memberships in the same file while the store is open.
+    pub role_cache: usize,
 }
 
 impl Default for SqliteOptions {
@@ -72,6 +80,7 @@ impl Default for SqliteOptions {
             queue_capacity: 8192,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
+            role_cache: 1 << 18,
         }
     }
 }
@@ -92,6 +101,8 @@ struct Inner {
     writer: Writer,
     /// The read connections.
     readers: ReaderPool,
+    /// Known roles (see `roles.rs`).
+    roles: Arc<RoleCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,13 +143,20 @@ impl SqliteStore {
         let readers = (0..options.readers.max(1))
             .map(|_| schema::open_reader(&path, options.busy_timeout))
             .collect::<Result<Vec<_>>>()?;
-        let writer = Writer::start(writer_conn, options.max_batch, options.queue_capacity)?;
+        let checkpointer = checkpoint::open(&path, options.busy_timeout)?;
+        let writer = Writer::start(
+            writer_conn,
+            checkpointer,
+            options.max_batch,
+            options.queue_capacity,
+        )?;
         tracing::info!(path = %path.display(), "sqlite store open");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers: ReaderPool::new(readers),
+                roles: Arc::new(RoleCache::new(options.role_cache)),
             }),
         })
     }
@@ -191,6 +209,17 @@ impl SqliteStore {
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         self.inner.writer.write(work).await
+    }
+
+    /// Runs a write that may change `user_id`'s role in `chat_id`; the role cache forgets that
+    /// pair once it committed, before the caller is answered.
+    async fn write_member<F>(&self, chat_id: ChatId, user_id: UserId, work: F) -> Result<bool>
+    where
+        F: FnOnce(&rusqlite::Connection) -> Result<bool> + Send + 'static,
+    {
+        let roles = Arc::clone(&self.inner.roles);
+        let on_commit = move |_: &Result<bool>| roles.invalidate([(chat_id, user_id)]);
+        self.inner.writer.write_then(work, Some(on_commit)).await
     }
 
     /// Runs `work` on a reader connection.
@@ -247,7 +276,17 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, Vec<Member>)> {
-        self.write(move |c| ops::create_chat(c, chat)).await
+        // A non-member answer may be cached for an id before the chat exists.
+        let roles = Arc::clone(&self.inner.roles);
+        let on_commit = move |r: &Result<(Chat, Vec<Member>)>| {
+            if let Ok((chat, members)) = r {
+                roles.invalidate(members.iter().map(|m| (chat.chat_id, m.user_id)));
+            }
+        };
+        self.inner
+            .writer
+            .write_then(move |c| ops::create_chat(c, chat), Some(on_commit))
+            .await
     }
 
     async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
@@ -263,7 +302,13 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn role(&self, chat_id: ChatId, user_id: UserId) -> Result<Option<Role>> {
-        self.read(move |c| ops::role(c, chat_id, user_id)).await
+        let ticket = match self.inner.roles.lookup(chat_id, user_id) {
+            Lookup::Hit(role) => return Ok(role),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let role = self.read(move |c| ops::role(c, chat_id, user_id)).await?;
+        self.inner.roles.fill(ticket, chat_id, user_id, role);
+        Ok(role)
     }
 
     async fn add_member(
@@ -273,13 +318,18 @@ impl MetadataStore for SqliteStore {
         max_members: usize,
     ) -> Result<bool> {
         let now = now_millis();
-        self.write(move |c| ops::add_member(c, chat_id, member, max_members, now))
-            .await
+        let user_id = member.user_id;
+        self.write_member(chat_id, user_id, move |c| {
+            ops::add_member(c, chat_id, member, max_members, now)
+        })
+        .await
     }
 
     async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
-        self.write(move |c| ops::remove_member(c, chat_id, user_id))
-            .await
+        self.write_member(chat_id, user_id, move |c| {
+            ops::remove_member(c, chat_id, user_id)
+        })
+        .await
     }
 
     async fn health(&self) -> Result<()> {

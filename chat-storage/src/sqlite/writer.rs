@@ -14,6 +14,7 @@
 //! statement cache and the batching loop live in one place with no locking, and a busy writer
 //! never competes with reads for the blocking pool.
 
+use super::checkpoint::Checkpointer;
 use super::error::{db, writer_gone};
 use chat_core::{Error, Result};
 use rusqlite::Connection;
@@ -37,19 +38,23 @@ trait WriteOp: Send {
 }
 
 /// A [`WriteOp`] made of a closure and the oneshot its result goes back on.
-struct Op<T, F> {
+struct Op<T, F, H> {
     /// The work; taken when applied.
     work: Option<F>,
     /// The work's result, waiting for the commit.
     result: Option<Result<T>>,
     /// Where the caller waits.
     reply: oneshot::Sender<Result<T>>,
+    /// Runs on the writer thread once the batch committed, with the op's result, before the
+    /// reply is sent (cache invalidation: see `roles.rs`).
+    on_commit: Option<H>,
 }
 
-impl<T, F> WriteOp for Op<T, F>
+impl<T, F, H> WriteOp for Op<T, F, H>
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    H: FnOnce(&Result<T>) + Send + 'static,
 {
     fn apply(&mut self, conn: &Connection) -> Result<()> {
         let Some(work) = self.work.take() else {
@@ -76,6 +81,9 @@ where
                 source: None,
             })
         });
+        if let Some(hook) = self.on_commit {
+            hook(&result);
+        }
         // The caller may have given up waiting (its future was dropped); the write stands.
         let _ = self.reply.send(result);
     }
@@ -103,7 +111,8 @@ pub struct WriterStats {
 struct Counters {
     submitted: AtomicU64,
     committed: AtomicU64,
-    batches: AtomicU64,
+    /// Shared with the checkpointer, which runs when it moved.
+    batches: Arc<AtomicU64>,
     failed_batches: AtomicU64,
 }
 
@@ -119,15 +128,28 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
-    pub(crate) fn start(conn: Connection, max_batch: usize, queue: usize) -> Result<Writer> {
+    /// Starts the writer thread on `conn`, and the background checkpointer on `checkpointer`
+    /// (see `checkpoint.rs`).
+    pub(crate) fn start(
+        conn: Connection,
+        checkpointer: Connection,
+        max_batch: usize,
+        queue: usize,
+    ) -> Result<Writer> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         let max_batch = max_batch.max(1);
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            super::checkpoint::BACKSTOP_PAGES,
+        )
+        .map_err(db("set wal_autocheckpoint"))?;
+        let checkpointer = Checkpointer::start(checkpointer, Arc::clone(&counters.batches))?;
         let thread = std::thread::Builder::new()
             .name("chat-sqlite-writer".to_owned())
-            .spawn(move || run(conn, rx, max_batch, &thread_counters))
+            .spawn(move || run(conn, rx, max_batch, &thread_counters, checkpointer))
             .map_err(|e| Error::unavailable("sqlite: start the writer thread", e))?;
         Ok(Writer {
             tx: Some(tx),
@@ -143,12 +165,24 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.write_then(work, None::<fn(&Result<T>)>).await
+    }
+
+    /// [`Writer::write`], and once the batch committed, `on_commit` runs on the writer thread
+    /// with the op's result before the reply is sent, even if the caller stopped waiting.
+    pub(crate) async fn write_then<T, F, H>(&self, work: F, on_commit: Option<H>) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        H: FnOnce(&Result<T>) + Send + 'static,
+    {
         let tx = self.tx.as_ref().ok_or_else(writer_gone)?;
         let (reply, rx) = oneshot::channel();
         let op: Box<dyn WriteOp> = Box::new(Op {
             work: Some(work),
             result: None,
             reply,
+            on_commit,
         });
         tx.send(op).await.map_err(|_| writer_gone())?;
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +231,7 @@ fn run(
     mut rx: mpsc::Receiver<Box<dyn WriteOp>>,
     max_batch: usize,
     counters: &Counters,
+    checkpointer: Checkpointer,
 ) {
     let mut batch: Vec<Box<dyn WriteOp>> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -209,8 +244,10 @@ fn run(
         }
         commit_batch(&conn, &mut batch, counters);
     }
-    // Every handle is gone: fold the WAL back into the main file so the next open starts from a
-    // small log. Busy (a reader still open) is fine; the next writer checkpoints later.
+    // Every handle is gone: stop the background checkpointer, then fold the WAL back into the
+    // main file so the next open starts from a small log. Busy (a reader still open) is fine;
+    // the next writer checkpoints later.
+    checkpointer.stop();
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         tracing::debug!(error = %e, "sqlite: checkpoint at close did not complete");
     }

@@ -1,0 +1,102 @@
+//! The background checkpointer: folds the WAL back into the database file on its own thread
+//! and connection, so commits do not wait for it.
+//!
+//! Why: by default SQLite checkpoints inside the `COMMIT` that pushes the WAL past 1,000 pages,
+//! so every few hundred batches one commit also copies megabytes into the main file and fsyncs
+//! it, and every send queued behind that commit waits (10% of the server's samples in the
+//! 10,000 sends/s profile of `docs/benchmarks.md`, and the tail of its send→ack latency). In
+//! WAL mode a checkpoint by another connection runs concurrently with the writer, so this
+//! thread runs `wal_checkpoint(PASSIVE)` every [`INTERVAL`] when batches committed since its
+//! last run. PASSIVE never waits for readers or the writer; what it could not copy is copied
+//! next time. The writer keeps SQLite's automatic checkpoint only as a backstop, at
+//! [`BACKSTOP_PAGES`], for a checkpointer that falls far behind.
+
+use super::error::db;
+use chat_core::{Error, Result};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often the checkpointer looks for new commits.
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+
+/// WAL size (pages) at which the writer checkpoints inside a commit after all.
+pub(crate) const BACKSTOP_PAGES: u32 = 16_384;
+
+/// Opens the checkpointer's connection. `synchronous=FULL` makes the checkpoint fsync the main
+/// file before it lets the WAL be reused.
+pub(crate) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db("open the checkpointer"))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(db("set busy_timeout"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db("set synchronous"))?;
+    Ok(conn)
+}
+
+/// The running checkpointer. Dropping the handle without [`Checkpointer::stop`] detaches it; it
+/// stops on its own once the `Sender` is gone.
+pub(crate) struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: Option<Sender<()>>,
+    /// The thread.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread on `conn`, checkpointing whenever `batches` moved.
+    pub(crate) fn start(conn: Connection, batches: Arc<AtomicU64>) -> Result<Checkpointer> {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("chat-sqlite-ckpt".to_owned())
+            .spawn(move || run(&conn, &stopped, &batches))
+            .map_err(|e| Error::unavailable("sqlite: start the checkpointer thread", e))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (at most one checkpoint in progress).
+    pub(crate) fn stop(mut self) {
+        self.stop = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("sqlite checkpointer thread panicked");
+            }
+        }
+    }
+}
+
+/// The thread's loop.
+fn run(conn: &Connection, stopped: &Receiver<()>, batches: &AtomicU64) {
+    let mut seen = batches.load(Ordering::Relaxed);
+    loop {
+        match stopped.recv_timeout(INTERVAL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = batches.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        // (busy, WAL frames, frames copied); busy only means "try again later".
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }) {
+            Ok((busy, log, copied)) => {
+                tracing::trace!(busy, log, copied, "sqlite: checkpoint");
+            }
+            Err(e) => tracing::warn!(error = %e, "sqlite: background checkpoint failed"),
+        }
+    }
+}
