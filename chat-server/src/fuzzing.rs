@@ -4,14 +4,12 @@
 use crate::hub::Connection;
 use crate::server::Server;
 use chat_core::UserId;
-use tokio::sync::mpsc;
 
 /// One pretend WebSocket connection of `user` on a server: feed it client text frames and read
 /// back the frames the server queued for it, exactly as the reader task would produce them.
 pub struct FrameHarness {
     server: Server,
     conn: std::sync::Arc<Connection>,
-    rx: mpsc::Receiver<axum::extract::ws::Utf8Bytes>,
 }
 
 impl FrameHarness {
@@ -19,11 +17,10 @@ impl FrameHarness {
     /// id works for exercising the parser and the error paths).
     pub fn new(server: &Server, user: UserId) -> FrameHarness {
         let st = server.state();
-        let (conn, rx) = Connection::new(st.hub.next_id(), user, String::new(), 1024);
+        let conn = Connection::new(st.hub.next_id(), user, [0; 32], 1024);
         FrameHarness {
             server: server.clone(),
             conn,
-            rx,
         }
     }
 
@@ -33,7 +30,7 @@ impl FrameHarness {
         let st = self.server.state();
         crate::ws::handle_text(&st, &self.conn, text, None).await;
         let mut out = Vec::new();
-        while let Ok(frame) = self.rx.try_recv() {
+        while let Some(frame) = self.conn.pop() {
             out.push(frame.as_str().to_owned());
         }
         out
