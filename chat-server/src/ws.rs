@@ -10,7 +10,7 @@
 //! holds only the socket, the deadlines and one timer (setup, the `ready` frame and the close
 //! handshake are boxed, so their larger states exist only while they run), the frames in flight
 //! allocated on the first client frame and freed once answered, the outbound queue allocated on
-//! the first queued frame ([`Connection`]).
+//! the first queued frame ([`Connection`]), and a 512-byte read buffer.
 
 use crate::auth::{authenticate, bearer, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -84,10 +84,12 @@ pub(crate) async fn upgrade(
     //
     // Buffers: tungstenite's default 128 KiB read buffer is zero-filled before each read, so it
     // becomes resident on the first frame: ~139 KiB of RSS per idle connection and a 128 KiB
-    // memset per read (docs/benchmarks.md). Client frames are small (a send is well under 4 KiB
-    // of text plus JSON), and a larger frame is read in several chunks, up to the frame cap.
+    // memset per read (docs/benchmarks.md). Every connection pays its read buffer from its
+    // first read on, idle or not, so it is small (WS_READ_BUFFER): a client frame larger than
+    // it grows the buffer to the frame's size and is read in WS_READ_BUFFER chunks, up to the
+    // frame cap.
     //
-    // Outgoing frames collect in tungstenite's write buffer until the writer task flushes (it
+    // Outgoing frames collect in tungstenite's write buffer until the task flushes (it
     // writes every frame already queued, then flushes once: one `sendto` for a burst instead of
     // one per frame) or until WS_WRITE_BUFFER bytes are buffered. The buffer is a Vec that
     // grows on demand: an idle connection holds only what its largest write needed.
@@ -101,7 +103,10 @@ pub(crate) async fn upgrade(
 }
 
 /// Bytes read from a WebSocket at a time (tungstenite grows the frame beyond it as needed).
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// 512 B instead of 4 KiB took an idle connection from 6.7 KB to 3.0 KB of server RSS; a
+/// pipelining client's frames (~150 B each) then arrive in more, smaller reads, which did not
+/// lower the acked sends/s of `scripts/bench.sh writes` (docs/benchmarks.md, "Connections").
+const WS_READ_BUFFER: usize = 512;
 
 /// Bytes of outgoing frames buffered before tungstenite writes them without waiting for a flush.
 const WS_WRITE_BUFFER: usize = 8 * 1024;
