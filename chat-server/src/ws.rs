@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{timeout, Instant, Sleep};
 
@@ -233,13 +233,14 @@ async fn close<'a>(
 async fn serve<'a>(
     st: &'a AppState,
     socket: &mut WebSocket,
-    conn: &'a Connection,
+    conn: &'a Arc<Connection>,
     addr: Option<IpAddr>,
 ) -> Option<Box<Pipeline<'a>>> {
     let now = Instant::now();
     let mut session = Session {
         st,
         conn,
+        read_waker: Waker::from(conn.clone()),
         addr,
         pipeline: None,
         reading: true,
@@ -248,6 +249,7 @@ async fn serve<'a>(
         idle_deadline: now + st.config.ws_idle_timeout,
         next_ping: now + st.config.ws_ping_interval,
         write_deadline: None,
+        timer_armed: false,
     };
     let timer = tokio::time::sleep_until(session.next_ping.min(session.idle_deadline));
     tokio::pin!(timer);
@@ -267,6 +269,9 @@ async fn serve<'a>(
 struct Session<'a> {
     st: &'a AppState,
     conn: &'a Connection,
+    /// The waker given to the socket's read side: the connection, which notes that the socket
+    /// may be readable before waking the task ([`Connection::take_readable`]).
+    read_waker: Waker,
     addr: Option<IpAddr>,
     /// Client frames in flight. Allocated on the first frame and freed once everything is
     /// answered: an idle connection holds none (two `FuturesOrdered` allocate ~300 B).
@@ -282,9 +287,21 @@ struct Session<'a> {
     idle_deadline: Instant,
     /// When the next ping is due.
     next_ping: Instant,
-    /// The frames being written must be flushed before this: a peer that does not read must
-    /// not hold the connection (and its queue) forever.
+    /// Set once a write blocked: it must complete before this, so a peer that does not read
+    /// cannot hold the connection (and its queue) forever.
     write_deadline: Option<Instant>,
+    /// The timer has been armed (and polled, so it will wake the task) at least once.
+    timer_armed: bool,
+}
+
+/// What [`Session::poll_deadlines`] found.
+enum Deadlines {
+    /// Nothing due; the timer is armed for the earliest deadline.
+    Armed,
+    /// A ping became due: go round again to write it.
+    PingDue,
+    /// The connection was told to close (idle peer, stuck write).
+    Close,
 }
 
 impl<'a> Session<'a> {
@@ -310,7 +327,7 @@ impl<'a> Session<'a> {
                     return Poll::Ready(());
                 }
             }
-            progress |= self.poll_read(socket, cx);
+            progress |= self.poll_read(socket);
             if !self.reading
                 && self.pipeline.is_none()
                 && !self.unflushed
@@ -322,44 +339,61 @@ impl<'a> Session<'a> {
             if progress {
                 continue;
             }
-
-            // Nothing can move until a waker fires: check the deadlines, arm the timer.
-            let now = Instant::now();
-            if self.write_deadline.is_some_and(|d| now >= d) {
-                self.conn.close(close_code::POLICY, "write timed out");
-                return Poll::Ready(());
+            // Nothing can move until a waker fires.
+            match self.poll_deadlines(timer.as_mut(), cx) {
+                Deadlines::Armed => return Poll::Pending,
+                Deadlines::PingDue => continue,
+                Deadlines::Close => return Poll::Ready(()),
             }
-            // While the pipeline is full nothing is read, so the peer cannot be idle.
-            let may_idle = self.may_read();
-            if may_idle && now >= self.idle_deadline {
-                self.conn.close(close_code::GOING_AWAY, "idle timeout");
-                return Poll::Ready(());
-            }
-            if now >= self.next_ping {
-                self.ping_due = true;
-                self.next_ping = now + self.st.config.ws_ping_interval;
-                continue;
-            }
-            let mut next = self.next_ping;
-            if may_idle {
-                next = next.min(self.idle_deadline);
-            }
-            if let Some(d) = self.write_deadline {
-                next = next.min(d);
-            }
-            // The idle deadline moves with every frame read; re-arming only when the timer
-            // fired or must fire earlier keeps that off the per-frame path (an early wake-up
-            // just re-arms).
-            if timer.is_elapsed() || next < timer.deadline() {
-                timer.as_mut().reset(next);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                // Fired within the timer's resolution: look again on the next poll rather
-                // than spin here.
-                cx.waker().wake_by_ref();
-            }
-            return Poll::Pending;
         }
+    }
+
+    /// Checks the deadlines (stuck write, idle peer, next ping) and arms the one timer for the
+    /// earliest. Only reads the clock when the timer fired or must fire earlier than it is
+    /// armed for, which keeps it off the common poll (a frame queued and written at once).
+    fn poll_deadlines(&mut self, mut timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Deadlines {
+        // While the pipeline is full nothing is read, so the peer cannot be idle.
+        let may_idle = self.may_read();
+        let armed = timer.deadline();
+        let earlier = |d: Instant| d < armed;
+        let must_look = !self.timer_armed
+            || timer.is_elapsed()
+            || self.write_deadline.is_some_and(earlier)
+            || (may_idle && earlier(self.idle_deadline));
+        if !must_look {
+            // The idle deadline moves later with every frame read; a timer armed for an older
+            // one fires early and is re-armed then, so frames never touch the timer.
+            return Deadlines::Armed;
+        }
+        let now = Instant::now();
+        if self.write_deadline.is_some_and(|d| now >= d) {
+            self.conn.close(close_code::POLICY, "write timed out");
+            return Deadlines::Close;
+        }
+        if may_idle && now >= self.idle_deadline {
+            self.conn.close(close_code::GOING_AWAY, "idle timeout");
+            return Deadlines::Close;
+        }
+        if now >= self.next_ping {
+            self.ping_due = true;
+            self.next_ping = now + self.st.config.ws_ping_interval;
+            return Deadlines::PingDue;
+        }
+        let mut next = self.next_ping;
+        if may_idle {
+            next = next.min(self.idle_deadline);
+        }
+        if let Some(d) = self.write_deadline {
+            next = next.min(d);
+        }
+        timer.as_mut().reset(next);
+        self.timer_armed = true;
+        if timer.as_mut().poll(cx).is_ready() {
+            // Fired within the timer's resolution: look again on the next poll rather than
+            // spin here.
+            cx.waker().wake_by_ref();
+        }
+        Deadlines::Armed
     }
 
     /// Whether another client frame may be read now.
@@ -415,7 +449,10 @@ impl<'a> Session<'a> {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Err(e),
                     // The socket is full; its waker brings us back.
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.write_blocked();
+                        break;
+                    }
                 }
                 let msg = match self.conn.pop() {
                     Some(frame) => Message::Text(frame),
@@ -425,10 +462,7 @@ impl<'a> Session<'a> {
                     }
                 };
                 socket.start_send_unpin(msg)?;
-                if !self.unflushed {
-                    self.unflushed = true;
-                    self.write_deadline = Some(Instant::now() + self.st.config.ws_write_timeout);
-                }
+                self.unflushed = true;
                 fed += 1;
                 progress = true;
                 continue;
@@ -443,7 +477,7 @@ impl<'a> Session<'a> {
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => {}
+                    Poll::Pending => self.write_blocked(),
                 }
             }
             break;
@@ -451,13 +485,25 @@ impl<'a> Session<'a> {
         Ok(progress)
     }
 
+    /// Starts the write timeout when a write first blocks (most writes complete at once, and
+    /// then the clock is never read for them).
+    fn write_blocked(&mut self) {
+        if self.write_deadline.is_none() {
+            self.write_deadline = Some(Instant::now() + self.st.config.ws_write_timeout);
+        }
+    }
+
     /// Reads one client frame if one may be read and is there. Returns whether anything
     /// happened (a frame, or the end of reading).
-    fn poll_read(&mut self, socket: &mut WebSocket, cx: &mut Context<'_>) -> bool {
-        if !self.may_read() {
+    fn poll_read(&mut self, socket: &mut WebSocket) -> bool {
+        // Skipped unless the socket's read side woke us (or the last read found a frame): a
+        // wake-up for a queued frame has nothing to read, and trying costs a lock and a few
+        // hundred nanoseconds per delivery.
+        if !self.may_read() || !self.conn.take_readable() {
             return false;
         }
-        let msg = match socket.poll_next_unpin(cx) {
+        let mut read_cx = Context::from_waker(&self.read_waker);
+        let msg = match socket.poll_next_unpin(&mut read_cx) {
             Poll::Pending => return false,
             Poll::Ready(None) => {
                 self.reading = false;
@@ -476,6 +522,8 @@ impl<'a> Session<'a> {
             }
             Poll::Ready(Some(Ok(m))) => m,
         };
+        // There may be more behind it.
+        self.conn.set_readable();
         // Any frame counts as liveness for the idle timeout.
         self.idle_deadline = Instant::now() + self.st.config.ws_idle_timeout;
         match msg {
