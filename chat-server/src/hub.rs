@@ -632,6 +632,21 @@ impl Hub {
         }
     }
 
+    /// Stops every connection without a close frame (a simulated crash). A connection that
+    /// registers afterwards finds the server shutting down and does not start.
+    pub(crate) fn stop_all(&self) {
+        let conns: Vec<Arc<Connection>> = {
+            let st = self.state();
+            st.users
+                .values()
+                .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
+                .collect()
+        };
+        for c in conns {
+            c.stop();
+        }
+    }
+
     /// Waits until no connection is registered.
     pub(crate) async fn wait_empty(&self) {
         let mut rx = self.count.subscribe();

@@ -156,15 +156,11 @@ fn run(
         // an idle connection keeps for its whole life.
         let ready = Box::pin(setup(&st, &conn, &caller)).await;
         if Box::pin(send_ready(&st, &mut socket, ready)).await {
-            tokio::select! {
-                biased;
-                // Like a crash: no close frame, no draining.
-                _ = st.crashed.cancelled() => {}
-                _ = async {
-                    let in_flight = serve(&st, &mut socket, &conn, addr).await;
-                    Box::pin(close(&st, &mut socket, &conn, in_flight)).await;
-                } => {}
-            }
+            // A crash (`ServerHandle::abort`) stops the connection through the hub rather than
+            // through a select on `st.crashed` here: that select would poll the token, and so
+            // take its lock shared by every connection, on each of the task's wake-ups.
+            let in_flight = serve(&st, &mut socket, &conn, addr).await;
+            Box::pin(close(&st, &mut socket, &conn, in_flight)).await;
         }
         Box::pin(st.hub.unregister(&conn)).await;
     }
@@ -225,7 +221,12 @@ async fn close<'a>(
         })
         .await;
     };
-    tokio::join!(drain, handshake);
+    tokio::select! {
+        biased;
+        // Like a crash: no close frame, no draining.
+        _ = st.crashed.cancelled() => {}
+        _ = async { tokio::join!(drain, handshake) } => {}
+    }
 }
 
 /// Drives the connection until it must close or the peer is done: see [`Session`]. Returns the

@@ -1370,6 +1370,29 @@ async fn pings_keep_a_reading_client_alive_and_a_silent_one_is_closed_1001() {
     assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
 }
 
+/// `ServerHandle::abort` is a crash: open WebSockets end without a close frame.
+#[tokio::test]
+async fn abort_drops_sockets_without_a_close_frame() {
+    let mut h = Harness::start().await;
+    let (_, ann) = h.user("ann").await;
+    let (mut ws, _) = h.ws(&ann).await;
+    h.handle.take().unwrap().abort();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the socket ended");
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "no frame after a crash, got {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_sockets_with_1012() {
     let mut h = Harness::start().await;
