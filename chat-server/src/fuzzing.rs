@@ -6,7 +6,7 @@ use crate::server::Server;
 use chat_core::UserId;
 
 /// One pretend WebSocket connection of `user` on a server: feed it client text frames and read
-/// back the frames the server queued for it, exactly as the reader task would produce them.
+/// back the frames the server queued for it, exactly as the connection's task would produce them.
 pub struct FrameHarness {
     server: Server,
     conn: std::sync::Arc<Connection>,
@@ -24,7 +24,7 @@ impl FrameHarness {
         }
     }
 
-    /// Handles one client text frame as the connection's reader would and returns the frames
+    /// Handles one client text frame as the connection's task would and returns the frames
     /// the server answered with (as JSON text).
     pub async fn handle(&mut self, text: &str) -> Vec<String> {
         let st = self.server.state();

@@ -85,7 +85,7 @@ pub(crate) struct CloseReason {
 /// What happened to a frame offered to a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Push {
-    /// Queued for the writer.
+    /// Queued for the connection's task to write.
     Queued,
     /// The queue was full: the connection is now closing as a slow consumer.
     SlowConsumer,

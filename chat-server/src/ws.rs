@@ -590,7 +590,7 @@ async fn authenticate_hash(st: &AppState, caller: &Caller) -> Result<()> {
 }
 
 /// Sends one connection may have between reading their frame and queuing their reply. Bounds
-/// the memory and store work one client can hold; past it the reader stops reading, so the
+/// the memory and store work one client can hold; past it the connection stops reading, so the
 /// client's TCP window fills.
 const MAX_IN_FLIGHT: usize = 32;
 
@@ -923,7 +923,7 @@ mod tests {
                 };
                 pipeline.start(&st, user, &text, None);
                 expected.push((i, want));
-                // The reader's bound: past it, it waits for the oldest frame's reply.
+                // The connection's bound: past it, it waits for the oldest frame's reply.
                 if pipeline.len() >= MAX_IN_FLIGHT {
                     tokio::select! {
                         biased;
