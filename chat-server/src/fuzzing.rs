@@ -4,14 +4,12 @@
 use crate::hub::Connection;
 use crate::server::Server;
 use chat_core::UserId;
-use tokio::sync::mpsc;
 
 /// One pretend WebSocket connection of `user` on a server: feed it client text frames and read
-/// back the frames the server queued for it, exactly as the reader task would produce them.
+/// back the frames the server queued for it, exactly as the connection's task would produce them.
 pub struct FrameHarness {
     server: Server,
     conn: std::sync::Arc<Connection>,
-    rx: mpsc::Receiver<axum::extract::ws::Utf8Bytes>,
 }
 
 impl FrameHarness {
@@ -19,21 +17,20 @@ impl FrameHarness {
     /// id works for exercising the parser and the error paths).
     pub fn new(server: &Server, user: UserId) -> FrameHarness {
         let st = server.state();
-        let (conn, rx) = Connection::new(st.hub.next_id(), user, String::new(), 1024);
+        let conn = Connection::new(st.hub.next_id(), user, [0; 32], 1024);
         FrameHarness {
             server: server.clone(),
             conn,
-            rx,
         }
     }
 
-    /// Handles one client text frame as the connection's reader would and returns the frames
+    /// Handles one client text frame as the connection's task would and returns the frames
     /// the server answered with (as JSON text).
     pub async fn handle(&mut self, text: &str) -> Vec<String> {
         let st = self.server.state();
         crate::ws::handle_text(&st, &self.conn, text, None).await;
         let mut out = Vec::new();
-        while let Ok(frame) = self.rx.try_recv() {
+        while let Some(frame) = self.conn.pop() {
             out.push(frame.as_str().to_owned());
         }
         out

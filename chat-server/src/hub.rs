@@ -33,14 +33,14 @@ use chat_core::{
     Broker, BrokerEvent, BrokerStream, ChatId, Event, FetchQuery, Message, MessageStore,
     MetadataStore, Result, Seq, Topic, UserId,
 };
+use futures::task::AtomicWaker;
 use futures::{FutureExt as _, StreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
 /// Messages fetched per chat in one resync (the contract's page maximum); beyond it the newest
 /// message is sent too, and clients fetch the hole in between themselves.
@@ -85,7 +85,7 @@ pub(crate) struct CloseReason {
 /// What happened to a frame offered to a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Push {
-    /// Queued for the writer.
+    /// Queued for the connection's task to write.
     Queued,
     /// The queue was full: the connection is now closing as a slow consumer.
     SlowConsumer,
@@ -93,109 +93,196 @@ pub(crate) enum Push {
     Closing,
 }
 
-/// One live WebSocket connection, as the hub and its own tasks share it.
+/// One live WebSocket connection, as the hub and its task share it.
+///
+/// It carries the connection's outbound queue itself instead of a channel: an idle connection
+/// is the common case (most of a node's memory is idle sockets), and a `VecDeque` allocates
+/// nothing until the first frame is queued, where a tokio channel allocates ~1.5 KiB up front
+/// (its first block of 32 slots and its cache-padded state). See docs/benchmarks.md.
 pub(crate) struct Connection {
     /// Unique within this node.
     pub(crate) id: u64,
     /// Whose connection.
     pub(crate) user_id: UserId,
-    /// Hex SHA-256 of the token it authenticated with, so a logout closes exactly the
-    /// connections of that session.
-    pub(crate) token_hash: String,
-    /// Pre-serialized frames for the writer task. Bounded: the slow-consumer limit.
-    tx: mpsc::Sender<Utf8Bytes>,
-    /// Cancelled when the connection must close; the writer then sends `close_reason`.
-    closing: CancellationToken,
-    /// The first reason given for closing (later ones lose).
-    close_reason: Mutex<Option<CloseReason>>,
+    /// SHA-256 of the token it authenticated with, so a logout closes exactly the connections
+    /// of that session.
+    token_hash: [u8; 32],
+    /// Most frames queued before the connection is closed as a slow consumer.
+    capacity: usize,
+    /// The queue and the closing state, behind one std mutex (never held across an await).
+    outbox: Mutex<Outbox>,
+    /// The connection's task, woken when a frame is queued or the connection must close.
+    waker: AtomicWaker,
+    /// Set when the socket may have become readable: the connection is itself the waker its
+    /// task gives the socket's read side (see the `Wake` impl), so a wake-up for a queued frame
+    /// (the common one when fanning out) can skip a read attempt that would find nothing.
+    readable: AtomicBool,
+}
+
+/// What a connection's task has still to do, as [`Connection`] keeps it.
+#[derive(Default)]
+struct Outbox {
+    /// Pre-serialized frames, oldest first. Bounded by [`Connection::capacity`].
+    frames: VecDeque<Utf8Bytes>,
+    /// Set when the connection must close; frames offered afterwards are dropped.
+    closing: bool,
+    /// The first reason given for closing (later ones lose); `None` closes without a frame.
+    close_reason: Option<CloseReason>,
 }
 
 impl Connection {
-    /// A connection with an outbound queue of `capacity` frames; returns the queue's reader for
-    /// the writer task.
+    /// A connection whose outbound queue holds at most `capacity` frames.
     pub(crate) fn new(
         id: u64,
         user_id: UserId,
-        token_hash: String,
+        token_hash: [u8; 32],
         capacity: usize,
-    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let conn = Connection {
+    ) -> Arc<Connection> {
+        Arc::new(Connection {
             id,
             user_id,
             token_hash,
-            tx,
-            closing: CancellationToken::new(),
-            close_reason: Mutex::new(None),
-        };
-        (Arc::new(conn), rx)
+            capacity: capacity.max(1),
+            outbox: Mutex::new(Outbox::default()),
+            waker: AtomicWaker::new(),
+            readable: AtomicBool::new(true),
+        })
     }
 
     /// Offers a frame without waiting. A full queue closes the connection (policy violation):
     /// the client resumes from its last `seq` after reconnecting.
     pub(crate) fn push(&self, frame: Utf8Bytes, metrics: &Metrics) -> Push {
-        if self.closing.is_cancelled() {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closing {
             return Push::Closing;
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => {
-                metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-                Push::Queued
+        if outbox.frames.len() >= self.capacity {
+            drop(outbox);
+            if self.close(close_code::POLICY, "slow consumer: outbound queue full") {
+                metrics
+                    .slow_consumer_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    user_id = %self.user_id,
+                    conn = self.id,
+                    "closing slow consumer"
+                );
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Closing,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close(close_code::POLICY, "slow consumer: outbound queue full") {
-                    metrics
-                        .slow_consumer_disconnects
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        user_id = %self.user_id,
-                        conn = self.id,
-                        "closing slow consumer"
-                    );
-                }
-                Push::SlowConsumer
-            }
+            return Push::SlowConsumer;
         }
+        outbox.frames.push_back(frame);
+        // Only the first frame of a burst needs to wake the task: it takes every queued frame
+        // before it waits again, and the waker it left is consumed by this wake-up.
+        let first = outbox.frames.len() == 1;
+        drop(outbox);
+        metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.waker.wake();
+        }
+        Push::Queued
     }
 
     /// Asks the connection to close with this code and reason. Returns whether this call was
     /// the first to do so.
     pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
-        let mut slot = lock(&self.close_reason);
-        if slot.is_some() {
+        let mut outbox = lock(&self.outbox);
+        if outbox.close_reason.is_some() {
             return false;
         }
-        *slot = Some(CloseReason {
+        outbox.close_reason = Some(CloseReason {
             code,
             reason: truncate_reason(reason),
         });
-        drop(slot);
-        self.closing.cancel();
+        outbox.closing = true;
+        drop(outbox);
+        self.waker.wake();
         true
     }
 
-    /// Stops the connection's tasks without a close frame: the peer already closed, or is gone.
+    /// Stops the connection's task without a close frame (the peer already closed, or is
+    /// gone), and drops whatever is still queued: the client resumes by `seq`.
     pub(crate) fn stop(&self) {
-        self.closing.cancel();
+        let mut outbox = lock(&self.outbox);
+        outbox.closing = true;
+        // Frees the queue's buffer too, for the time the connection lingers in the hub.
+        let frames = std::mem::take(&mut outbox.frames);
+        drop(outbox);
+        drop(frames);
+        self.waker.wake();
     }
 
     /// Whether the connection has been asked to close.
-    #[cfg(test)]
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
-    }
-
-    /// Resolves once the connection has been asked to close.
-    pub(crate) async fn closed(&self) {
-        self.closing.cancelled().await
+        lock(&self.outbox).closing
     }
 
     /// The reason given to [`Connection::close`], if any.
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.close_reason).clone()
+        lock(&self.outbox).close_reason.clone()
+    }
+
+    /// Whether this connection authenticated with the token whose hex SHA-256 is `hash`.
+    pub(crate) fn has_token(&self, hash: &str) -> bool {
+        crate::auth::hex(&self.token_hash) == hash
+    }
+
+    /// Registers the connection task's waker: a frame queued or a close asked after this call
+    /// wakes it. Call before looking at the queue, so nothing falls in between.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Takes the oldest queued frame, if any.
+    pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
+        let mut outbox = lock(&self.outbox);
+        let frame = outbox.frames.pop_front();
+        // A burst grew the queue; give the memory back once it is drained, so a connection
+        // that was once busy does not keep its peak queue while idle.
+        if outbox.frames.is_empty() && outbox.frames.capacity() > IDLE_QUEUE_CAPACITY {
+            outbox.frames = VecDeque::new();
+        }
+        frame
+    }
+
+    /// Whether a frame is queued.
+    pub(crate) fn has_frames(&self) -> bool {
+        !lock(&self.outbox).frames.is_empty()
+    }
+
+    /// Whether the socket may have become readable since the last call (then a read must be
+    /// attempted; it registers the connection as the read side's waker again).
+    pub(crate) fn take_readable(&self) -> bool {
+        self.readable.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks for another read attempt (the last one found data, so there may be more).
+    pub(crate) fn set_readable(&self) {
+        self.readable.store(true, Ordering::Release);
+    }
+
+    /// Takes the oldest queued frame (tests: what the connection's task would write next).
+    #[cfg(test)]
+    pub(crate) fn try_recv(&self) -> std::result::Result<Utf8Bytes, &'static str> {
+        self.pop().ok_or("no frame queued")
     }
 }
+
+/// The waker a connection's task gives the socket's read side: it records that the socket may
+/// be readable, then wakes the task. Being the connection itself, it costs no allocation.
+impl std::task::Wake for Connection {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.readable.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Queue slots a drained connection may keep (32 B each): enough for the usual trickle of
+/// frames without reallocating, small against the rest of an idle connection.
+const IDLE_QUEUE_CAPACITY: usize = 8;
 
 /// A close frame's reason must fit in 123 bytes; cut on a character boundary.
 pub(crate) fn truncate_reason(reason: &str) -> String {
@@ -243,6 +330,11 @@ struct HubState {
     /// For chats in `chats`: the highest `seq` forwarded here, or the store's `last_seq` when
     /// the chat got its first local member. A resync fetches what came after it.
     seqs: HashMap<ChatId, Seq>,
+    /// Every local connection of each chat's members, as [`HubState::recipients`] last
+    /// computed it; dropped whenever the chat's members or one of their connections change.
+    /// Fan-out reads it once per message instead of walking the members' maps and building a
+    /// list per message (that walk was ~6% of a worker's time in the fan-out profile).
+    recipients: HashMap<ChatId, Arc<[Arc<Connection>]>>,
 }
 
 impl HubState {
@@ -272,7 +364,9 @@ impl HubState {
         };
         if member {
             let added = local.chats.insert(chat);
-            self.chats.entry(chat).or_default().insert(user);
+            if self.chats.entry(chat).or_default().insert(user) {
+                self.recipients.remove(&chat);
+            }
             added
         } else {
             let removed = local.chats.remove(&chat);
@@ -284,7 +378,9 @@ impl HubState {
     /// Takes `user` out of `chat`'s local members, forgetting the chat when nobody is left.
     fn drop_member(&mut self, chat: ChatId, user: UserId) {
         if let Some(set) = self.chats.get_mut(&chat) {
-            set.remove(&user);
+            if set.remove(&user) {
+                self.recipients.remove(&chat);
+            }
             if set.is_empty() {
                 self.chats.remove(&chat);
                 self.seqs.remove(&chat);
@@ -326,6 +422,29 @@ impl HubState {
             self.apply_member(c, user, true);
             topics.push(Topic::Chat(c));
         }
+    }
+
+    /// Forgets the cached recipients of every chat of `user`, whose connections changed.
+    fn connections_changed(&mut self, user: UserId) {
+        if let Some(local) = self.users.get(&user) {
+            for chat in &local.chats {
+                self.recipients.remove(chat);
+            }
+        }
+    }
+
+    /// Every local connection of `chat`'s members (empty when it has none here), cached until
+    /// they change.
+    fn recipients(&mut self, chat: ChatId) -> Arc<[Arc<Connection>]> {
+        if let Some(r) = self.recipients.get(&chat) {
+            return r.clone();
+        }
+        let Some(members) = self.chats.get(&chat) else {
+            return Arc::from([]);
+        };
+        let conns: Arc<[Arc<Connection>]> = self.connections_of(members).into();
+        self.recipients.insert(chat, conns.clone());
+        conns
     }
 
     /// Every connection of the given users.
@@ -403,6 +522,7 @@ impl Hub {
                 .or_default()
                 .conns
                 .insert(conn.id, (conn, false));
+            st.connections_changed(user);
         }
         self.count.send_modify(|n| *n += 1);
         self.reconcile([Topic::User(user)]).await
@@ -469,11 +589,16 @@ impl Hub {
         let mut topics = Vec::new();
         let removed = {
             let mut st = self.state();
+            let st = &mut *st;
             let user = conn.user_id;
             let Some(local) = st.users.get_mut(&user) else {
                 return;
             };
             let removed = local.conns.remove(&conn.id).is_some();
+            // The user's chats lost a recipient.
+            for chat in &local.chats {
+                st.recipients.remove(chat);
+            }
             if local.conns.is_empty() {
                 let chats: Vec<ChatId> = local.chats.iter().copied().collect();
                 st.users.remove(&user);
@@ -504,6 +629,21 @@ impl Hub {
         };
         for c in conns {
             c.close(code, reason);
+        }
+    }
+
+    /// Stops every connection without a close frame (a simulated crash). A connection that
+    /// registers afterwards finds the server shutting down and does not start.
+    pub(crate) fn stop_all(&self) {
+        let conns: Vec<Arc<Connection>> = {
+            let st = self.state();
+            st.users
+                .values()
+                .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
+                .collect()
+        };
+        for c in conns {
+            c.stop();
         }
     }
 
@@ -682,12 +822,9 @@ impl Hub {
         let conns = {
             let mut st = self.state();
             st.saw(chat, seq);
-            match st.chats.get(&chat) {
-                Some(members) => st.connections_of(members),
-                None => Vec::new(),
-            }
+            st.recipients(chat)
         };
-        for c in conns {
+        for c in conns.iter() {
             c.push(frame.clone(), &self.metrics);
         }
     }
@@ -792,7 +929,7 @@ impl Hub {
                 },
             ) => {
                 let conns = self.state().connections_of([&user_id]);
-                for c in conns.iter().filter(|c| c.token_hash == token_hash) {
+                for c in conns.iter().filter(|c| c.has_token(&token_hash)) {
                     c.close(close_code::POLICY, "session revoked");
                 }
             }
@@ -858,12 +995,12 @@ mod tests {
         user: i64,
         chats: &[i64],
         capacity: usize,
-    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
-        let (c, rx) = Connection::new(hub.next_id(), UserId(user), format!("tok{user}"), capacity);
+    ) -> (Arc<Connection>, Arc<Connection>) {
+        let c = Connection::new(hub.next_id(), UserId(user), token(user), capacity);
         hub.register(c.clone()).await.unwrap();
         let chats: Vec<ChatId> = chats.iter().map(|&c| ChatId(c)).collect();
         hub.set_user_chats(&c, &chats).await.unwrap();
-        (c, rx)
+        (c.clone(), c)
     }
 
     fn message(chat: i64, seq: i64) -> BrokerEvent {
@@ -883,6 +1020,13 @@ mod tests {
         }
     }
 
+    /// A distinct token hash per user.
+    fn token(user: i64) -> [u8; 32] {
+        let mut t = [0; 32];
+        t[..8].copy_from_slice(&user.to_le_bytes());
+        t
+    }
+
     fn frame_json(f: Utf8Bytes) -> serde_json::Value {
         serde_json::from_str(f.as_str()).unwrap()
     }
@@ -890,10 +1034,10 @@ mod tests {
     #[tokio::test]
     async fn fans_out_one_serialization_to_every_member_connection() {
         let (hub, _, metrics, _fx) = hub();
-        let (_a1, mut a1) = connect(&hub, 1, &[10], 8).await;
-        let (_a2, mut a2) = connect(&hub, 1, &[10], 8).await;
-        let (_b, mut b) = connect(&hub, 2, &[10, 11], 8).await;
-        let (_c, mut c) = connect(&hub, 3, &[11], 8).await;
+        let (_a1, a1) = connect(&hub, 1, &[10], 8).await;
+        let (_a2, a2) = connect(&hub, 1, &[10], 8).await;
+        let (_b, b) = connect(&hub, 2, &[10, 11], 8).await;
+        let (_c, c) = connect(&hub, 3, &[11], 8).await;
         hub.handle(message(10, 1)).await;
         let f1 = a1.try_recv().unwrap();
         let f2 = a2.try_recv().unwrap();
@@ -904,6 +1048,27 @@ mod tests {
         assert_eq!(frame_json(f1)["message"]["seq"], 1);
         assert!(c.try_recv().is_err(), "user 3 is not in chat 10");
         assert_eq!(metrics.deliveries.load(Ordering::Relaxed), 3);
+    }
+
+    /// The cached recipients of a chat follow connections coming and going.
+    #[tokio::test]
+    async fn recipients_follow_connections() {
+        let (hub, _, _, _fx) = hub();
+        let (_a, a) = connect(&hub, 1, &[10], 8).await;
+        hub.handle(message(10, 1)).await;
+        assert_eq!(frame_json(a.try_recv().unwrap())["message"]["seq"], 1);
+        // A second connection of the same user, and one of a new member.
+        let (_a2, a2) = connect(&hub, 1, &[10], 8).await;
+        let (b, b_rx) = connect(&hub, 2, &[10], 8).await;
+        hub.handle(message(10, 2)).await;
+        for rx in [&a, &a2, &b_rx] {
+            assert_eq!(frame_json(rx.try_recv().unwrap())["message"]["seq"], 2);
+        }
+        hub.unregister(&b).await;
+        hub.unregister(&a2).await;
+        hub.handle(message(10, 3)).await;
+        assert_eq!(frame_json(a.try_recv().unwrap())["message"]["seq"], 3);
+        assert!(a2.try_recv().is_err() && b_rx.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -937,7 +1102,7 @@ mod tests {
     async fn full_queue_closes_the_slow_consumer_once() {
         let (hub, _, metrics, _fx) = hub();
         let (slow, _rx_never_read) = connect(&hub, 1, &[10], 2).await;
-        let (_fast, mut fast) = connect(&hub, 2, &[10], 64).await;
+        let (_fast, fast) = connect(&hub, 2, &[10], 64).await;
         for seq in 1..=10 {
             hub.handle(message(10, seq)).await;
         }
@@ -956,8 +1121,8 @@ mod tests {
     #[tokio::test]
     async fn membership_events_update_delivery() {
         let (hub, _, _, _fx) = hub();
-        let (_a, mut a) = connect(&hub, 1, &[10], 16).await;
-        let (_b, mut b) = connect(&hub, 2, &[], 16).await;
+        let (_a, a) = connect(&hub, 1, &[10], 16).await;
+        let (_b, b) = connect(&hub, 2, &[], 16).await;
         let view = ChatView {
             chat_id: ChatId(10),
             chat_name: "x".into(),
@@ -1002,7 +1167,8 @@ mod tests {
     #[tokio::test]
     async fn changes_during_the_chat_list_load_are_not_lost() {
         let (hub, _, _, _fx) = hub();
-        let (c, mut rx) = Connection::new(hub.next_id(), UserId(1), "t".into(), 16);
+        let c = Connection::new(hub.next_id(), UserId(1), token(1), 16);
+        let rx = c.clone();
         hub.register(c.clone()).await.unwrap();
         // The user is added to chat 11 and removed from chat 10 after the store was read...
         for (topic, event) in [
@@ -1041,8 +1207,8 @@ mod tests {
     #[tokio::test]
     async fn revoked_session_closes_only_its_connections() {
         let (hub, _, _, _fx) = hub();
-        let (a, _ra) = Connection::new(hub.next_id(), UserId(1), "aaa".into(), 4);
-        let (b, _rb) = Connection::new(hub.next_id(), UserId(1), "bbb".into(), 4);
+        let a = Connection::new(hub.next_id(), UserId(1), [0xaa; 32], 4);
+        let b = Connection::new(hub.next_id(), UserId(1), [0xbb; 32], 4);
         for c in [&a, &b] {
             hub.register(c.clone()).await.unwrap();
             hub.set_user_chats(c, &[]).await.unwrap();
@@ -1051,7 +1217,7 @@ mod tests {
             topic: Topic::User(UserId(1)),
             event: Event::SessionRevoked {
                 user_id: UserId(1),
-                token_hash: "aaa".into(),
+                token_hash: crate::auth::hex(&[0xaa; 32]),
             },
         })
         .await;
@@ -1096,14 +1262,14 @@ mod tests {
         hub: &Hub,
         user: UserId,
         chats: &[ChatId],
-    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
-        let (c, rx) = Connection::new(hub.next_id(), user, format!("tok{user}"), 64);
+    ) -> (Arc<Connection>, Arc<Connection>) {
+        let c = Connection::new(hub.next_id(), user, token(user.0), 64);
         hub.register(c.clone()).await.unwrap();
         hub.set_user_chats(&c, chats).await.unwrap();
-        (c, rx)
+        (c.clone(), c)
     }
 
-    fn seqs_of(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<i64> {
+    fn seqs_of(rx: &Connection) -> Vec<i64> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
             let v = frame_json(f);
@@ -1132,8 +1298,8 @@ mod tests {
         let chat = chat.chat_id;
         // One message before anyone connects: a resync must not replay it.
         append_silently(&fx, chat, a, "old").await;
-        let (_ca, mut ra) = connect_ids(&hub, a, &[chat]).await;
-        let (_cb, mut rb) = connect_ids(&hub, b, &[chat]).await;
+        let (_ca, ra) = connect_ids(&hub, a, &[chat]).await;
+        let (_cb, rb) = connect_ids(&hub, b, &[chat]).await;
 
         // Seq 2 arrives live; 3 and 4 are stored while the broker is away.
         let s2 = append_silently(&fx, chat, a, "live").await;
@@ -1159,12 +1325,12 @@ mod tests {
 
         hub.handle(BrokerEvent::Resync).await;
         assert_eq!(
-            seqs_of(&mut ra),
+            seqs_of(&ra),
             vec![2, 3, 4],
             "live, then what was missed, in order"
         );
         assert_eq!(
-            seqs_of(&mut rb),
+            seqs_of(&rb),
             vec![2],
             "a removed member gets nothing from the resync"
         );
@@ -1173,7 +1339,7 @@ mod tests {
 
         // A second resync with nothing new sends nothing.
         hub.handle(BrokerEvent::Resync).await;
-        assert!(seqs_of(&mut ra).is_empty());
+        assert!(seqs_of(&ra).is_empty());
     }
 
     #[tokio::test]
@@ -1192,7 +1358,8 @@ mod tests {
             .await
             .unwrap();
         let chat = chat.chat_id;
-        let (c, mut rx) = Connection::new(hub.next_id(), a, "t".into(), 2048);
+        let c = Connection::new(hub.next_id(), a, token(a.0), 2048);
+        let rx = c.clone();
         hub.register(c.clone()).await.unwrap();
         hub.set_user_chats(&c, &[chat]).await.unwrap();
         let total = i64::from(RESYNC_PAGE) + 20;
@@ -1200,7 +1367,7 @@ mod tests {
             append_silently(&fx, chat, a, &format!("m{i}")).await;
         }
         hub.handle(BrokerEvent::Resync).await;
-        let got = seqs_of(&mut rx);
+        let got = seqs_of(&rx);
         let mut want: Vec<i64> = (1..=i64::from(RESYNC_PAGE)).collect();
         want.push(total);
         assert_eq!(
@@ -1212,7 +1379,7 @@ mod tests {
     #[tokio::test]
     async fn a_chat_joined_by_event_is_caught_up_from_its_view() {
         let (hub, _, _, _fx) = hub();
-        let (_c, mut rx) = connect(&hub, 1, &[], 16).await;
+        let (_c, rx) = connect(&hub, 1, &[], 16).await;
         let view = ChatView {
             chat_id: ChatId(10),
             chat_name: "x".into(),

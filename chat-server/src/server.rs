@@ -236,6 +236,9 @@ impl ServerHandle {
     pub fn abort(mut self) {
         self.state.crashed.cancel();
         self.state.shutting_down.cancel();
+        // WebSocket tasks are not watching `crashed` (polling a shared token on every wake-up
+        // cost a contended lock per delivery); they are stopped directly and skip the close.
+        self.state.hub.stop_all();
         self.task.abort();
         if let Ok(g) = self.hub_task.lock() {
             if let Some(h) = g.as_ref() {

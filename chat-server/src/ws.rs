@@ -1,8 +1,18 @@
-//! One WebSocket connection (`GET /v1/ws`): authentication and upgrade, the `ready` frame, the
-//! reader (client frames, size and UTF-8 violations, idle timeout) and the writer task that
-//! drains the connection's bounded queue of pre-serialized frames.
+//! One WebSocket connection (`GET /v1/ws`): authentication and upgrade, the `ready` frame, then
+//! one task per connection that both reads client frames (size and UTF-8 violations, idle
+//! timeout, up to 32 in flight) and writes the connection's bounded queue of pre-serialized
+//! frames (batched, one flush per burst), pings and the close handshake.
+//!
+//! # Memory of an idle connection
+//! A node's memory goes mostly to idle sockets, so what an idle connection keeps is kept small
+//! on purpose (measured in docs/benchmarks.md, "Connections"): one task instead of a reader and
+//! a writer (and no split of the socket into two locked halves), a future whose idle state
+//! holds only the socket, the deadlines and one timer (setup, the `ready` frame and the close
+//! handshake are boxed, so their larger states exist only while they run), the frames in flight
+//! allocated on the first client frame and freed once answered, the outbound queue allocated on
+//! the first queued frame ([`Connection`]), and a 512-byte read buffer.
 
-use crate::auth::{authenticate, bearer, hex, Caller};
+use crate::auth::{authenticate, bearer, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{ClientAddr, QueryParams};
 use crate::hub::{close_code, serialize, truncate_reason, Connection, Push};
@@ -19,15 +29,15 @@ use chat_core::protocol::{ChatCursor, ClientFrame, ServerFrame};
 use chat_core::{ChatId, Error, Result, UserId};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
+use std::future::Future as _;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant, Sleep};
 
 /// How long the server waits to send its close frame, and then for the peer's reply, before
 /// dropping the socket. Short: a peer that is not reading will never take it.
@@ -74,10 +84,12 @@ pub(crate) async fn upgrade(
     //
     // Buffers: tungstenite's default 128 KiB read buffer is zero-filled before each read, so it
     // becomes resident on the first frame: ~139 KiB of RSS per idle connection and a 128 KiB
-    // memset per read (docs/benchmarks.md). Client frames are small (a send is well under 4 KiB
-    // of text plus JSON), and a larger frame is read in several chunks, up to the frame cap.
+    // memset per read (docs/benchmarks.md). Every connection pays its read buffer from its
+    // first read on, idle or not, so it is small (WS_READ_BUFFER): a client frame larger than
+    // it grows the buffer to the frame's size and is read in WS_READ_BUFFER chunks, up to the
+    // frame cap.
     //
-    // Outgoing frames collect in tungstenite's write buffer until the writer task flushes (it
+    // Outgoing frames collect in tungstenite's write buffer until the task flushes (it
     // writes every frame already queued, then flushes once: one `sendto` for a burst instead of
     // one per frame) or until WS_WRITE_BUFFER bytes are buffered. The buffer is a Vec that
     // grows on demand: an idle connection holds only what its largest write needed.
@@ -91,13 +103,16 @@ pub(crate) async fn upgrade(
 }
 
 /// Bytes read from a WebSocket at a time (tungstenite grows the frame beyond it as needed).
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// 512 B instead of 4 KiB took an idle connection from 6.7 KB to 3.0 KB of server RSS; a
+/// pipelining client's frames (~150 B each) then arrive in more, smaller reads, which did not
+/// lower the acked sends/s of `scripts/bench.sh writes` (docs/benchmarks.md, "Connections").
+const WS_READ_BUFFER: usize = 512;
 
 /// Bytes of outgoing frames buffered before tungstenite writes them without waiting for a flush.
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 
-/// Most frames the writer takes from the queue for one flush. Bounds the time one batch keeps
-/// the writer from noticing a close and the bytes it buffers.
+/// Most frames the connection's task takes from the queue for one flush. Bounds the time one
+/// batch keeps the task from reading or noticing a close, and the bytes it buffers.
 const WRITE_BATCH: usize = 64;
 
 /// Decrements the open-connections gauge however the connection ends.
@@ -110,26 +125,51 @@ impl Drop for Gauge {
 }
 
 /// Serves one upgraded connection until it closes.
-async fn run(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps a second copy of its arguments in its state (rust-lang/rust#62958), which here would
+/// be a second 368-byte `WebSocket` in every idle connection's task (measured: 1,344 B of
+/// future as an `async fn`, 912 B like this; 792 B since the crash no longer needs a select).
+#[allow(clippy::manual_async_fn)]
+fn run(
     st: Arc<AppState>,
     mut socket: WebSocket,
     caller: Caller,
     addr: Option<IpAddr>,
-    _slot: ConnectionSlot,
-) {
-    st.metrics
-        .ws_connections_total
-        .fetch_add(1, Ordering::Relaxed);
-    st.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-    let _gauge = Gauge(st.metrics.clone());
+    slot: ConnectionSlot,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _slot = slot;
+        st.metrics
+            .ws_connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        st.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+        let _gauge = Gauge(st.metrics.clone());
 
-    let (conn, rx) = Connection::new(
-        st.hub.next_id(),
-        caller.user_id,
-        hex(&caller.token_hash),
-        st.config.outbound_queue,
-    );
-    let ready = match setup(&st, &conn, &caller).await {
+        let conn = Connection::new(
+            st.hub.next_id(),
+            caller.user_id,
+            caller.token_hash,
+            st.config.outbound_queue,
+        );
+        // Boxed here and below: these run once, and inline their states would size the future
+        // an idle connection keeps for its whole life.
+        let ready = Box::pin(setup(&st, &conn, &caller)).await;
+        if Box::pin(send_ready(&st, &mut socket, ready)).await {
+            // A crash (`ServerHandle::abort`) stops the connection through the hub rather than
+            // through a select on `st.crashed` here: that select would poll the token, and so
+            // take its lock shared by every connection, on each of the task's wake-ups.
+            let in_flight = serve(&st, &mut socket, &conn, addr).await;
+            Box::pin(close(&st, &mut socket, &conn, in_flight)).await;
+        }
+        Box::pin(st.hub.unregister(&conn)).await;
+    }
+}
+
+/// Sends the `ready` frame, or on a failed setup the close frame saying why. Returns whether
+/// the connection goes on.
+async fn send_ready(st: &AppState, socket: &mut WebSocket, ready: Result<Utf8Bytes>) -> bool {
+    let ready = match ready {
         Ok(frame) => frame,
         Err(e) => {
             let (code, reason) = match e {
@@ -141,46 +181,372 @@ async fn run(
                 e => (close_code::INTERNAL, e.client_message()),
             };
             let _ = timeout(CLOSE_TIMEOUT, socket.send(close_message(code, &reason))).await;
-            st.hub.unregister(&conn).await;
-            return;
+            return false;
         }
     };
     // `ready` goes straight to the socket, ahead of whatever events queued up meanwhile.
-    let sent = tokio::select! {
+    tokio::select! {
         r = timeout(st.config.ws_write_timeout, socket.send(Message::Text(ready))) => {
             matches!(r, Ok(Ok(())))
         }
         _ = st.crashed.cancelled() => false,
+    }
+}
+
+/// Ends a connection after [`serve`]: finishes the sends still in flight (their appends may
+/// already be in the store; their replies are dropped, the connection is closing), sends the
+/// close frame if a reason was given, and lets the peer's close reply arrive so the closing
+/// handshake completes.
+async fn close<'a>(
+    st: &'a AppState,
+    socket: &mut WebSocket,
+    conn: &Connection,
+    in_flight: Option<Box<Pipeline<'a>>>,
+) {
+    let reason = conn.close_reason();
+    // From here on nothing more is queued, and what was queued is dropped: the client resumes
+    // by seq.
+    conn.stop();
+    let drain = async {
+        if let Some(mut pipeline) = in_flight {
+            pipeline.drain(st, conn).await;
+        }
     };
-    if !sent {
-        st.hub.unregister(&conn).await;
-        return;
+    let handshake = async {
+        if let Some(r) = reason {
+            let _ = timeout(CLOSE_TIMEOUT, socket.send(close_message(r.code, &r.reason))).await;
+        }
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            while socket.next().await.is_some() {}
+        })
+        .await;
+    };
+    tokio::select! {
+        biased;
+        // Like a crash: no close frame, no draining.
+        _ = st.crashed.cancelled() => {}
+        _ = async { tokio::join!(drain, handshake) } => {}
+    }
+}
+
+/// Drives the connection until it must close or the peer is done: see [`Session`]. Returns the
+/// frames still in flight, if any.
+async fn serve<'a>(
+    st: &'a AppState,
+    socket: &mut WebSocket,
+    conn: &'a Arc<Connection>,
+    addr: Option<IpAddr>,
+) -> Option<Box<Pipeline<'a>>> {
+    let now = Instant::now();
+    let mut session = Session {
+        st,
+        conn,
+        read_waker: Waker::from(conn.clone()),
+        addr,
+        pipeline: None,
+        reading: true,
+        unflushed: false,
+        ping_due: false,
+        idle_deadline: now + st.config.ws_idle_timeout,
+        next_ping: now + st.config.ws_ping_interval,
+        write_deadline: None,
+        timer_armed: false,
+    };
+    let timer = tokio::time::sleep_until(session.next_ping.min(session.idle_deadline));
+    tokio::pin!(timer);
+    std::future::poll_fn(|cx| session.poll(socket, timer.as_mut(), cx)).await;
+    session.pipeline
+}
+
+/// One connection between its `ready` frame and its close: both directions of the socket, the
+/// client frames in flight and the deadlines, all driven by the connection's one task.
+///
+/// Each poll, in order: takes the close signal; moves finished frames along the
+/// [`Pipeline`] (replies are queued like any other frame, so they leave in frame order);
+/// writes queued frames (up to [`WRITE_BATCH`], then one flush) and a due ping; reads client
+/// frames while fewer than [`MAX_IN_FLIGHT`] are in flight; and repeats while any of that made
+/// progress. Then it checks the deadlines (idle peer, stuck write, next ping) and arms the one
+/// timer for the earliest.
+struct Session<'a> {
+    st: &'a AppState,
+    conn: &'a Connection,
+    /// The waker given to the socket's read side: the connection, which notes that the socket
+    /// may be readable before waking the task ([`Connection::take_readable`]).
+    read_waker: Waker,
+    addr: Option<IpAddr>,
+    /// Client frames in flight. Allocated on the first frame and freed once everything is
+    /// answered: an idle connection holds none (two `FuturesOrdered` allocate ~300 B).
+    pipeline: Option<Box<Pipeline<'a>>>,
+    /// Client frames are still read (false once the peer closed or reading failed; the
+    /// session then ends when everything in flight is answered and written).
+    reading: bool,
+    /// Frames handed to the socket since the last completed flush.
+    unflushed: bool,
+    /// A ping is due and waits for the socket.
+    ping_due: bool,
+    /// Some frame must arrive from the peer before this (any frame counts as liveness).
+    idle_deadline: Instant,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// Set once a write blocked: it must complete before this, so a peer that does not read
+    /// cannot hold the connection (and its queue) forever.
+    write_deadline: Option<Instant>,
+    /// The timer has been armed (and polled, so it will wake the task) at least once.
+    timer_armed: bool,
+}
+
+/// What [`Session::poll_deadlines`] found.
+enum Deadlines {
+    /// Nothing due; the timer is armed for the earliest deadline.
+    Armed,
+    /// A ping became due: go round again to write it.
+    PingDue,
+    /// The connection was told to close (idle peer, stuck write).
+    Close,
+}
+
+impl<'a> Session<'a> {
+    /// Runs the connection until it must close or the peer is done; see [`Session`].
+    fn poll(
+        &mut self,
+        socket: &mut WebSocket,
+        mut timer: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        // Before looking at the queue and the close flag, so a push in between wakes us.
+        self.conn.register(cx.waker());
+        loop {
+            if self.conn.is_closing() {
+                return Poll::Ready(());
+            }
+            let mut progress = self.poll_pipeline(cx);
+            match self.poll_write(socket, cx) {
+                Ok(wrote) => progress |= wrote,
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket write failed");
+                    self.conn.stop();
+                    return Poll::Ready(());
+                }
+            }
+            progress |= self.poll_read(socket);
+            if !self.reading
+                && self.pipeline.is_none()
+                && !self.unflushed
+                && !self.conn.has_frames()
+            {
+                // The peer is done and everything it asked for is answered.
+                return Poll::Ready(());
+            }
+            if progress {
+                continue;
+            }
+            // Nothing can move until a waker fires.
+            match self.poll_deadlines(timer.as_mut(), cx) {
+                Deadlines::Armed => return Poll::Pending,
+                Deadlines::PingDue => continue,
+                Deadlines::Close => return Poll::Ready(()),
+            }
+        }
     }
 
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        conn.clone(),
-        st.config.ws_ping_interval,
-        st.config.ws_write_timeout,
-    ));
-    tokio::select! {
-        _ = read_loop(&st, &mut stream, &conn, addr) => {
-            // However reading ended, the writer stops (sending the close frame, if any).
-            conn.stop();
-            if timeout(CLOSE_TIMEOUT + Duration::from_secs(1), &mut writer).await.is_err() {
-                writer.abort();
-            }
-            // Let the peer's close reply arrive so the closing handshake completes.
-            let _ = timeout(CLOSE_TIMEOUT, async { while stream.next().await.is_some() {} }).await;
+    /// Checks the deadlines (stuck write, idle peer, next ping) and arms the one timer for the
+    /// earliest. Only reads the clock when the timer fired or must fire earlier than it is
+    /// armed for, which keeps it off the common poll (a frame queued and written at once).
+    fn poll_deadlines(&mut self, mut timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Deadlines {
+        // While the pipeline is full nothing is read, so the peer cannot be idle.
+        let may_idle = self.may_read();
+        let armed = timer.deadline();
+        let earlier = |d: Instant| d < armed;
+        let must_look = !self.timer_armed
+            || timer.is_elapsed()
+            || self.write_deadline.is_some_and(earlier)
+            || (may_idle && earlier(self.idle_deadline));
+        if !must_look {
+            // The idle deadline moves later with every frame read; a timer armed for an older
+            // one fires early and is re-armed then, so frames never touch the timer.
+            return Deadlines::Armed;
         }
-        _ = st.crashed.cancelled() => {
-            // Like a crash: no close frame, no draining.
-            writer.abort();
+        let now = Instant::now();
+        if self.write_deadline.is_some_and(|d| now >= d) {
+            self.conn.close(close_code::POLICY, "write timed out");
+            return Deadlines::Close;
+        }
+        if may_idle && now >= self.idle_deadline {
+            self.conn.close(close_code::GOING_AWAY, "idle timeout");
+            return Deadlines::Close;
+        }
+        if now >= self.next_ping {
+            self.ping_due = true;
+            self.next_ping = now + self.st.config.ws_ping_interval;
+            return Deadlines::PingDue;
+        }
+        let mut next = self.next_ping;
+        if may_idle {
+            next = next.min(self.idle_deadline);
+        }
+        if let Some(d) = self.write_deadline {
+            next = next.min(d);
+        }
+        timer.as_mut().reset(next);
+        self.timer_armed = true;
+        if timer.as_mut().poll(cx).is_ready() {
+            // Fired within the timer's resolution: look again on the next poll rather than
+            // spin here.
+            cx.waker().wake_by_ref();
+        }
+        Deadlines::Armed
+    }
+
+    /// Whether another client frame may be read now.
+    fn may_read(&self) -> bool {
+        self.reading && self.pipeline.as_ref().map_or(0, |p| p.len()) < MAX_IN_FLIGHT
+    }
+
+    /// Moves finished checks to the append stage and queues finished replies, in frame order.
+    /// Returns whether anything moved.
+    fn poll_pipeline(&mut self, cx: &mut Context<'_>) -> bool {
+        let (st, conn) = (self.st, self.conn);
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return false;
+        };
+        let mut progress = false;
+        while pipeline.may_append() {
+            match pipeline.checks.poll_next_unpin(cx) {
+                Poll::Ready(Some(checked)) => {
+                    pipeline.append(st, checked);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        while !pipeline.appends.is_empty() {
+            match pipeline.appends.poll_next_unpin(cx) {
+                Poll::Ready(Some(reply)) => {
+                    push(st, conn, &reply);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        if pipeline.is_empty() {
+            self.pipeline = None;
+        }
+        progress
+    }
+
+    /// Writes queued frames and a due ping, up to [`WRITE_BATCH`] frames per flush, so a burst
+    /// costs one socket write instead of one per frame. Returns whether anything was written
+    /// or flushed.
+    fn poll_write(
+        &mut self,
+        socket: &mut WebSocket,
+        cx: &mut Context<'_>,
+    ) -> std::result::Result<bool, axum::Error> {
+        let mut progress = false;
+        let mut fed = 0;
+        loop {
+            if fed < WRITE_BATCH && (self.ping_due || self.conn.has_frames()) {
+                match socket.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Err(e),
+                    // The socket is full; its waker brings us back.
+                    Poll::Pending => {
+                        self.write_blocked();
+                        break;
+                    }
+                }
+                let msg = match self.conn.pop() {
+                    Some(frame) => Message::Text(frame),
+                    None => {
+                        self.ping_due = false;
+                        Message::Ping(Bytes::new())
+                    }
+                };
+                socket.start_send_unpin(msg)?;
+                self.unflushed = true;
+                fed += 1;
+                progress = true;
+                continue;
+            }
+            if self.unflushed {
+                match socket.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        self.write_deadline = None;
+                        progress = true;
+                        fed = 0;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => self.write_blocked(),
+                }
+            }
+            break;
+        }
+        Ok(progress)
+    }
+
+    /// Starts the write timeout when a write first blocks (most writes complete at once, and
+    /// then the clock is never read for them).
+    fn write_blocked(&mut self) {
+        if self.write_deadline.is_none() {
+            self.write_deadline = Some(Instant::now() + self.st.config.ws_write_timeout);
         }
     }
-    st.hub.unregister(&conn).await;
+
+    /// Reads one client frame if one may be read and is there. Returns whether anything
+    /// happened (a frame, or the end of reading).
+    fn poll_read(&mut self, socket: &mut WebSocket) -> bool {
+        // Skipped unless the socket's read side woke us (or the last read found a frame): a
+        // wake-up for a queued frame has nothing to read, and trying costs a lock and a few
+        // hundred nanoseconds per delivery.
+        if !self.may_read() || !self.conn.take_readable() {
+            return false;
+        }
+        let mut read_cx = Context::from_waker(&self.read_waker);
+        let msg = match socket.poll_next_unpin(&mut read_cx) {
+            Poll::Pending => return false,
+            Poll::Ready(None) => {
+                self.reading = false;
+                return true;
+            }
+            Poll::Ready(Some(Err(e))) => {
+                match classify(&e) {
+                    Some((code, reason)) => {
+                        tracing::debug!(error = %e, code, "closing WebSocket after a bad frame");
+                        self.conn.close(code, &reason);
+                    }
+                    None => tracing::debug!(error = %e, "WebSocket read failed"),
+                }
+                self.reading = false;
+                return true;
+            }
+            Poll::Ready(Some(Ok(m))) => m,
+        };
+        // There may be more behind it.
+        self.conn.set_readable();
+        // Any frame counts as liveness for the idle timeout.
+        self.idle_deadline = Instant::now() + self.st.config.ws_idle_timeout;
+        match msg {
+            Message::Text(text) => {
+                let st = self.st;
+                self.pipeline
+                    .get_or_insert_with(|| Box::new(Pipeline::new(st)))
+                    .start(st, self.conn.user_id, text.as_str(), self.addr);
+            }
+            Message::Binary(_) => {
+                self.conn.close(
+                    close_code::UNSUPPORTED,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                self.reading = false;
+            }
+            // The library answers pings itself.
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => self.reading = false,
+        }
+        true
+    }
 }
 
 /// Registers the connection, loads the user's chats and builds the `ready` frame. The hub
@@ -224,7 +590,7 @@ async fn authenticate_hash(st: &AppState, caller: &Caller) -> Result<()> {
 }
 
 /// Sends one connection may have between reading their frame and queuing their reply. Bounds
-/// the memory and store work one client can hold; past it the reader stops reading, so the
+/// the memory and store work one client can hold; past it the connection stops reading, so the
 /// client's TCP window fills.
 const MAX_IN_FLIGHT: usize = 32;
 
@@ -313,70 +679,6 @@ impl<'a> Pipeline<'a> {
             }
         }
     }
-}
-
-/// Reads client frames until the peer closes, a violation closes the connection, or the
-/// connection is told to close. Up to [`MAX_IN_FLIGHT`] frames are handled at once (see
-/// [`Pipeline`]); whatever is in flight when reading ends is finished before returning.
-async fn read_loop(
-    st: &AppState,
-    stream: &mut SplitStream<WebSocket>,
-    conn: &Arc<Connection>,
-    addr: Option<IpAddr>,
-) {
-    let mut pipeline = Pipeline::new(st);
-    let mut deadline = Instant::now() + st.config.ws_idle_timeout;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = conn.closed() => break,
-            Some(c) = pipeline.checks.next(), if pipeline.may_append() => {
-                pipeline.append(st, c);
-                continue;
-            }
-            Some(reply) = pipeline.appends.next(), if !pipeline.appends.is_empty() => {
-                push(st, conn, &reply);
-                continue;
-            }
-            n = timeout_at(deadline, stream.next()), if pipeline.len() < MAX_IN_FLIGHT => n,
-        };
-        let msg = match next {
-            Err(_) => {
-                conn.close(close_code::GOING_AWAY, "idle timeout");
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                match classify(&e) {
-                    Some((code, reason)) => {
-                        tracing::debug!(error = %e, code, "closing WebSocket after a bad frame");
-                        conn.close(code, &reason);
-                    }
-                    None => tracing::debug!(error = %e, "WebSocket read failed"),
-                }
-                break;
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        // Any frame counts as liveness for the idle timeout.
-        deadline = Instant::now() + st.config.ws_idle_timeout;
-        match msg {
-            Message::Text(text) => pipeline.start(st, conn.user_id, text.as_str(), addr),
-            Message::Binary(_) => {
-                conn.close(
-                    close_code::UNSUPPORTED,
-                    "binary frames are not supported; send JSON text frames",
-                );
-                break;
-            }
-            // The library answers pings itself.
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Close(_) => break,
-        }
-    }
-    // Sends already read complete (their appends may already be in the store) and get their
-    // replies queued, as they did when sends were handled one at a time.
-    pipeline.drain(st, conn).await;
 }
 
 /// The close code and reason for a read error caused by the peer's data, or `None` for a
@@ -514,70 +816,6 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Writes queued frames and periodic pings until the connection is told to close, then sends
-/// the close frame (if a reason was given) and gives up on a peer that does not take it.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
-    conn: Arc<Connection>,
-    ping_every: Duration,
-    write_timeout: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = conn.closed() => break,
-            frame = rx.recv() => match frame {
-                Some(f) => Message::Text(f),
-                None => break,
-            },
-            _ = ping.tick() => Message::Ping(Bytes::new()),
-        };
-        // A write blocks while the peer is not reading; the close signal (e.g. the queue
-        // overflowing) must still get through.
-        let written = tokio::select! {
-            biased;
-            _ = conn.closed() => break,
-            r = timeout(write_timeout, write_batch(&mut sink, &mut rx, msg)) => r,
-        };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "WebSocket write failed");
-                conn.stop();
-                return;
-            }
-            Err(_) => {
-                conn.close(close_code::POLICY, "write timed out");
-                break;
-            }
-        }
-    }
-    // Frames still queued are dropped with the queue: the client resumes by seq.
-    drop(rx);
-    if let Some(r) = conn.close_reason() {
-        let _ = timeout(CLOSE_TIMEOUT, sink.send(close_message(r.code, &r.reason))).await;
-    }
-}
-
-/// Writes `first` and every frame already queued behind it (up to [`WRITE_BATCH`]), then
-/// flushes once, so a burst of frames costs one socket write instead of one per frame.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
-    first: Message,
-) -> std::result::Result<(), axum::Error> {
-    sink.feed(first).await?;
-    for _ in 1..WRITE_BATCH {
-        // Empty or closed: either way this batch is complete (a closed queue ends the loop at
-        // the next `recv`).
-        let Ok(frame) = rx.try_recv() else { break };
-        sink.feed(Message::Text(frame)).await?;
-    }
-    sink.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,7 +896,8 @@ mod tests {
         for ordered in [true, false] {
             let (_dir, server, user, [a, b, foreign]) = fixture(ordered).await;
             let st = server.state();
-            let (conn, mut rx) = Connection::new(st.hub.next_id(), user, String::new(), 4096);
+            let conn = Connection::new(st.hub.next_id(), user, [0; 32], 4096);
+            let rx = &conn;
             let mut pipeline = Pipeline::new(&st);
             let n = 300;
             let mut expected = Vec::new();
@@ -684,7 +923,7 @@ mod tests {
                 };
                 pipeline.start(&st, user, &text, None);
                 expected.push((i, want));
-                // The reader's bound: past it, it waits for the oldest frame's reply.
+                // The connection's bound: past it, it waits for the oldest frame's reply.
                 if pipeline.len() >= MAX_IN_FLIGHT {
                     tokio::select! {
                         biased;

@@ -1336,6 +1336,63 @@ async fn slow_reader_is_disconnected_and_others_keep_being_served() {
     h.assert_serving().await;
 }
 
+/// The server pings; a client that answers (any frame counts as liveness) stays connected past
+/// the idle timeout, and one that stops answering is closed with 1001.
+#[tokio::test]
+async fn pings_keep_a_reading_client_alive_and_a_silent_one_is_closed_1001() {
+    let mut cfg = config();
+    cfg.ws_ping_interval = Duration::from_millis(100);
+    cfg.ws_idle_timeout = Duration::from_millis(500);
+    let h = Harness::launch(cfg).await;
+    let (_, token) = h.user("pinged").await;
+    let (mut ws, _) = h.ws(&token).await;
+
+    // Reading makes the client library answer each ping with a pong.
+    let mut pings = 0;
+    let reading = tokio::time::timeout(Duration::from_millis(1500), async {
+        while let Some(msg) = ws.next().await {
+            match msg.unwrap() {
+                WsMessage::Ping(_) => pings += 1,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        reading.is_err(),
+        "the connection stayed open while answering"
+    );
+    assert!(pings >= 5, "the server pinged every 100 ms, got {pings}");
+
+    // Silent: nothing read, so no pongs; the server gives up after the idle timeout.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+}
+
+/// `ServerHandle::abort` is a crash: open WebSockets end without a close frame.
+#[tokio::test]
+async fn abort_drops_sockets_without_a_close_frame() {
+    let mut h = Harness::start().await;
+    let (_, ann) = h.user("ann").await;
+    let (mut ws, _) = h.ws(&ann).await;
+    h.handle.take().unwrap().abort();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the socket ended");
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "no frame after a crash, got {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_sockets_with_1012() {
     let mut h = Harness::start().await;
