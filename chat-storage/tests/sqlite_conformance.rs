@@ -617,3 +617,84 @@ async fn the_background_checkpointer_folds_the_wal_into_the_main_file() {
     }
     assert_eq!(all_seqs(&store, 9).await.len(), 2000);
 }
+
+/// A write that fails after it already wrote part of its work (a chat row, then an unknown
+/// member) is undone alone, whichever way the batch ran: the writer runs a batch plainly
+/// first and, when an op fails, again with a savepoint per op (`writer.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_failing_halfway_in_a_batch_leaves_nothing_behind() {
+    use chat_core::NewChat;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open_with(&path, patient()).expect("open");
+    let owner = store
+        .create_user(NewUser {
+            email: "owner@example.test".to_owned(),
+            display_name: "owner".to_owned(),
+            pw_hash: "h".to_owned(),
+            created_at: 1,
+        })
+        .await
+        .expect("create_user")
+        .user_id;
+    let lock = WriteLock::take(&path);
+    let mut chats = Vec::new();
+    for (i, members) in [vec![], vec![UserId(999_999)], vec![]]
+        .into_iter()
+        .enumerate()
+    {
+        let store = store.clone();
+        chats.push(tokio::spawn(async move {
+            store
+                .create_chat(NewChat {
+                    chat_name: format!("c{i}"),
+                    owner_id: owner,
+                    member_ids: members,
+                    created_at: now_millis(),
+                })
+                .await
+        }));
+    }
+    let mut appends = Vec::new();
+    for i in 0..10 {
+        let store = store.clone();
+        appends.push(tokio::spawn(async move {
+            store.append(msg(77, 1, "x", Some(i.to_string()))).await
+        }));
+    }
+    wait_until_submitted(&store, 14).await;
+    drop(lock);
+
+    let results: Vec<_> = futures_join(chats).await;
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(Error::NotFound(_))),
+        "{:?}",
+        results[1]
+    );
+    for h in appends {
+        h.await.expect("task").expect("append");
+    }
+    let names: Vec<String> = store
+        .chats_of_user(owner)
+        .await
+        .expect("chats")
+        .into_iter()
+        .map(|(c, _)| c.chat_name)
+        .collect();
+    assert_eq!(names.len(), 2, "the failed chat left a row: {names:?}");
+    assert!(!names.contains(&"c1".to_owned()));
+    assert_eq!(all_seqs(&store, 77).await, (1..=10).collect::<Vec<_>>());
+}
+
+/// Awaits every task, in order.
+async fn futures_join<T: std::fmt::Debug>(
+    tasks: Vec<tokio::task::JoinHandle<chat_core::Result<T>>>,
+) -> Vec<chat_core::Result<T>> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}

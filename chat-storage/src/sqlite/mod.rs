@@ -202,11 +202,12 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `work` on the writer inside the next batch.
+    /// Runs `work` on the writer inside the next batch (twice if another write of the batch
+    /// failed; see `writer.rs`).
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+        F: Fn(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
         self.inner.writer.write(work).await
     }
@@ -215,7 +216,7 @@ impl SqliteStore {
     /// pair once it committed, before the caller is answered.
     async fn write_member<F>(&self, chat_id: ChatId, user_id: UserId, work: F) -> Result<bool>
     where
-        F: FnOnce(&rusqlite::Connection) -> Result<bool> + Send + 'static,
+        F: Fn(&rusqlite::Connection) -> Result<bool> + Send + 'static,
     {
         let roles = Arc::clone(&self.inner.roles);
         let on_commit = move |_: &Result<bool>| roles.invalidate([(chat_id, user_id)]);
@@ -243,7 +244,7 @@ impl SqliteStore {
 #[async_trait]
 impl MetadataStore for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
-        self.write(move |c| ops::create_user(c, user)).await
+        self.write(move |c| ops::create_user(c, user.clone())).await
     }
 
     async fn user(&self, user_id: UserId) -> Result<Option<User>> {
@@ -256,7 +257,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_session(&self, session: NewSession) -> Result<()> {
-        self.write(move |c| ops::create_session(c, session)).await
+        self.write(move |c| ops::create_session(c, session.clone()))
+            .await
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
@@ -285,7 +287,7 @@ impl MetadataStore for SqliteStore {
         };
         self.inner
             .writer
-            .write_then(move |c| ops::create_chat(c, chat), Some(on_commit))
+            .write_then(move |c| ops::create_chat(c, chat.clone()), Some(on_commit))
             .await
     }
 
@@ -340,7 +342,7 @@ impl MetadataStore for SqliteStore {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn append(&self, message: NewMessage) -> Result<Appended> {
-        self.write(move |c| ops::append(c, message)).await
+        self.write(move |c| ops::append(c, message.clone())).await
     }
 
     async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>> {

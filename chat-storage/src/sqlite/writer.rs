@@ -4,11 +4,16 @@
 //! Callers send a [`WriteOp`] down a bounded channel and await a oneshot reply. The thread takes
 //! the first queued op, drains up to `max_batch - 1` more without waiting, and runs them all in
 //! ONE `BEGIN IMMEDIATE … COMMIT`: at `synchronous=FULL` that is one fsync for the whole batch,
-//! which is where the throughput comes from. Each op runs inside its own `SAVEPOINT`, so an op
-//! that fails (a taken email, an unknown member) is rolled back alone and the rest of the batch
-//! still commits. Replies are sent only after the `COMMIT` returned; if the transaction as a
-//! whole fails (a full disk, an I/O error) every op of the batch gets `Unavailable` and nothing
-//! of it is applied.
+//! which is where the throughput comes from. An op that fails (a taken email, an unknown
+//! member) fails alone and the rest of the batch still commits: the batch first runs every op
+//! plainly (the common case: nothing fails), and if one fails it rolls the whole transaction
+//! back and runs the batch again with each op inside its own `SAVEPOINT`, so the failed op is
+//! undone alone. Savepoints are not the default because they are not free: every page an op
+//! changes that an earlier op of the batch already changed is copied to the statement journal
+//! first (a group of appends to one chat keeps changing the same pages), which was ~15% of the
+//! writer's time in the `writes` benchmark. So ops must be repeatable (`Fn`). Replies are sent
+//! only after the `COMMIT` returned; if the transaction as a whole fails (a full disk, an I/O
+//! error) every op of the batch gets `Unavailable` and nothing of it is applied.
 //!
 //! Why a dedicated thread and not `spawn_blocking` per batch: the connection, its prepared
 //! statement cache and the batching loop live in one place with no locking, and a busy writer
@@ -25,6 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// One write, run by the writer thread inside the batch transaction.
 trait WriteOp: Send {
+    /// Runs the op with no savepoint and keeps its result; whether it succeeded. After a
+    /// failure the caller must roll back the whole transaction.
+    fn run(&mut self, conn: &Connection) -> bool;
+
     /// Runs the op inside its own savepoint. `Err` means the savepoint machinery itself failed,
     /// so the transaction is in an unknown state and the whole batch must be rolled back; the
     /// op's own failure is kept for its reply instead.
@@ -39,8 +48,8 @@ trait WriteOp: Send {
 
 /// A [`WriteOp`] made of a closure and the oneshot its result goes back on.
 struct Op<T, F, H> {
-    /// The work; taken when applied.
-    work: Option<F>,
+    /// The work; run once, or twice if another op of its batch failed.
+    work: F,
     /// The work's result, waiting for the commit.
     result: Option<Result<T>>,
     /// Where the caller waits.
@@ -53,23 +62,24 @@ struct Op<T, F, H> {
 impl<T, F, H> WriteOp for Op<T, F, H>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    F: Fn(&Connection) -> Result<T> + Send + 'static,
     H: FnOnce(&Result<T>) + Send + 'static,
 {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.work)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
     fn apply(&mut self, conn: &Connection) -> Result<()> {
-        let Some(work) = self.work.take() else {
-            return Ok(());
-        };
-        conn.execute_batch("SAVEPOINT op")
-            .map_err(db("open a savepoint"))?;
-        let result = work(conn);
+        savepoint(conn, "SAVEPOINT op").map_err(db("open a savepoint"))?;
+        let result = (self.work)(conn);
         if result.is_err() {
             // Undo whatever the failed op wrote before it failed; the batch goes on.
-            conn.execute_batch("ROLLBACK TO op")
-                .map_err(db("roll back a savepoint"))?;
+            savepoint(conn, "ROLLBACK TO op").map_err(db("roll back a savepoint"))?;
         }
-        conn.execute_batch("RELEASE op")
-            .map_err(db("release a savepoint"))?;
+        savepoint(conn, "RELEASE op").map_err(db("release a savepoint"))?;
         self.result = Some(result);
         Ok(())
     }
@@ -163,7 +173,7 @@ impl Writer {
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
     {
         self.write_then(work, None::<fn(&Result<T>)>).await
     }
@@ -173,13 +183,13 @@ impl Writer {
     pub(crate) async fn write_then<T, F, H>(&self, work: F, on_commit: Option<H>) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
         H: FnOnce(&Result<T>) + Send + 'static,
     {
         let tx = self.tx.as_ref().ok_or_else(writer_gone)?;
         let (reply, rx) = oneshot::channel();
         let op: Box<dyn WriteOp> = Box::new(Op {
-            work: Some(work),
+            work,
             result: None,
             reply,
             on_commit,
@@ -261,10 +271,17 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteOp>>, counters: 
     let outcome = (|| -> Result<()> {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(db("begin a write transaction"))?;
-        for op in batch.iter_mut() {
-            if let Err(e) = op.apply(conn) {
-                rollback(conn);
-                return Err(e);
+        if !batch.iter_mut().all(|op| op.run(conn)) {
+            // An op failed and may have written part of its work: start over, this time with
+            // a savepoint around each op so the failure is undone alone.
+            rollback(conn);
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(db("begin a write transaction"))?;
+            for op in batch.iter_mut() {
+                if let Err(e) = op.apply(conn) {
+                    rollback(conn);
+                    return Err(e);
+                }
             }
         }
         if let Err(e) = conn.execute_batch("COMMIT") {
@@ -295,6 +312,11 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn WriteOp>>, counters: 
             }
         }
     }
+}
+
+/// Runs one savepoint statement, prepared once per connection.
+fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Rolls back the open transaction, if any. A failed COMMIT may already have rolled back by
