@@ -620,14 +620,7 @@ impl Hub {
 
     /// Asks every connection to close (graceful shutdown).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        let conns: Vec<Arc<Connection>> = {
-            let st = self.state();
-            st.users
-                .values()
-                .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
-                .collect()
-        };
-        for c in conns {
+        for c in self.all_connections() {
             c.close(code, reason);
         }
     }
@@ -635,16 +628,18 @@ impl Hub {
     /// Stops every connection without a close frame (a simulated crash). A connection that
     /// registers afterwards finds the server shutting down and does not start.
     pub(crate) fn stop_all(&self) {
-        let conns: Vec<Arc<Connection>> = {
-            let st = self.state();
-            st.users
-                .values()
-                .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
-                .collect()
-        };
-        for c in conns {
+        for c in self.all_connections() {
             c.stop();
         }
+    }
+
+    /// Every registered connection, copied out so the lock is not held while acting on them.
+    fn all_connections(&self) -> Vec<Arc<Connection>> {
+        self.state()
+            .users
+            .values()
+            .flat_map(|l| l.conns.values().map(|(c, _)| c.clone()))
+            .collect()
     }
 
     /// Waits until no connection is registered.

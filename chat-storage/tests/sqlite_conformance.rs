@@ -502,20 +502,8 @@ async fn role_answers_follow_every_membership_change_under_concurrent_reads() {
     use std::sync::Arc;
 
     let store = fresh().await;
-    let mut users = Vec::new();
-    for name in ["owner", "guest"] {
-        let user = store
-            .create_user(NewUser {
-                email: format!("{name}@example.test"),
-                display_name: name.to_owned(),
-                pw_hash: "h".to_owned(),
-                created_at: 1,
-            })
-            .await
-            .expect("create_user");
-        users.push(user.user_id);
-    }
-    let (owner, guest) = (users[0], users[1]);
+    let owner = new_user(store.store(), "owner").await;
+    let guest = new_user(store.store(), "guest").await;
 
     // Asked before the chat exists (ids start at 1): "not a member", possibly cached.
     assert_eq!(store.role(ChatId(1), owner).await.expect("role"), None);
@@ -628,16 +616,7 @@ async fn a_write_failing_halfway_in_a_batch_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("chat.db");
     let store = SqliteStore::open_with(&path, patient()).expect("open");
-    let owner = store
-        .create_user(NewUser {
-            email: "owner@example.test".to_owned(),
-            display_name: "owner".to_owned(),
-            pw_hash: "h".to_owned(),
-            created_at: 1,
-        })
-        .await
-        .expect("create_user")
-        .user_id;
+    let owner = new_user(&store, "owner").await;
     let lock = WriteLock::take(&path);
     let mut chats = Vec::new();
     for (i, members) in [vec![], vec![UserId(999_999)], vec![]]
@@ -686,6 +665,20 @@ async fn a_write_failing_halfway_in_a_batch_leaves_nothing_behind() {
     assert_eq!(names.len(), 2, "the failed chat left a row: {names:?}");
     assert!(!names.contains(&"c1".to_owned()));
     assert_eq!(all_seqs(&store, 77).await, (1..=10).collect::<Vec<_>>());
+}
+
+/// Registers `<name>@example.test`.
+async fn new_user(store: &SqliteStore, name: &str) -> UserId {
+    store
+        .create_user(NewUser {
+            email: format!("{name}@example.test"),
+            display_name: name.to_owned(),
+            pw_hash: "h".to_owned(),
+            created_at: 1,
+        })
+        .await
+        .expect("create_user")
+        .user_id
 }
 
 /// Awaits every task, in order.
