@@ -11,7 +11,8 @@
 //! as a backstop, at [`BACKSTOP_PAGES`], for a checkpointer that falls far behind.
 //!
 //! When: after [`EVERY_BATCHES`] committed batches, or [`MAX_AGE`] after the first batch not
-//! yet checkpointed, looked at every [`POLL`]. A checkpoint still competes with commits for
+//! yet checkpointed, looked at every [`POLL`] (every [`IDLE_POLL`] once nothing has been
+//! committed for a quarter of a second). A checkpoint still competes with commits for
 //! the disk and a core while it copies, so its size is what matters: many small batches (an
 //! open-loop load of single sends, where latency is judged) each dirty their own pages, so
 //! they get frequent small checkpoints; a few big batches (a throughput load) re-dirty the same
@@ -38,6 +39,13 @@ pub(crate) const EVERY_BATCHES: u64 = 16;
 
 /// Longest a committed batch waits for its checkpoint.
 pub(crate) const MAX_AGE: Duration = Duration::from_millis(100);
+
+/// How often an idle checkpointer looks: after [`QUIET_POLLS`] polls with no commit it slows
+/// down, so an idle server does not wake up 100 times a second.
+pub(crate) const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// Polls without a commit before the checkpointer counts as idle.
+const QUIET_POLLS: u32 = 25;
 
 /// WAL size (pages) at which the writer checkpoints inside a commit after all.
 pub(crate) const BACKSTOP_PAGES: u32 = 16_384;
@@ -92,15 +100,24 @@ fn run(conn: &Connection, stopped: &Receiver<()>, batches: &AtomicU64) {
     let mut seen = batches.load(Ordering::Relaxed);
     // When the first batch after `seen` was noticed.
     let mut pending_since: Option<Instant> = None;
+    // Polls in a row that found no new commit.
+    let mut quiet = 0u32;
     loop {
-        match stopped.recv_timeout(POLL) {
+        let wait = if quiet >= QUIET_POLLS {
+            IDLE_POLL
+        } else {
+            POLL
+        };
+        match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = batches.load(Ordering::Relaxed);
         if now == seen {
+            quiet = quiet.saturating_add(1);
             continue;
         }
+        quiet = 0;
         let since = *pending_since.get_or_insert_with(Instant::now);
         if now.wrapping_sub(seen) < EVERY_BATCHES && since.elapsed() < MAX_AGE {
             continue;
