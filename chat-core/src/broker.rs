@@ -6,7 +6,7 @@
 //! its connected clients up from the store.
 
 use crate::error::Result;
-use crate::ids::{ChatId, UserId};
+use crate::ids::{ChatId, TokenHash, UserId};
 use crate::model::Message;
 use crate::protocol::ChatView;
 use async_trait::async_trait;
@@ -51,8 +51,8 @@ pub enum Event {
     SessionRevoked {
         /// Whose session.
         user_id: UserId,
-        /// Hex SHA-256 of the revoked token.
-        token_hash: String,
+        /// The revoked session (hex on the wire).
+        token_hash: TokenHash,
     },
 }
 

@@ -50,6 +50,10 @@ pub enum Error {
         /// How long the caller should wait before trying again.
         retry_after_ms: u64,
     },
+    /// The server's store does not support this operation (501 `not_implemented`), e.g. a
+    /// third-party message store written before messages could change.
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
     /// A backend (database, broker) is down or timing out (503 `unavailable`). Safe to retry.
     #[error("unavailable: {message}")]
     Unavailable {
@@ -100,6 +104,7 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::NotImplemented(_) => ErrorCode::NotImplemented,
             Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Internal { .. } => ErrorCode::Internal,
         }
@@ -144,6 +149,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 429: slow down.
     RateLimited,
+    /// 501: the server's store does not support this operation.
+    NotImplemented,
     /// 503: a backend is down.
     Unavailable,
     /// 500: a server bug.
@@ -164,6 +171,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
+            ErrorCode::NotImplemented => 501,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal | ErrorCode::Other(_) => 500,
         }
@@ -181,6 +189,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(s) => s,

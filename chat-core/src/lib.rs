@@ -5,7 +5,7 @@
 //! other crates depend on it; teams that write their own store or broker implement its traits.
 //!
 //! # Layout
-//! - [`ids`]: `UserId`, `ChatId`, `Seq` and the millisecond clock type.
+//! - [`ids`]: `UserId`, `ChatId`, `Seq`, `Rev`, `TokenHash` and the millisecond clock type.
 //! - [`model`]: `User`, `Chat`, `Member`, `Message` and the inputs the stores take.
 //! - [`error`]: the one error enum; each variant maps onto a stable wire code and HTTP status.
 //! - [`limits`]: the contract's limits and the validation of everything a client sends.
@@ -25,11 +25,11 @@ pub mod store;
 
 pub use broker::{Broker, BrokerEvent, BrokerStream, Event, Topic};
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{ChatId, Millis, Seq, UserId};
+pub use ids::{ChatId, Millis, Rev, Seq, TokenHash, UserId};
 pub use limits::Limits;
 pub use model::{
-    Appended, Chat, FetchQuery, Member, Message, NewChat, NewMessage, NewSession, NewUser, Role,
-    Session, User, UserCredentials,
+    Appended, Chat, FetchQuery, Member, Message, MessageChange, NewChat, NewMessage, NewSession,
+    NewUser, Role, Session, User, UserCredentials,
 };
 pub use page::PageToken;
 pub use store::{MessageStore, MetadataStore};

@@ -1,6 +1,6 @@
 //! The domain: users, chats, memberships, sessions and messages, and the inputs the stores take.
 
-use crate::ids::{ChatId, Millis, Seq, UserId};
+use crate::ids::{ChatId, Millis, Seq, TokenHash, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A registered user, as clients see it (never the password hash).
@@ -52,7 +52,7 @@ pub struct Session {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewSession {
     /// SHA-256 of the bearer token.
-    pub token_hash: [u8; 32],
+    pub token_hash: TokenHash,
     /// Whose session.
     pub user_id: UserId,
     /// Creation time.
@@ -172,6 +172,33 @@ pub struct NewMessage {
     pub timestamp: Option<Millis>,
     /// Idempotency key; `(chat_id, sender_id, client_msg_id)` is unique.
     pub client_msg_id: Option<String>,
+}
+
+/// A change to a stored message (protocol "Additions": messages that change). Each one takes
+/// the chat's next [`Rev`](crate::Rev); the message keeps its `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageChange {
+    /// New text (validated); the message gets `edited_at`. Only for a message not deleted.
+    Edit {
+        /// The new text.
+        msg_text: String,
+        /// When it was edited (server time).
+        edited_at: Millis,
+    },
+    /// The message becomes a tombstone: its text and reactions are gone everywhere, its `seq`
+    /// stays. Deleting a tombstone again changes nothing.
+    Delete,
+    /// A user adds (`add: true`) or takes back an emoji reaction; idempotent per
+    /// (message, user, emoji).
+    React {
+        /// Who reacts.
+        user_id: UserId,
+        /// The emoji (validated: 1 to 32 bytes).
+        emoji: String,
+        /// Add or remove.
+        add: bool,
+    },
 }
 
 /// The result of an append.

@@ -7,10 +7,10 @@
 //! checks any implementation against the contracts written here.
 
 use crate::error::Result;
-use crate::ids::{ChatId, Millis, Seq, UserId};
+use crate::ids::{ChatId, Millis, Rev, Seq, TokenHash, UserId};
 use crate::model::{
-    Appended, Chat, FetchQuery, Member, Message, NewChat, NewMessage, NewSession, NewUser, Role,
-    Session, User, UserCredentials,
+    Appended, Chat, FetchQuery, Member, Message, MessageChange, NewChat, NewMessage, NewSession,
+    NewUser, Role, Session, User, UserCredentials,
 };
 use async_trait::async_trait;
 
@@ -32,10 +32,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// The session of a token hash, expired or not (the caller checks `expires_at`). A deleted
     /// session is `None` on every node at once: this read never goes to a lagging replica.
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>>;
+    async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>>;
 
     /// Deletes a session (logout). Returns whether it existed.
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool>;
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool>;
 
     /// Deletes sessions that expired before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: Millis) -> Result<u64>;
@@ -83,6 +83,15 @@ pub trait MetadataStore: Send + Sync + 'static {
 /// - A `seq` is never visible to `fetch` before every smaller `seq` of the chat is: a reader that
 ///   has seen `seq` n will never later find a new message below n.
 /// - `fetch` returns messages in ascending `seq`.
+///
+/// # Messages that change
+/// [`change`](MessageStore::change) and [`changes`](MessageStore::changes) are the store side
+/// of edits, deletes and reactions: every change, like every append, takes the chat's next
+/// [`Rev`], and the change feed lists messages in their current state by ascending `rev`. Both
+/// have defaults that answer [`Error::NotImplemented`](crate::Error::NotImplemented), so a
+/// store written before messages could change still compiles and serves everything else; the
+/// server then answers those routes with 501. Code that caches or replicates messages must not
+/// assume a message never changes once these are implemented.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Appends a message; see the trait's contract.
@@ -101,6 +110,26 @@ pub trait MessageStore: Send + Sync + 'static {
             out.push(self.last_seq(c).await?);
         }
         Ok(out)
+    }
+
+    /// Applies one change to message `seq` of `chat_id`, gives it the chat's next [`Rev`], and
+    /// returns the message in its new state. A message that does not exist is
+    /// [`Error::NotFound`](crate::Error::NotFound); editing a deleted one is
+    /// [`Error::Conflict`](crate::Error::Conflict).
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        let _ = (chat_id, seq, change);
+        Err(crate::Error::NotImplemented(
+            "this message store keeps messages unchanged".into(),
+        ))
+    }
+
+    /// The change feed: up to `limit` messages of the chat whose latest change has a revision
+    /// above `after`, in their current state, by ascending revision.
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        let _ = (chat_id, after, limit);
+        Err(crate::Error::NotImplemented(
+            "this message store has no change feed".into(),
+        ))
     }
 
     /// Waits until everything acked is on disk and background work is done (graceful shutdown).

@@ -2,13 +2,12 @@
 //! bytes, only their SHA-256 stored) and resolving a token to its user.
 
 use crate::config::PasswordHashing;
-use crate::state::AppState;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chat_core::ids::now_millis;
-use chat_core::{Error, Result, UserId};
+use chat_core::{Error, MetadataStore, Result, TokenHash, UserId};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +21,7 @@ pub(crate) struct Caller {
     /// The session's user.
     pub(crate) user_id: UserId,
     /// SHA-256 of the bearer token, identifying the session.
-    pub(crate) token_hash: [u8; 32],
+    pub(crate) token_hash: TokenHash,
 }
 
 /// Password hashing with the configured argon2id cost.
@@ -85,7 +84,7 @@ async fn run_blocking<T: Send + 'static>(
 }
 
 /// A fresh bearer token and its SHA-256.
-pub(crate) fn new_token() -> (String, [u8; 32]) {
+pub(crate) fn new_token() -> (String, TokenHash) {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -94,27 +93,18 @@ pub(crate) fn new_token() -> (String, [u8; 32]) {
 }
 
 /// SHA-256 of a token, as sessions are stored.
-pub(crate) fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Lower-case hex, as session hashes travel in `SessionRevoked` events.
-pub(crate) fn hex(bytes: &[u8; 32]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+pub(crate) fn hash_token(token: &str) -> TokenHash {
+    TokenHash(Sha256::digest(token.as_bytes()).into())
 }
 
 /// Resolves a bearer token to its caller: the session must exist and not be expired.
-pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller> {
+pub(crate) async fn authenticate(metadata: &dyn MetadataStore, token: &str) -> Result<Caller> {
     let token = token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(Error::Unauthenticated("invalid or expired token".into()));
     }
     let token_hash = hash_token(token);
-    match state.metadata.session(&token_hash).await? {
+    match metadata.session(&token_hash).await? {
         Some(s) if s.expires_at > now_millis() => Ok(Caller {
             user_id: s.user_id,
             token_hash,
@@ -156,7 +146,7 @@ mod tests {
         assert_ne!(t1, t2);
         assert_eq!(t1.len(), 43);
         assert_eq!(hash_token(&t1), h1);
-        assert_eq!(hex(&h1).len(), 64);
+        assert_eq!(h1.to_hex().len(), 64);
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);

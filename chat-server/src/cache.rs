@@ -43,8 +43,8 @@
 use async_trait::async_trait;
 use chat_core::MetadataStore;
 use chat_core::{
-    Chat, ChatId, Error, Member, Millis, NewChat, NewSession, NewUser, Result, Role, Session, User,
-    UserCredentials, UserId,
+    Chat, ChatId, Error, Member, Millis, NewChat, NewSession, NewUser, Result, Role, Session,
+    TokenHash, User, UserCredentials, UserId,
 };
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -242,8 +242,8 @@ impl CachedMetadataStore {
         format!("{}role:{chat_id}:{user_id}", self.config.prefix)
     }
 
-    fn session_key(&self, token_hash: &[u8; 32]) -> String {
-        format!("{}session:{}", self.config.prefix, hex(token_hash))
+    fn session_key(&self, token_hash: &TokenHash) -> String {
+        format!("{}session:{}", self.config.prefix, token_hash.to_hex())
     }
 
     fn user_key(&self, user_id: UserId) -> String {
@@ -413,14 +413,6 @@ async fn listen_for_invalidations(client: redis::Client, channel: String, caches
     }
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 #[async_trait]
 impl MetadataStore for CachedMetadataStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
@@ -453,7 +445,7 @@ impl MetadataStore for CachedMetadataStore {
         self.inner.create_session(session).await
     }
 
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+    async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         let key = self.session_key(token_hash);
         match self.redis_get::<CachedSession>(&key).await {
             Some(CachedSession::Revoked) => return Ok(None),
@@ -484,7 +476,7 @@ impl MetadataStore for CachedMetadataStore {
         Ok(found)
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool> {
         // The tombstone goes first and outlives any fill that read the session before the
         // delete (fills never overwrite). Without it the logout would not be seen everywhere.
         let key = self.session_key(token_hash);
@@ -590,5 +582,12 @@ impl MetadataStore for CachedMetadataStore {
 
     async fn health(&self) -> Result<()> {
         self.inner.health().await
+    }
+}
+
+#[async_trait]
+impl crate::HealthCheck for CachedMetadataStore {
+    async fn check(&self) -> Result<()> {
+        self.redis_health().await
     }
 }

@@ -1,8 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (and for tests): the server's own handling of
 //! one WebSocket text frame, without a socket. Not part of the stable API.
 
-use crate::hub::Connection;
 use crate::server::Server;
+use crate::ws::connection::Connection;
 use chat_core::UserId;
 
 /// One pretend WebSocket connection of `user` on a server: feed it client text frames and read
@@ -17,7 +17,7 @@ impl FrameHarness {
     /// id works for exercising the parser and the error paths).
     pub fn new(server: &Server, user: UserId) -> FrameHarness {
         let st = server.state();
-        let conn = Connection::new(st.hub.next_id(), user, [0; 32], 1024);
+        let conn = Connection::new(st.hub.next_id(), user, chat_core::TokenHash([0; 32]), 1024);
         FrameHarness {
             server: server.clone(),
             conn,
@@ -28,7 +28,7 @@ impl FrameHarness {
     /// the server answered with (as JSON text).
     pub async fn handle(&mut self, text: &str) -> Vec<String> {
         let st = self.server.state();
-        crate::ws::handle_text(&st, &self.conn, text, None).await;
+        crate::ws::frames::handle_text(&st, &self.conn, text, None).await;
         let mut out = Vec::new();
         while let Some(frame) = self.conn.pop() {
             out.push(frame.as_str().to_owned());

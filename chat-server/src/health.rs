@@ -12,11 +12,3 @@ pub trait HealthCheck: Send + Sync + std::fmt::Debug + 'static {
     /// `Ok` when the dependency answers; `Error::Unavailable` otherwise.
     async fn check(&self) -> Result<()>;
 }
-
-#[cfg(feature = "redis")]
-#[async_trait]
-impl HealthCheck for crate::cache::CachedMetadataStore {
-    async fn check(&self) -> Result<()> {
-        self.redis_health().await
-    }
-}

@@ -21,24 +21,32 @@
 //! # Layout
 //! - [`server`](Server): `Server` and `ServerHandle`: binding, serving, graceful shutdown.
 //! - [`config`]: [`Config`], every tunable with its default.
+//! - `ops`: the operations layer, one file per operation (send, fetch, create a chat, add a
+//!   member, log in, …), shared by REST and WebSocket: limits, authorization, the stores,
+//!   publishing.
+//! - `http`: the router and thin handlers (an extractor and a status code around one
+//!   operation), plus the layers that keep every failure in the contract's JSON error format.
+//! - `ws`: one WebSocket connection: upgrade and `ready` (`ws/mod.rs`), the outbox and close
+//!   codes (`connection`), the one task's poll loop (`session`), many frames in flight in frame
+//!   order (`pipeline`), and what each client frame does (`frames`).
+//! - `hub`: this node's live connections and the fan-out of broker events to them: the
+//!   membership state machine (`membership`), the broker subscriptions' own task
+//!   (`subscriptions`), and catching up after lost events (`resync`).
+//! - `extract`: request extractors shared by `http` and `ws` (JSON body, path, query, bearer
+//!   token, client address).
 //! - [`broker`]: brokers between nodes; [`broker::LocalBroker`] for one process,
 //!   `broker::redis::RedisBroker` for a cluster (feature `redis`).
 //! - `cache` (feature `redis`): `CachedMetadataStore`, the user and membership cache in Redis
-//!   and in-process, with its documented staleness bound.
+//!   and in-process, with its documented staleness bound, and its health check.
 //! - [`health`]: [`HealthCheck`], extra dependencies `GET /v1/health` reports (the cache).
-//! - `http`: the router, one file per resource (users, chats, messages, ops) and the extractors
-//!   that keep every failure in the contract's JSON error format.
-//! - `ws`: one WebSocket connection: upgrade, `ready`, the reader and the writer task.
-//! - `hub`: this node's live connections and the fan-out of broker events to them, with the
-//!   bounded per-connection queues that close slow consumers.
-//! - `send`: the one send path shared by REST and WebSocket: validate, rate-limit, check
-//!   membership, append, publish.
-//! - `auth`: argon2id passwords, bearer tokens, sessions.
+//! - `auth`: argon2id passwords, bearer tokens, sessions (over the metadata store alone).
 //! - `accept`: the accept loop under HTTP: a cap on open connections, the header read timeout,
 //!   the peer's address, the graceful drain.
-//! - `rate_limit`: abuse limits: token buckets for sends (per user and per address), logins
-//!   (per address and per account) and registrations (per address); WebSockets per user.
-//! - `metrics`: Prometheus counters and latency histograms for `GET /metrics`.
+//! - `rate_limit`: abuse limits: token buckets (GCRA, the `governor` crate) for sends (per user
+//!   and per address), logins (per address and per account) and registrations (per address);
+//!   WebSockets per user.
+//! - `metrics`: Prometheus counters and latency histograms for `GET /metrics`
+//!   (`prometheus-client`).
 //! - `error`: `chat_core::Error` to HTTP status plus JSON error body.
 //! - `state`: what every handler and connection shares.
 
@@ -49,14 +57,15 @@ pub mod broker;
 pub mod cache;
 pub mod config;
 mod error;
+mod extract;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
 mod http;
 mod hub;
 mod metrics;
+mod ops;
 mod rate_limit;
-mod send;
 mod server;
 mod state;
 mod ws;
@@ -64,3 +73,13 @@ mod ws;
 pub use config::{AbuseLimits, Config, PasswordHashing, RateLimit};
 pub use health::HealthCheck;
 pub use server::{Server, ServerHandle};
+
+/// Locks a std mutex, using the data even if a panic poisoned it: every critical section in this
+/// crate leaves its data consistent between statements that could panic, and these mutexes are
+/// never held across an await.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

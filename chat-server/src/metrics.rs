@@ -1,191 +1,217 @@
-//! Prometheus metrics, hand-rolled with atomics (a handful of counters and one histogram family
-//! do not justify a metrics dependency), rendered by `GET /metrics` in the text format.
+//! Prometheus metrics for `GET /metrics`, on the `prometheus-client` crate (one registry per
+//! server, so several servers in one process, as in the tests, keep their own numbers).
+//!
+//! Counters and gauges are single atomics, cheap enough for the per-delivery path. Latency
+//! histograms: every HTTP request by route, and the three stages of a message's life: the store
+//! append, send→ack (from the moment the send is read to its ack being ready), and the hub's
+//! fan-out of one event to every local recipient.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Upper bounds (seconds) of the request latency histogram buckets.
-const BUCKETS: [f64; 12] = [
+/// The content type of the exposition `GET /metrics` answers with.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of the HTTP request latency buckets.
+const HTTP_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Every metric of one server.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    /// WebSocket connections open now.
-    pub(crate) ws_connections: AtomicI64,
-    /// WebSocket connections accepted since start.
-    pub(crate) ws_connections_total: AtomicU64,
-    /// Messages stored (not counting deduplicated retries).
-    pub(crate) messages_sent: AtomicU64,
-    /// Sends answered with an already stored message (retries).
-    pub(crate) messages_deduplicated: AtomicU64,
-    /// Frames queued to WebSocket connections by the hub (one per connection per event).
-    pub(crate) deliveries: AtomicU64,
-    /// Connections closed because their outbound queue was full.
-    pub(crate) slow_consumer_disconnects: AtomicU64,
-    /// Events received from the broker.
-    pub(crate) broker_events: AtomicU64,
-    /// Times the broker said events may have been lost.
-    pub(crate) broker_resyncs: AtomicU64,
-    /// Latency histograms keyed by (method, route). Routes come from the router's own patterns,
-    /// so the key set is small and fixed; a std mutex is right because it is held only for a
-    /// map lookup, never across an await.
-    routes: Mutex<BTreeMap<(String, String), Arc<Histogram>>>,
+/// Buckets of the message-path histograms: 25 µs doubling to about 1.6 s, since an append to
+/// SQLite or a fan-out takes tens of microseconds and a Cassandra claim milliseconds.
+fn path_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 17))
 }
 
-/// One latency histogram plus response counts by status class.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-    /// Responses by status class: 1xx..5xx at index 0..4.
-    status: [AtomicU64; 5],
+fn http_buckets() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+/// A route pattern (never the raw path, so ids cannot blow up the label set) and its method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: String,
+}
+
+/// A route with the status class of its responses (`2xx` … `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    method: &'static str,
+    route: String,
+    status: &'static str,
+}
+
+/// Every metric of one server.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// WebSocket connections open now.
+    pub(crate) ws_connections: Gauge,
+    /// WebSocket connections accepted since start.
+    pub(crate) ws_connections_total: Counter,
+    /// Messages stored (not counting deduplicated retries).
+    pub(crate) messages_sent: Counter,
+    /// Sends answered with an already stored message (retries).
+    pub(crate) messages_deduplicated: Counter,
+    /// Frames queued to WebSocket connections by the hub (one per connection per event).
+    pub(crate) deliveries: Counter,
+    /// Connections closed because their outbound queue was full.
+    pub(crate) slow_consumer_disconnects: Counter,
+    /// Events received from the broker.
+    pub(crate) broker_events: Counter,
+    /// Times the broker said events may have been lost.
+    pub(crate) broker_resyncs: Counter,
+    /// `MessageStore::append`, as the send path waits for it.
+    pub(crate) store_append_seconds: Histogram,
+    /// A send from being read (REST body or WebSocket frame) to its ack being ready.
+    pub(crate) send_ack_seconds: Histogram,
+    /// One event's fan-out: serialize once and queue to every local recipient.
+    pub(crate) fanout_seconds: Histogram,
+    http_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    http_responses: Family<StatusLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let ws_connections = Gauge::default();
+        registry.register(
+            "chat_ws_connections",
+            "WebSocket connections open now",
+            ws_connections.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let ws_connections_total = counter(
+            &mut registry,
+            "chat_ws_connections_accepted",
+            "WebSocket connections accepted",
+        );
+        let messages_sent = counter(&mut registry, "chat_messages_sent", "Messages stored");
+        let messages_deduplicated = counter(
+            &mut registry,
+            "chat_messages_deduplicated",
+            "Sends answered with the already stored message of the same client_msg_id",
+        );
+        let deliveries = counter(
+            &mut registry,
+            "chat_deliveries",
+            "Frames queued to WebSocket connections",
+        );
+        let slow_consumer_disconnects = counter(
+            &mut registry,
+            "chat_slow_consumer_disconnects",
+            "WebSocket connections closed because their outbound queue was full",
+        );
+        let broker_events = counter(
+            &mut registry,
+            "chat_broker_events",
+            "Events received from the broker",
+        );
+        let broker_resyncs = counter(
+            &mut registry,
+            "chat_broker_resyncs",
+            "Times the broker reported that events may have been lost",
+        );
+        let histogram = |registry: &mut Registry, name: &str, help: &str| {
+            let h = path_buckets();
+            registry.register(name, help, h.clone());
+            h
+        };
+        let store_append_seconds = histogram(
+            &mut registry,
+            "chat_store_append_seconds",
+            "Message store appends on the send path",
+        );
+        let send_ack_seconds = histogram(
+            &mut registry,
+            "chat_send_ack_seconds",
+            "Sends from being read to their ack being ready",
+        );
+        let fanout_seconds = histogram(
+            &mut registry,
+            "chat_fanout_seconds",
+            "Fan-out of one event to every local recipient",
+        );
+        let http_latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(http_buckets);
+        registry.register(
+            "chat_http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_latency.clone(),
+        );
+        let http_responses = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "chat_http_responses",
+            "HTTP responses by route and status class",
+            http_responses.clone(),
+        );
+        Metrics {
+            registry,
+            ws_connections,
+            ws_connections_total,
+            messages_sent,
+            messages_deduplicated,
+            deliveries,
+            slow_consumer_disconnects,
+            broker_events,
+            broker_resyncs,
+            store_append_seconds,
+            send_ack_seconds,
+            fanout_seconds,
+            http_latency,
+            http_responses,
+        }
+    }
 }
 
 impl Metrics {
     /// Records one finished request.
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let h = {
-            let mut routes = match self.routes.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            routes
-                .entry((method.to_owned(), route.to_owned()))
-                .or_default()
-                .clone()
-        };
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        h.count.fetch_add(1, Relaxed);
-        h.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        h.status[class].fetch_add(1, Relaxed);
+    fn observe(&self, method: &'static str, route: String, status: u16, seconds: f64) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
+        self.http_responses
+            .get_or_create(&StatusLabels {
+                method,
+                route: route.clone(),
+                status: class,
+            })
+            .inc();
+        self.http_latency
+            .get_or_create(&RouteLabels { method, route })
+            .observe(seconds);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric.
     pub(crate) fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, u64); 7] = [
-            (
-                "chat_ws_connections_total",
-                "WebSocket connections accepted.",
-                self.ws_connections_total.load(Relaxed),
-            ),
-            (
-                "chat_messages_sent_total",
-                "Messages stored.",
-                self.messages_sent.load(Relaxed),
-            ),
-            (
-                "chat_messages_deduplicated_total",
-                "Sends answered with the already stored message of the same client_msg_id.",
-                self.messages_deduplicated.load(Relaxed),
-            ),
-            (
-                "chat_deliveries_total",
-                "Frames queued to WebSocket connections.",
-                self.deliveries.load(Relaxed),
-            ),
-            (
-                "chat_slow_consumer_disconnects_total",
-                "WebSocket connections closed because their outbound queue was full.",
-                self.slow_consumer_disconnects.load(Relaxed),
-            ),
-            (
-                "chat_broker_events_total",
-                "Events received from the broker.",
-                self.broker_events.load(Relaxed),
-            ),
-            (
-                "chat_broker_resyncs_total",
-                "Times the broker reported that events may have been lost.",
-                self.broker_resyncs.load(Relaxed),
-            ),
-        ];
-        let _ = writeln!(
-            out,
-            "# HELP chat_ws_connections WebSocket connections open now.\n\
-             # TYPE chat_ws_connections gauge\nchat_ws_connections {}",
-            self.ws_connections.load(Relaxed)
-        );
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let routes: Vec<_> = {
-            let routes = match self.routes.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        out.push_str(
-            "# HELP chat_http_request_duration_seconds HTTP request latency by route.\n\
-             # TYPE chat_http_request_duration_seconds histogram\n",
-        );
-        for ((method, route), h) in &routes {
-            let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "chat_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                    h.buckets[i].load(Relaxed)
-                );
-            }
-            let count = h.count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "chat_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\n\
-                 chat_http_request_duration_seconds_sum{{{labels}}} {}\n\
-                 chat_http_request_duration_seconds_count{{{labels}}} {count}",
-                h.sum_micros.load(Relaxed) as f64 / 1e6
-            );
-        }
-        out.push_str(
-            "# HELP chat_http_responses_total HTTP responses by route and status class.\n\
-             # TYPE chat_http_responses_total counter\n",
-        );
-        for ((method, route), h) in &routes {
-            for (i, n) in h.status.iter().enumerate() {
-                let n = n.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "chat_http_responses_total{{method=\"{method}\",route=\"{}\",status=\"{}xx\"}} {n}",
-                        escape(route),
-                        i + 1
-                    );
-                }
-            }
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Writing into a String cannot fail; if the encoder ever does, say so in the scrape.
+            tracing::error!(error = %e, "could not encode the metrics");
         }
         out
     }
 }
 
-/// Escapes a label value for the text format.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Seconds since `start`, for the histograms.
+pub(crate) fn seconds_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
 }
 
-/// Middleware recording each request's latency under its route pattern (never the raw path, so
-/// ids in paths cannot blow up the label set).
+/// Middleware recording each request's latency under its route pattern.
 pub(crate) async fn track(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
@@ -210,9 +236,9 @@ pub(crate) async fn track(
     let response = next.run(request).await;
     metrics.observe(
         method,
-        &route,
+        route,
         response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
+        seconds_since(start),
     );
     response
 }
@@ -224,19 +250,36 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.slow_consumer_disconnects.fetch_add(2, Relaxed);
-        m.observe("GET", "/v1/fetch", 200, 0.003);
-        m.observe("GET", "/v1/fetch", 400, 2.0);
+        m.slow_consumer_disconnects.inc_by(2);
+        m.ws_connections.inc();
+        m.observe("GET", "/v1/fetch".into(), 200, 0.003);
+        m.observe("GET", "/v1/fetch".into(), 400, 2.0);
+        m.store_append_seconds.observe(0.000_030);
         let text = m.render();
+        assert!(text.contains("# TYPE chat_slow_consumer_disconnects counter\n"));
         assert!(text.contains("chat_slow_consumer_disconnects_total 2\n"));
+        assert!(text.contains("chat_ws_connections 1\n"));
+        assert!(text.contains("chat_ws_connections_accepted_total 0\n"));
         assert!(text.contains(
+            "chat_http_request_duration_seconds_bucket{le=\"0.005\",method=\"GET\",route=\"/v1/fetch\"} 1\n"
+        ) || text.contains(
             "chat_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/fetch\",le=\"0.005\"} 1\n"
-        ));
-        assert!(text.contains(
-            "chat_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/fetch\",le=\"+Inf\"} 2\n"
-        ));
-        assert!(text.contains(
-            "chat_http_responses_total{method=\"GET\",route=\"/v1/fetch\",status=\"4xx\"} 1\n"
-        ));
+        ), "{text}");
+        assert!(
+            text.contains(
+                "chat_http_responses_total{method=\"GET\",route=\"/v1/fetch\",status=\"4xx\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_store_append_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_store_append_seconds_bucket{le=\"5e-5\"} 1\n")
+                || text.contains("chat_store_append_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
     }
 }

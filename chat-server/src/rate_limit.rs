@@ -2,101 +2,81 @@
 //! logins, registrations) and the cap on open WebSockets per user.
 
 use crate::config::{Config, RateLimit};
+use crate::lock;
 use chat_core::{Error, Result, UserId};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Gcra};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Buckets kept before idle (full) ones are pruned; bounds memory to the active keys.
-const PRUNE_AT: usize = 10_000;
+/// Checks between two prunings of idle keys; bounds memory to the keys active recently.
+const PRUNE_EVERY: u64 = 4_096;
 
 /// How long a client refused for too many open connections is told to wait.
 const CONNECTION_RETRY_MS: u64 = 5_000;
 
-/// Token buckets per key (a user, an address, an account).
-pub(crate) struct RateLimiter<K> {
-    /// Tokens added per second; 0 turns the limit off.
-    rate: f64,
-    /// Bucket size.
-    burst: f64,
-    /// What is limited, for the error message ("sends", "login attempts").
+/// Longest period between two tokens (a rate of one per year); slower rates are clamped to it.
+const LONGEST_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Token buckets per key (a user, an address, an account), as GCRA on the `governor` crate:
+/// one atomic word per key in a sharded map, no lock shared by every caller.
+pub(crate) struct RateLimiter<K: Hash + Eq + Clone> {
+    /// `None` when the limit is off.
+    limiter: Option<Gcra<K, DefaultKeyedStateStore<K>, DefaultClock>>,
+    clock: DefaultClock,
+    /// What is limited, for logs ("sends per user").
     what: &'static str,
-    /// A std mutex: held for a map lookup and some arithmetic, never across an await.
-    buckets: Mutex<Buckets<K>>,
+    /// Checks since start; every [`PRUNE_EVERY`] the keys whose bucket is full again are
+    /// dropped.
+    checks: AtomicU64,
 }
 
-struct Buckets<K> {
-    map: HashMap<K, Bucket>,
-    prune_at: usize,
-}
-
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl<K: Hash + Eq> RateLimiter<K> {
-    /// `limit.per_sec` sustained, `limit.burst` at once; `what` names the limited action.
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// `limit.per_sec` sustained, `limit.burst` at once; `what` names the limited action. A rate
+    /// that is zero, negative or not a number turns the limit off.
     pub(crate) fn new(limit: RateLimit, what: &'static str) -> Self {
-        let rate = if limit.per_sec.is_finite() && limit.per_sec > 0.0 {
-            limit.per_sec
-        } else {
-            0.0
-        };
+        let quota = (limit.per_sec.is_finite() && limit.per_sec > 0.0)
+            .then(|| {
+                let period = Duration::try_from_secs_f64(1.0 / limit.per_sec)
+                    .unwrap_or(LONGEST_PERIOD)
+                    .min(LONGEST_PERIOD);
+                let burst = NonZeroU32::new(limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+                // A period that rounds to zero (billions per second) is no limit at all.
+                Quota::with_period(period).map(|q| q.allow_burst(burst))
+            })
+            .flatten();
         RateLimiter {
-            rate,
-            burst: f64::from(limit.burst.max(1)),
+            limiter: quota.map(Gcra::keyed),
+            clock: DefaultClock::default(),
             what,
-            buckets: Mutex::new(Buckets {
-                map: HashMap::new(),
-                prune_at: PRUNE_AT,
-            }),
+            checks: AtomicU64::new(0),
         }
     }
 
     /// Takes one token for `key`, or says how long to wait for one.
     pub(crate) fn check(&self, key: K) -> Result<()> {
-        if self.rate <= 0.0 {
+        let Some(limiter) = &self.limiter else {
             return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let now = Instant::now();
-        let mut b = lock(&self.buckets);
-        if b.map.len() >= b.prune_at {
-            let (rate, burst) = (self.rate, self.burst);
-            b.map.retain(|_, bucket| {
-                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < burst
-            });
-            // Amortize: prune again only after the map has doubled.
-            b.prune_at = (b.map.len() * 2).max(PRUNE_AT);
-        }
-        let bucket = b.map.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / self.rate;
+        limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
             tracing::debug!(what = self.what, "rate limited");
-            Err(Error::RateLimited {
-                retry_after_ms: (wait * 1000.0).ceil().clamp(1.0, 86_400_000.0) as u64,
-            })
-        }
-    }
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain numbers; the data is
-/// still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
+            Error::RateLimited {
+                retry_after_ms: u64::try_from(wait.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, 86_400_000),
+            }
+        })
     }
 }
 

@@ -3,10 +3,11 @@
 
 use crate::auth::Passwords;
 use crate::config::Config;
-use crate::hub::{close_code, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rate_limit::Guards;
 use crate::state::AppState;
+use crate::ws::connection::close_code;
 use anyhow::Context as _;
 use chat_core::{Broker, MessageStore, MetadataStore};
 use std::future::Future;

@@ -213,7 +213,7 @@ impl World {
         let expired = format!("expired-token-{}", unique());
         self.store
             .create_session(NewSession {
-                token_hash: Sha256::digest(expired.as_bytes()).into(),
+                token_hash: chat_core::TokenHash(Sha256::digest(expired.as_bytes()).into()),
                 user_id: member.0,
                 created_at: 1,
                 expires_at: 2,

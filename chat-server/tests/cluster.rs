@@ -431,7 +431,7 @@ async fn redis_broker_routes_by_topic_and_resyncs_after_a_restart() {
     assert!(b1.events().is_err(), "events() is single-use");
     let revoked = |n: u8| BEvent::SessionRevoked {
         user_id: UserId(1),
-        token_hash: format!("h{n}"),
+        token_hash: chat_core::TokenHash([n; 32]),
     };
     b1.subscribe(Topic::User(UserId(1))).await.unwrap();
     b2.subscribe(Topic::User(UserId(2))).await.unwrap();

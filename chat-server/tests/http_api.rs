@@ -983,7 +983,7 @@ async fn health_and_metrics() {
     assert!(text.contains(
         "chat_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/send\"} 1"
     ));
-    assert!(text.contains("# TYPE chat_slow_consumer_disconnects_total counter"));
+    assert!(text.contains("# TYPE chat_slow_consumer_disconnects counter"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ async fn primary_outage_fails_fast_and_recovers_with_every_acked_message() {
         })
         .await
         .expect("user");
-    let token = [7_u8; 32];
+    let token = chat_core::TokenHash([7_u8; 32]);
     store
         .create_session(NewSession {
             token_hash: token,

@@ -122,7 +122,7 @@ mod tests {
         assert!(b.events().is_err(), "events() is single-use");
         let revoked = |n: i64| Event::SessionRevoked {
             user_id: UserId(n),
-            token_hash: "h".into(),
+            token_hash: chat_core::TokenHash([0; 32]),
         };
         b.publish(Topic::User(UserId(1)), &revoked(0))
             .await

@@ -2,7 +2,13 @@
 //!
 //! Each [`Topic`] is one Redis channel (`{prefix}chat:{id}`, `{prefix}user:{id}`), so a node
 //! receives only the events of the chats and users it has connected (Redis routes by channel).
-//! Payloads are the JSON of [`Event`].
+//! Payloads are the JSON of [`Event`] with the publishing broker's id (`{"origin", "event"}`).
+//!
+//! **This node's own events never wait for Redis.** `publish` hands an event to this node's own
+//! stream first, at once, when this node subscribes to its topic, and only then publishes it to
+//! Redis for the other nodes; the copy that Redis echoes back is recognised by its origin and
+//! dropped. So members connected to the same node keep getting each other's messages while
+//! Redis is down or hung, and a message's local delivery does not include a Redis round trip.
 //!
 //! Redis is a wake-up path, not the record. Pub/sub delivers at most once and drops what is sent
 //! while a subscriber is away, so every way an event can be lost ends in a
@@ -44,6 +50,27 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// dropped and a `Resync` follows: memory stays bounded and nothing is lost for good.
 const EVENT_BUFFER: usize = 65_536;
 
+/// The JSON a node publishes: the event and the id of the broker that published it.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    origin: &'a str,
+    event: &'a Event,
+}
+
+/// An [`Envelope`] as received. A payload without an origin (a node of an older version)
+/// is taken as a bare event.
+#[derive(serde::Deserialize)]
+struct Received {
+    origin: String,
+    event: Event,
+}
+
+/// A random id for one broker instance, so it can recognise its own events coming back.
+fn new_origin() -> String {
+    use rand::RngCore as _;
+    format!("{:016x}", rand::rngs::OsRng.next_u64())
+}
+
 /// What the broker asks of its subscriber task.
 enum Command {
     Subscribe(String, oneshot::Sender<Result<()>>),
@@ -56,6 +83,12 @@ pub struct RedisBroker {
     prefix: String,
     commands: mpsc::UnboundedSender<Command>,
     events: Mutex<Option<mpsc::Receiver<BrokerEvent>>>,
+    /// This broker's id in the envelopes it publishes.
+    origin: String,
+    /// Topics this node subscribes to, for delivering its own events locally.
+    local: Mutex<HashSet<Topic>>,
+    /// The node's event stream, for its own events.
+    local_events: mpsc::Sender<BrokerEvent>,
     /// Whether the subscriber connection is up with every wanted topic subscribed.
     connected: Arc<AtomicBool>,
     /// Set while a failed publish still has to be followed by a cluster-wide resync.
@@ -87,12 +120,14 @@ impl RedisBroker {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         let connected = Arc::new(AtomicBool::new(false));
         let closed = CancellationToken::new();
+        let origin = new_origin();
         let task = Subscriber {
             client,
+            origin: origin.clone(),
             prefix: prefix.to_owned(),
             control: control_channel(prefix),
             commands: rx,
-            events: events_tx,
+            events: events_tx.clone(),
             wanted: HashSet::new(),
             resync_owed: false,
             connected: connected.clone(),
@@ -109,6 +144,9 @@ impl RedisBroker {
             prefix: prefix.to_owned(),
             commands,
             events: Mutex::new(Some(events_rx)),
+            origin,
+            local: Mutex::new(HashSet::new()),
+            local_events: events_tx,
             connected,
             repairing: Arc::new(AtomicBool::new(false)),
             closed,
@@ -151,6 +189,27 @@ impl RedisBroker {
                 }
             }
         });
+    }
+}
+
+impl RedisBroker {
+    /// Hands this node's own event to its stream at once when the node subscribes to the
+    /// topic (the Redis echo is dropped by origin). A full stream drops it and owes a resync.
+    fn deliver_locally(&self, topic: Topic, event: &Event) {
+        if !crate::lock(&self.local).contains(&topic) {
+            return;
+        }
+        let local = BrokerEvent::Event {
+            topic,
+            event: event.clone(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.local_events.try_send(local) {
+            tracing::warn!("node is behind on its own events; a resync follows");
+            let events = self.local_events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(BrokerEvent::Resync).await;
+            });
+        }
     }
 }
 
@@ -207,6 +266,7 @@ fn topic_of(prefix: &str, channel: &str) -> Option<Topic> {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, topic: Topic, event: &Event) -> Result<()> {
+        self.deliver_locally(topic, event);
         if self.repairing.load(Ordering::SeqCst) {
             // Redis just failed and the repair task is waiting for it: fail at once instead of
             // a timeout per send. The resync the repair announces covers this event too.
@@ -215,8 +275,11 @@ impl Broker for RedisBroker {
                 source: None,
             });
         }
-        let payload = serde_json::to_string(event)
-            .map_err(|e| Error::internal("serialising a broker event", e))?;
+        let payload = serde_json::to_string(&Envelope {
+            origin: &self.origin,
+            event,
+        })
+        .map_err(|e| Error::internal("serialising a broker event", e))?;
         let mut conn = self.publisher.clone();
         let mut publish_cmd = redis::cmd("PUBLISH");
         publish_cmd.arg(channel(&self.prefix, topic)).arg(payload);
@@ -233,6 +296,7 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<()> {
+        crate::lock(&self.local).insert(topic);
         let (done, wait) = oneshot::channel();
         let stopped = || Error::Unavailable {
             message: "redis subscriber stopped".into(),
@@ -249,6 +313,7 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, topic: Topic) -> Result<()> {
+        crate::lock(&self.local).remove(&topic);
         // Fire and forget, in order with subscribes: a late unsubscribe only costs a few events
         // the hub drops because nobody here wants them.
         let _ = self
@@ -303,6 +368,9 @@ enum Ended {
 /// (resubscribing everything and then yielding `Resync`) whenever the connection is lost.
 struct Subscriber {
     client: redis::Client,
+    /// The broker's own id: its events come back from Redis and are dropped (already
+    /// delivered locally).
+    origin: String,
     prefix: String,
     control: String,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -440,12 +508,17 @@ impl Subscriber {
                     let Some(topic) = topic_of(&self.prefix, name) else {
                         continue;
                     };
-                    let event = match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
-                        Ok(event) => event,
-                        Err(e) => {
-                            tracing::warn!(error = %e, channel = name, "undecodable broker event dropped");
-                            continue;
-                        }
+                    let payload = msg.get_payload_bytes();
+                    let event = match serde_json::from_slice::<Received>(payload) {
+                        Ok(r) if r.origin == self.origin => continue,
+                        Ok(r) => r.event,
+                        Err(_) => match serde_json::from_slice::<Event>(payload) {
+                            Ok(event) => event,
+                            Err(e) => {
+                                tracing::warn!(error = %e, channel = name, "undecodable broker event dropped");
+                                continue;
+                            }
+                        },
                     };
                     match self.events.try_send(BrokerEvent::Event { topic, event }) {
                         Ok(()) => {}

@@ -1,15 +1,17 @@
-//! `POST /v1/send` and `GET /v1/fetch`.
+//! REST handlers for messages: `POST /v1/send` and `GET /v1/fetch`.
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::http::extract::{ClientAddr, JsonBody, QueryParams};
-use crate::send::{require_member, send_message, SendInput};
+use crate::extract::{ClientAddr, JsonBody, QueryParams};
+use crate::ops;
+use crate::ops::fetch::FetchInput;
+use crate::ops::send::SendInput;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chat_core::protocol::{FetchResponse, SendRequest};
-use chat_core::{ChatId, Error, FetchQuery, Message, PageToken, Result, Seq};
+use chat_core::{Error, Message};
 use std::sync::Arc;
 
 /// `POST /v1/send`: 201 with the stored message, or 200 with the first one for a retry.
@@ -22,7 +24,7 @@ pub(crate) async fn send(
     if req.user_id.is_some_and(|u| u != caller.user_id) {
         return Err(Error::Forbidden("user_id must be the caller's own".into()).into());
     }
-    let appended = send_message(
+    let appended = ops::send::run(
         &st,
         caller.user_id,
         SendInput {
@@ -42,170 +44,12 @@ pub(crate) async fn send(
     Ok((status, Json(appended.message)))
 }
 
-/// Where a fetch starts.
-#[derive(Debug, PartialEq, Eq)]
-enum Position {
-    Latest,
-    Before(Seq),
-    After(Seq),
-}
-
 /// `GET /v1/fetch?chat_id&(page_token|after_seq)&limit`.
 pub(crate) async fn fetch(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     QueryParams(q): QueryParams,
 ) -> ApiResult<Json<FetchResponse>> {
-    let chat_id = ChatId(
-        parse_int(q.get("chat_id"), "chat_id")?
-            .ok_or_else(|| Error::BadRequest("missing query parameter chat_id".into()))?,
-    );
-    let limit = match q.get("limit") {
-        None => None,
-        Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "limit must be an integer from 1 to {}",
-                st.config.limits.max_page
-            ))
-        })?),
-    };
-    let limit = st.config.limits.page_limit(limit)?;
-    require_member(&st, chat_id, caller.user_id).await?;
-    let position = position(chat_id, q.get("page_token"), q.get("after_seq"))?;
-    let (messages, next) = match position {
-        Position::Latest => {
-            let msgs = st
-                .messages
-                .fetch(chat_id, FetchQuery::Latest { limit })
-                .await?;
-            let next = backward_token(chat_id, &msgs);
-            (msgs, next)
-        }
-        Position::Before(before) => {
-            let msgs = st
-                .messages
-                .fetch(chat_id, FetchQuery::Before { before, limit })
-                .await?;
-            let next = backward_token(chat_id, &msgs);
-            (msgs, next)
-        }
-        Position::After(after) => {
-            // One extra row tells whether another page follows without a second query.
-            let mut msgs = st
-                .messages
-                .fetch(
-                    chat_id,
-                    FetchQuery::After {
-                        after,
-                        limit: limit + 1,
-                    },
-                )
-                .await?;
-            let more = msgs.len() > limit as usize;
-            msgs.truncate(limit as usize);
-            let next = match msgs.last() {
-                Some(last) if more => Some(
-                    PageToken::After {
-                        chat_id,
-                        after: last.seq,
-                    }
-                    .encode(),
-                ),
-                _ => None,
-            };
-            (msgs, next)
-        }
-    };
-    Ok(Json(FetchResponse {
-        messages,
-        next_page_token: next,
-    }))
-}
-
-/// Parses the paging parameters; a malformed `after_seq` is `bad_request`, an unusable one
-/// (negative, or given with a page token) or a forged or foreign token is `invalid_argument`.
-fn position(
-    chat_id: ChatId,
-    page_token: Option<&String>,
-    after_seq: Option<&String>,
-) -> Result<Position> {
-    let after = parse_int(after_seq, "after_seq")?;
-    match (page_token, after) {
-        (Some(_), Some(_)) => Err(Error::InvalidArgument(
-            "give page_token or after_seq, not both".into(),
-        )),
-        (None, None) => Ok(Position::Latest),
-        (None, Some(n)) if n < 0 => Err(Error::InvalidArgument(
-            "after_seq must not be negative".into(),
-        )),
-        (None, Some(n)) => Ok(Position::After(Seq(n))),
-        (Some(t), None) => Ok(match PageToken::decode(t, chat_id)? {
-            PageToken::Before { before, .. } => Position::Before(before),
-            PageToken::After { after, .. } => Position::After(after),
-        }),
-    }
-}
-
-/// An integer query parameter; present but not an integer is `bad_request`.
-fn parse_int(value: Option<&String>, name: &str) -> Result<Option<i64>> {
-    value
-        .map(|v| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| Error::BadRequest(format!("{name} must be an integer")))
-        })
-        .transpose()
-}
-
-/// The token to page back from a page that ends at its first message, or `None` at the start
-/// of the chat.
-fn backward_token(chat_id: ChatId, msgs: &[Message]) -> Option<String> {
-    msgs.first().filter(|m| m.seq.get() > 1).map(|m| {
-        PageToken::Before {
-            chat_id,
-            before: m.seq,
-        }
-        .encode()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions() {
-        let c = ChatId(3);
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(position(c, None, None).unwrap(), Position::Latest);
-        assert_eq!(
-            position(c, None, s("7").as_ref()).unwrap(),
-            Position::After(Seq(7))
-        );
-        let tok = PageToken::Before {
-            chat_id: c,
-            before: Seq(9),
-        }
-        .encode();
-        assert_eq!(
-            position(c, Some(&tok), None).unwrap(),
-            Position::Before(Seq(9))
-        );
-        assert!(matches!(
-            position(ChatId(4), Some(&tok), None),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            position(c, Some(&tok), s("1").as_ref()),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            position(c, None, s("-1").as_ref()),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            position(c, None, s("x").as_ref()),
-            Err(Error::BadRequest(_))
-        ));
-    }
+    let input = FetchInput::parse(&q, &st.config.limits)?;
+    Ok(Json(ops::fetch::run(&st, caller.user_id, input).await?))
 }

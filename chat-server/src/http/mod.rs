@@ -3,7 +3,6 @@
 //! request timeout, panic catching, metrics, tracing).
 
 mod chats;
-pub(crate) mod extract;
 mod messages;
 mod ops;
 mod users;

@@ -68,10 +68,7 @@ async fn check(
 /// `GET /metrics` in the Prometheus text format.
 pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.metrics.render(),
     )
         .into_response()

@@ -9,7 +9,7 @@ use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
     Chat, ChatId, Error, Member, MetadataStore, Millis, NewChat, NewSession, NewUser, Result, Role,
-    Session, User, UserCredentials, UserId,
+    Session, TokenHash, User, UserCredentials, UserId,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, TxOpts};
@@ -158,7 +158,7 @@ impl MetadataStore for MysqlStore {
                     "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
                      VALUES (?, ?, ?, ?)",
                     (
-                        &s.token_hash[..],
+                        &s.token_hash.as_bytes()[..],
                         s.user_id.get(),
                         s.created_at,
                         s.expires_at,
@@ -175,14 +175,14 @@ impl MetadataStore for MysqlStore {
             .await
     }
 
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+    async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         // Primary only: a logout must be seen by every node at once.
         self.pools
             .on_primary("session", |mut conn| async move {
                 let row: Option<Row> = conn
                     .exec_first(
                         "SELECT user_id, expires_at FROM sessions WHERE token_hash = ?",
-                        (&token_hash[..],),
+                        (&token_hash.as_bytes()[..],),
                     )
                     .await?;
                 let Some(row) = row else { return Ok(None) };
@@ -195,12 +195,12 @@ impl MetadataStore for MysqlStore {
             .await
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool> {
         self.pools
             .on_primary("delete_session", |mut conn| async move {
                 conn.exec_drop(
                     "DELETE FROM sessions WHERE token_hash = ?",
-                    (&token_hash[..],),
+                    (&token_hash.as_bytes()[..],),
                 )
                 .await?;
                 Ok(conn.affected_rows() > 0)

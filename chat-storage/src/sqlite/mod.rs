@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use chat_core::ids::now_millis;
 use chat_core::{
     Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageStore, MetadataStore,
-    Millis, NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, User,
+    Millis, NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User,
     UserCredentials, UserId,
 };
 use reader::ReaderPool;
@@ -261,12 +261,12 @@ impl MetadataStore for SqliteStore {
             .await
     }
 
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+    async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         let token_hash = *token_hash;
         self.read(move |c| ops::session(c, &token_hash)).await
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool> {
         let token_hash = *token_hash;
         self.write(move |c| ops::delete_session(c, &token_hash))
             .await

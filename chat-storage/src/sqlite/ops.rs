@@ -7,7 +7,7 @@
 use super::error::{db, db_error, violation, Violation};
 use chat_core::{
     Appended, Chat, ChatId, Error, FetchQuery, Member, Message, Millis, NewChat, NewMessage,
-    NewSession, NewUser, Result, Role, Seq, Session, User, UserCredentials, UserId,
+    NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User, UserCredentials, UserId,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::BTreeSet;
@@ -246,7 +246,7 @@ pub(crate) fn create_session(conn: &Connection, s: NewSession) -> Result<()> {
     )
     .and_then(|mut st| {
         st.execute(params![
-            &s.token_hash[..],
+            &s.token_hash.as_bytes()[..],
             s.user_id.get(),
             s.created_at,
             s.expires_at
@@ -261,10 +261,10 @@ pub(crate) fn create_session(conn: &Connection, s: NewSession) -> Result<()> {
 }
 
 /// A session by token hash.
-pub(crate) fn session(conn: &Connection, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+pub(crate) fn session(conn: &Connection, token_hash: &TokenHash) -> Result<Option<Session>> {
     conn.prepare_cached("SELECT user_id, expires_at FROM sessions WHERE token_hash = ?1")
         .and_then(|mut st| {
-            st.query_row([&token_hash[..]], |r| {
+            st.query_row([&token_hash.as_bytes()[..]], |r| {
                 Ok(Session {
                     user_id: UserId(r.get(0)?),
                     expires_at: r.get(1)?,
@@ -276,9 +276,9 @@ pub(crate) fn session(conn: &Connection, token_hash: &[u8; 32]) -> Result<Option
 }
 
 /// Deletes a session; whether it existed.
-pub(crate) fn delete_session(conn: &Connection, token_hash: &[u8; 32]) -> Result<bool> {
+pub(crate) fn delete_session(conn: &Connection, token_hash: &TokenHash) -> Result<bool> {
     conn.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")
-        .and_then(|mut st| st.execute([&token_hash[..]]))
+        .and_then(|mut st| st.execute([&token_hash.as_bytes()[..]]))
         .map(|n| n > 0)
         .map_err(db("delete a session"))
 }

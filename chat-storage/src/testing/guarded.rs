@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use chat_core::{
     Appended, Chat, ChatId, FetchQuery, Member, Message, MessageStore, MetadataStore, Millis,
-    NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, User, UserCredentials,
-    UserId,
+    NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User,
+    UserCredentials, UserId,
 };
 
 /// A store and a guard value kept alive with it. Implements [`MetadataStore`] and
@@ -58,11 +58,11 @@ where
         self.store.create_session(session).await
     }
 
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>> {
+    async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         self.store.session(token_hash).await
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool> {
         self.store.delete_session(token_hash).await
     }
 

@@ -7,7 +7,8 @@
 use super::{random_id, random_suffix};
 use chat_core::ids::now_millis;
 use chat_core::{
-    Chat, ChatId, Error, Member, MetadataStore, NewChat, NewSession, NewUser, Role, User, UserId,
+    Chat, ChatId, Error, Member, MetadataStore, NewChat, NewSession, NewUser, Role, TokenHash,
+    User, UserId,
 };
 use std::sync::Arc;
 
@@ -32,11 +33,11 @@ async fn make_user<S: MetadataStore + ?Sized>(store: &S, tag: &str) -> User {
 }
 
 /// A random 32-byte token hash.
-fn token_hash() -> [u8; 32] {
+fn token_hash() -> TokenHash {
     use rand::RngCore;
     let mut h = [0_u8; 32];
     rand::thread_rng().fill_bytes(&mut h);
-    h
+    TokenHash(h)
 }
 
 /// A user id that no user has.
@@ -216,7 +217,7 @@ pub async fn session_create_get_delete<S: MetadataStore>(store: S) {
 pub async fn expired_sessions_are_cleaned_up<S: MetadataStore>(store: S) {
     let user = make_user(&store, "expiry").await;
     let now = now_millis();
-    let expired: Vec<[u8; 32]> = (0..3).map(|_| token_hash()).collect();
+    let expired: Vec<TokenHash> = (0..3).map(|_| token_hash()).collect();
     let live = token_hash();
     for (i, h) in expired.iter().enumerate() {
         let i = i64::try_from(i).expect("small");

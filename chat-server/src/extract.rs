@@ -1,6 +1,7 @@
-//! Request extractors that answer failures in the contract's error format instead of axum's
-//! plain-text rejections: JSON bodies, path and query parameters, and the bearer token; plus the
-//! client's address for the per-address limits.
+//! Request extractors shared by the REST handlers and the WebSocket upgrade. They answer
+//! failures in the contract's error format instead of axum's plain-text rejections: JSON bodies,
+//! path and query parameters, and the bearer token; plus the client's address for the
+//! per-address limits.
 
 use crate::auth::{authenticate, bearer, Caller};
 use crate::error::ApiError;
@@ -110,7 +111,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .ok_or_else(|| {
                 Error::Unauthenticated("missing Authorization: Bearer <token> header".into())
             })?;
-        Ok(authenticate(state, token).await?)
+        Ok(authenticate(state.metadata.as_ref(), token).await?)
     }
 }
 

@@ -1,11 +1,17 @@
-//! The one send path shared by `POST /v1/send` and the WebSocket `send` frame:
-//! validate, rate-limit, check membership, append durably, then publish.
+//! Send a message (`POST /v1/send` and the WebSocket `send` frame): validate, rate-limit,
+//! check membership, append durably, then publish.
+//!
+//! It is split in three stages because the WebSocket pipeline runs them apart: [`prepare`]
+//! (synchronous: limits and validation, taken in frame order), the membership check
+//! ([`super::require_member`], concurrent across frames), and [`commit`] (the append, submitted
+//! in frame order, then the publish). [`run`] is the three in a row, for REST.
 
+use crate::metrics::seconds_since;
 use crate::rate_limit::Guards;
 use crate::state::AppState;
 use chat_core::ids::now_millis;
-use chat_core::{Appended, ChatId, Error, Event, Millis, NewMessage, Result, Role, Topic, UserId};
-use std::sync::atomic::Ordering;
+use chat_core::{Appended, ChatId, Event, Millis, NewMessage, Result, Topic, UserId};
+use std::time::Instant;
 
 /// A send request, from either transport.
 pub(crate) struct SendInput {
@@ -34,25 +40,24 @@ pub(crate) struct Prepared {
     timestamp: Option<Millis>,
     /// Idempotency key.
     client_msg_id: Option<String>,
+    /// When the send was read, for the send→ack histogram.
+    started: Instant,
 }
 
-/// Stores a message and, if it is new, publishes it to the chat's topic.
+/// The whole send: stores a message and, if it is new, publishes it to the chat's topic.
 ///
 /// The event is published only after the store returned, so nobody hears of a message that
 /// could still be lost; a deduplicated retry is not published again.
-pub(crate) async fn send_message(
-    state: &AppState,
-    sender: UserId,
-    input: SendInput,
-) -> Result<Appended> {
+pub(crate) async fn run(state: &AppState, sender: UserId, input: SendInput) -> Result<Appended> {
     let prepared = prepare(state, sender, input)?;
-    require_member(state, prepared.chat_id, sender).await?;
+    super::require_member(state, prepared.chat_id, sender).await?;
     commit(state, prepared).await
 }
 
 /// The synchronous first part of a send: validates the input and takes a token from the
 /// sender's and the address's send limits.
 pub(crate) fn prepare(state: &AppState, sender: UserId, input: SendInput) -> Result<Prepared> {
+    let started = Instant::now();
     let limits = &state.config.limits;
     let msg_text = limits.msg_text(&input.msg_text)?;
     if let Some(id) = &input.client_msg_id {
@@ -66,6 +71,7 @@ pub(crate) fn prepare(state: &AppState, sender: UserId, input: SendInput) -> Res
         msg_text,
         timestamp: input.timestamp,
         client_msg_id: input.client_msg_id,
+        started,
     })
 }
 
@@ -76,6 +82,7 @@ pub(crate) fn prepare(state: &AppState, sender: UserId, input: SendInput) -> Res
 /// in that order.
 pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appended> {
     let chat_id = prepared.chat_id;
+    let append_started = Instant::now();
     let appended = state
         .messages
         .append(NewMessage {
@@ -87,33 +94,24 @@ pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appen
             client_msg_id: prepared.client_msg_id,
         })
         .await?;
+    state
+        .metrics
+        .store_append_seconds
+        .observe(seconds_since(append_started));
     if appended.created {
-        state.metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
+        state.metrics.messages_sent.inc();
         let event = Event::Message {
             message: appended.message.clone(),
         };
         // The message is durable; a failed publish only delays live delivery until clients
         // notice the seq gap or reconnect, so the sender still gets its success.
-        if let Err(e) = state.broker.publish(Topic::Chat(chat_id), &event).await {
-            tracing::warn!(chat_id = %chat_id, error = %e, "publishing a message failed");
-        }
+        super::publish(state, Topic::Chat(chat_id), event).await;
     } else {
-        state
-            .metrics
-            .messages_deduplicated
-            .fetch_add(1, Ordering::Relaxed);
+        state.metrics.messages_deduplicated.inc();
     }
+    state
+        .metrics
+        .send_ack_seconds
+        .observe(seconds_since(prepared.started));
     Ok(appended)
-}
-
-/// The caller's role in the chat: `not_found` if the chat does not exist, `not_a_member` if
-/// they are not in it.
-pub(crate) async fn require_member(state: &AppState, chat: ChatId, user: UserId) -> Result<Role> {
-    match state.metadata.role(chat, user).await? {
-        Some(role) => Ok(role),
-        None => match state.metadata.chat(chat).await? {
-            Some(_) => Err(Error::NotAMember(chat)),
-            None => Err(Error::NotFound(format!("chat {chat}"))),
-        },
-    }
 }

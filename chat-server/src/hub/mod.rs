@@ -1,0 +1,299 @@
+//! The hub: this node's registry of live WebSocket connections and the fan-out of broker events
+//! to them.
+//!
+//! - [`membership`]: the state machine (who is connected, in which chats, each chat's
+//!   recipients and forwarded `seq`); no I/O, tested on its own.
+//! - [`subscriptions`]: the broker subscriptions, kept in line with the state by a task of their
+//!   own, so the hub never waits on the network.
+//! - [`resync`]: catching connections up from the store after the broker may have lost events,
+//!   in the background and per chat.
+//! - This file: [`Hub`], which registers connections, runs the event loop that consumes
+//!   [`Broker::events`], and fans events out. A message event is serialized once and the same
+//!   bytes are queued to every recipient connection's bounded outbox
+//!   ([`Connection`]); a connection whose outbox is full is closed as a slow consumer.
+//!
+//! **Invariant:** the event loop never awaits I/O. Handling an event is synchronous: it updates
+//! the state, queues frames, and hands subscription changes and catch-ups to their tasks.
+
+pub(crate) mod membership;
+pub(crate) mod resync;
+pub(crate) mod subscriptions;
+
+use crate::lock;
+use crate::metrics::{seconds_since, Metrics};
+use crate::ws::connection::{close_code, serialize, Connection};
+use chat_core::protocol::ServerFrame;
+use chat_core::{
+    Broker, BrokerEvent, BrokerStream, ChatId, Event, Message, MessageStore, MetadataStore, Result,
+    Topic, UserId,
+};
+use futures::StreamExt;
+use membership::Membership;
+use resync::ResyncState;
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use subscriptions::Subscriptions;
+use tokio::sync::{mpsc, watch};
+
+/// The registry of this node's connections and the consumer of its broker events.
+pub(crate) struct Hub {
+    metrics: Arc<Metrics>,
+    /// Read on a resync: the chats of connected users.
+    metadata: Arc<dyn MetadataStore>,
+    /// Read on a resync and when a chat gets its first local member: `last_seq`, missed pages.
+    messages: Arc<dyn MessageStore>,
+    /// The maps, behind one std mutex (never held across an await).
+    state: Arc<Mutex<Membership>>,
+    /// The broker subscriptions' task.
+    subscriptions: Subscriptions,
+    /// Chats the subscription task asks to catch up, consumed by the event loop.
+    catch_up: Mutex<Option<mpsc::UnboundedReceiver<ChatId>>>,
+    /// Whether a resync runs, and whether another was asked for meanwhile.
+    resync: ResyncState,
+    /// Number of registered connections, watched by shutdown to know when all have closed.
+    count: watch::Sender<usize>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// An empty hub delivering the events of `broker`, catching up from the stores on a
+    /// resync.
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        metadata: Arc<dyn MetadataStore>,
+        messages: Arc<dyn MessageStore>,
+    ) -> Hub {
+        let state = Arc::new(Mutex::new(Membership::default()));
+        let (catch_up_tx, catch_up_rx) = mpsc::unbounded_channel();
+        Hub {
+            subscriptions: Subscriptions::new(broker, state.clone(), catch_up_tx),
+            catch_up: Mutex::new(Some(catch_up_rx)),
+            metrics,
+            metadata,
+            messages,
+            state,
+            resync: ResyncState::default(),
+            count: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn state(&self) -> MutexGuard<'_, Membership> {
+        lock(&self.state)
+    }
+
+    /// Adds a connection and subscribes to its user's topic. Its chats are loaded afterwards and
+    /// given to [`Hub::set_user_chats`]; changes in between are not lost.
+    pub(crate) async fn register(&self, conn: Arc<Connection>) -> Result<()> {
+        let topic = self.state().add_connection(conn);
+        self.count.send_modify(|n| *n += 1);
+        self.subscriptions.update_and_wait(vec![topic]).await
+    }
+
+    /// Sets the chats of a connection's user as loaded from the store after
+    /// [`Hub::register`], replaying the membership changes that arrived meanwhile, and waits
+    /// until their topics are subscribed.
+    pub(crate) async fn set_user_chats(&self, conn: &Connection, chats: &[ChatId]) -> Result<()> {
+        let topics = self.state().chats_loaded(conn, chats);
+        self.subscriptions.update_and_wait(topics).await?;
+        self.track_new_chats().await
+    }
+
+    /// Gives every local chat that has no forwarded `seq` yet the store's `last_seq`. Runs
+    /// after the subscription is in place (and before the connection's `ready` is read), so a
+    /// message the broker loses after this point is above it and found by a resync.
+    async fn track_new_chats(&self) -> Result<()> {
+        let untracked = self.state().untracked_chats();
+        if untracked.is_empty() {
+            return Ok(());
+        }
+        let seqs = self.messages.last_seqs(&untracked).await?;
+        let mut st = self.state();
+        for (c, seq) in untracked.into_iter().zip(seqs) {
+            st.track(c, seq);
+        }
+        Ok(())
+    }
+
+    /// Removes a connection; topics nobody here needs any more are unsubscribed in the
+    /// background.
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        let (removed, topics) = self.state().remove_connection(conn);
+        if removed {
+            self.count.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        self.subscriptions.update(topics, false);
+    }
+
+    /// Asks every connection to close (graceful shutdown).
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        for c in self.state().all_connections() {
+            c.close(code, reason);
+        }
+    }
+
+    /// Stops every connection without a close frame (a simulated crash). A connection that
+    /// registers afterwards finds the server shutting down and does not start.
+    pub(crate) fn stop_all(&self) {
+        for c in self.state().all_connections() {
+            c.stop();
+        }
+    }
+
+    /// Waits until no connection is registered.
+    pub(crate) async fn wait_empty(&self) {
+        let mut rx = self.count.subscribe();
+        // An error means the sender (the hub itself) is gone; nothing left to wait for.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Consumes the broker's event stream until it ends. Catch-ups asked for by the
+    /// subscription task are started from here too, each in a task of its own.
+    pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
+        let mut catch_up = lock(&self.catch_up).take();
+        loop {
+            let event = match catch_up.as_mut() {
+                Some(rx) => tokio::select! {
+                    e = events.next() => e,
+                    Some(chat) = rx.recv() => {
+                        self.spawn_catch_up(chat);
+                        continue;
+                    }
+                },
+                None => events.next().await,
+            };
+            let Some(event) = event else { break };
+            // One bad event must not end live delivery for the whole node.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(event))).is_err() {
+                tracing::error!("handling a broker event panicked; event dropped");
+            }
+        }
+        tracing::warn!("broker event stream ended; live delivery stopped");
+    }
+
+    /// Sends one message frame to every local connection of the chat's members.
+    pub(crate) fn deliver_message(&self, chat: ChatId, message: Message) {
+        let started = Instant::now();
+        let seq = message.seq;
+        let Some(frame) = serialize(&ServerFrame::Message { message }) else {
+            return;
+        };
+        let conns = {
+            let mut st = self.state();
+            st.saw(chat, seq);
+            st.recipients(chat)
+        };
+        for c in conns.iter() {
+            c.push(frame.clone(), &self.metrics);
+        }
+        self.metrics.fanout_seconds.observe(seconds_since(started));
+    }
+
+    /// Queues one frame to each of `conns`, serialized once.
+    fn push_all(&self, conns: &[Arc<Connection>], frame: &ServerFrame) {
+        if conns.is_empty() {
+            return;
+        }
+        if let Some(bytes) = serialize(frame) {
+            for c in conns {
+                c.push(bytes.clone(), &self.metrics);
+            }
+        }
+    }
+
+    /// Applies one broker event: delivers frames, updates the state, and hands subscription
+    /// changes and resyncs to their tasks. Never waits.
+    pub(crate) fn handle(self: &Arc<Self>, event: BrokerEvent) {
+        self.metrics.broker_events.inc();
+        let (topic, event) = match event {
+            BrokerEvent::Resync => {
+                self.request_resync();
+                return;
+            }
+            BrokerEvent::Event { topic, event } => (topic, event),
+        };
+        match (topic, event) {
+            (Topic::Chat(chat), Event::Message { message }) => {
+                if message.chat_id != chat {
+                    tracing::warn!(%chat, "message event on another chat's topic ignored");
+                    return;
+                }
+                self.deliver_message(chat, message);
+            }
+            (Topic::Chat(chat), Event::ChatUpdated { chat: view }) => {
+                if view.chat_id != chat {
+                    return;
+                }
+                let members: HashSet<UserId> = view.member_ids.iter().copied().collect();
+                let (conns, gone) = self.state().chat_members_now(chat, &members);
+                self.push_all(&conns, &ServerFrame::ChatUpdated { chat: view });
+                if gone {
+                    self.subscriptions.update(vec![Topic::Chat(chat)], false);
+                }
+            }
+            (Topic::User(user), Event::ChatUpdated { chat: view }) => {
+                if !view.member_ids.contains(&user) {
+                    return;
+                }
+                let chat = view.chat_id;
+                // Existing members already got this from the chat's topic; only a user new to
+                // the chat gets it here, so nobody sees it twice.
+                let conns = {
+                    let mut st = self.state();
+                    if st.set_member(chat, user, true) {
+                        // The view was read after the join committed: what follows it is new.
+                        st.track(chat, view.last_seq);
+                        st.connections_of([&user])
+                    } else {
+                        Vec::new()
+                    }
+                };
+                self.push_all(&conns, &ServerFrame::ChatUpdated { chat: view });
+                // If the chat is new to this node, what is stored between the view and the
+                // subscription is caught up once the subscription is live.
+                self.subscriptions.update(vec![Topic::Chat(chat)], true);
+            }
+            (topic, Event::RemovedFromChat { chat_id, user_id }) => {
+                let conns = {
+                    let mut st = self.state();
+                    st.set_member(chat_id, user_id, false);
+                    // The frame goes out on the user's own topic only, so it is sent once.
+                    if topic == Topic::User(user_id) {
+                        st.connections_of([&user_id])
+                    } else {
+                        Vec::new()
+                    }
+                };
+                self.push_all(&conns, &ServerFrame::RemovedFromChat { chat_id });
+                self.subscriptions.update(vec![Topic::Chat(chat_id)], false);
+            }
+            (
+                _,
+                Event::SessionRevoked {
+                    user_id,
+                    token_hash,
+                },
+            ) => {
+                let conns = self.state().connections_of([&user_id]);
+                for c in conns.iter().filter(|c| c.has_token(&token_hash)) {
+                    c.close(close_code::POLICY, "session revoked");
+                }
+            }
+            (Topic::User(_), Event::Message { .. }) => {
+                tracing::debug!("message event on a user topic ignored");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
