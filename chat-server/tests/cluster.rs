@@ -494,3 +494,106 @@ async fn redis_broker_routes_by_topic_and_resyncs_after_a_restart() {
         }
     }
 }
+
+/// Redis hung with SIGSTOP (its sockets stay open and answer nothing): members connected to the
+/// same node keep getting each other's messages, and a membership change is answered and
+/// reaches the node's connections instead of waiting on Redis. After SIGCONT live delivery goes
+/// on. One in-process node over SQLite with the Redis broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hung_with_sigstop_stops_neither_local_delivery_nor_membership_changes() {
+    use chat_server::{AbuseLimits, Config, PasswordHashing, Server};
+    let redis = RedisProc::start().await;
+    /// Continues Redis however the test ends, so its Drop can stop it.
+    struct Resume<'a>(&'a RedisProc);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            self.0.signal_pause(true);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        chat_storage::sqlite::SqliteStore::open(dir.path().join("chat.db")).expect("sqlite");
+    let broker = RedisBroker::connect(&redis.url(), "hang:")
+        .await
+        .expect("redis broker");
+    let mut config = Config {
+        password_hashing: PasswordHashing::fast_insecure(),
+        abuse: AbuseLimits::unthrottled(),
+        ..Config::default()
+    };
+    config.limits.send_rate_per_sec = 0;
+    let server = Server::new(
+        Arc::new(store.clone()),
+        Arc::new(store),
+        Arc::new(broker),
+        config,
+    )
+    .start("127.0.0.1:0".parse().expect("addr"))
+    .await
+    .expect("server");
+    let url = format!("http://{}", server.local_addr());
+    let mut people = Vec::new();
+    for name in ["ann", "bob", "cid"] {
+        let c = Client::new(&url).expect("client");
+        let email = format!("{name}@example.com");
+        c.register(&email, "a long password", None)
+            .await
+            .expect("register");
+        c.login(&email, "a long password").await.expect("login");
+        people.push(c);
+    }
+    let (ann, bob, cid) = (&people[0], &people[1], &people[2]);
+    let bob_id = bob.user_id().expect("bob's id");
+    let cid_id = cid.user_id().expect("cid's id");
+    let chat = ann
+        .create_chat("hang", &[bob_id])
+        .await
+        .expect("chat")
+        .chat_id;
+    let mut bob_sub = bob.subscribe().await.expect("subscribe");
+    connected(&mut bob_sub, "bob").await;
+
+    redis.signal_pause(false);
+    let _resume = Resume(&redis);
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            ann.send(chat, &format!("while redis hangs {i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    ann.add_member(chat, cid_id)
+        .await
+        .expect("adding a member is answered while redis hangs");
+    let mut got = Vec::new();
+    let mut saw_update = false;
+    while got.len() < sent.len() || !saw_update {
+        match tokio::time::timeout(PATIENCE, bob_sub.next()).await {
+            Ok(Some(Event::Message(m))) => got.push(m),
+            Ok(Some(Event::ChatUpdated(v))) if v.member_ids.contains(&cid_id) => saw_update = true,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("bob's subscription ended"),
+            Err(_) => panic!(
+                "bob got {} of {} messages (update seen: {saw_update}) while redis hung",
+                got.len(),
+                sent.len()
+            ),
+        }
+    }
+    assert_eq!(got, sent, "live, in order, each once");
+
+    drop(_resume);
+    let after = ann.send(chat, "after SIGCONT").await.expect("send");
+    loop {
+        match tokio::time::timeout(PATIENCE, bob_sub.next()).await {
+            Ok(Some(Event::Message(m))) => {
+                assert_eq!(m, after);
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no message after SIGCONT: {other:?}"),
+        }
+    }
+    server.shutdown().await.expect("shutdown");
+}

@@ -126,6 +126,20 @@ impl RedisProc {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `kill -STOP` (`cont: false`) or `kill -CONT` (`cont: true`): a hang, not a close. Its
+    /// sockets stay open and answer nothing until it continues.
+    pub fn signal_pause(&self, cont: bool) {
+        let Some(child) = &self.child else { return };
+        let sig = if cont { "-CONT" } else { "-STOP" };
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} of redis-server failed");
+    }
+
     /// `kill -9`: every connection drops, every key and subscription is gone.
     pub fn kill(&mut self) {
         kill_child(&mut self.child);
