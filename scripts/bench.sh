@@ -16,7 +16,8 @@
 # Each run starts its own server (`loadgen serve`: the chat-server library with the rate limits
 # off; see examples/src/loadgen/serve.rs) on 127.0.0.1:$BENCH_PORT with `ulimit -n` raised to
 # the hard limit, passes its PID to the generator (for CPU and RSS), and stops it afterwards.
-# Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/).
+# Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/). BENCH_LOADGEN=PATH uses
+# an already built load generator (e.g. another commit's) instead of building this tree.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,12 +25,15 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${BENCH_OUT:-$TARGET/bench}"
 PORT="${BENCH_PORT:-18080}"
 DATA="${BENCH_DATA:-$OUT/data}"
-LOADGEN="$TARGET/release/examples/loadgen"
+# BENCH_LOADGEN=/path/to/loadgen runs a given build instead of building this tree (A/B runs of
+# two commits, interleaved).
+LOADGEN="${BENCH_LOADGEN:-$TARGET/release/examples/loadgen}"
 SERVER_PID=""
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 build() {
+  if [ -n "${BENCH_LOADGEN:-}" ]; then log "using $BENCH_LOADGEN"; return 0; fi
   log "building the load generator (release)"
   (cd "$ROOT" && cargo build --release -q -p examples --example loadgen)
 }

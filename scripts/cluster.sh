@@ -78,7 +78,7 @@ start_node() {
   NO_COLOR=1 nohup "$bin" \
     --listen "127.0.0.1:$port" --node-id "node$n" --data-dir "$DIR/node$n" \
     --metadata "$3" --metadata-replica "$4" --messages "$5" \
-    --broker "$6" --cache-redis \
+    --broker "$6" --cache-redis --trusted-proxy 127.0.0.1 \
     >>"$DIR/node$n.log" 2>&1 </dev/null &
   echo $! > "$pid"
   wait_healthy "127.0.0.1:$port" || { tail -n 40 "$DIR/node$n.log" >&2; die "node $n did not become healthy"; }

@@ -2,16 +2,19 @@
 //! knob for what it adds: a cap on open connections (a permit is taken before `accept` and held
 //! by the socket itself, so upgraded WebSockets count too), a header read timeout (a client that
 //! connects and sends nothing, or trickles its headers, or idles between kept-alive requests, is
-//! dropped), the peer's address for the per-address limits, and a graceful drain.
+//! dropped), a cap on connections per address (so one address cannot take every slot), the
+//! peer's address for the per-address limits, and a graceful drain.
 
 use crate::config::AbuseLimits;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,6 +38,7 @@ pub(crate) async fn serve(
     crashed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_addr = PerAddr::new(limits);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.max(Duration::from_millis(1)));
@@ -62,10 +66,17 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(addr_slot) = per_addr.take(peer.ip()) else {
+            // Closed at once: the address holds its share of the slots already.
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(CountedStream {
             inner: stream,
             _slot: permit,
+            _addr_slot: addr_slot,
         });
         let service = router.clone().map_request(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
@@ -113,11 +124,64 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// A TCP stream that holds one of the server's connection slots until it is dropped, which for
-/// an upgraded WebSocket is when the WebSocket closes.
+/// Connections open per peer address, against [`AbuseLimits::max_connections_per_addr`].
+#[derive(Clone)]
+struct PerAddr {
+    /// 0: no cap.
+    cap: usize,
+    /// Exempt: their clients are told apart by `X-Forwarded-For` in the other limits.
+    trusted: Arc<[IpAddr]>,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One counted connection of an address; dropping it frees the slot. `None` inside when the
+/// address is not counted.
+struct AddrSlot(Option<(IpAddr, PerAddr)>);
+
+impl PerAddr {
+    fn new(limits: &AbuseLimits) -> PerAddr {
+        PerAddr {
+            cap: limits.max_connections_per_addr,
+            trusted: limits.trusted_proxies.clone().into(),
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has `cap` open.
+    fn take(&self, ip: IpAddr) -> Option<AddrSlot> {
+        if self.cap == 0 || self.trusted.contains(&ip) {
+            return Some(AddrSlot(None));
+        }
+        let mut open = crate::lock(&self.open);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddrSlot(Some((ip, self.clone()))))
+    }
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        if let Some((ip, per_addr)) = self.0.take() {
+            let mut open = crate::lock(&per_addr.open);
+            if let Some(n) = open.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// A TCP stream that holds one of the server's connection slots (and one of its address's)
+/// until it is dropped, which for an upgraded WebSocket is when the WebSocket closes.
 struct CountedStream {
     inner: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _addr_slot: AddrSlot,
 }
 
 impl AsyncRead for CountedStream {
@@ -163,6 +227,31 @@ impl AsyncWrite for CountedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_capped_per_address_except_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let limits = AbuseLimits {
+            max_connections_per_addr: 2,
+            trusted_proxies: vec![proxy],
+            ..AbuseLimits::default()
+        };
+        let per_addr = PerAddr::new(&limits);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let (s1, s2) = (per_addr.take(a).unwrap(), per_addr.take(a).unwrap());
+        assert!(
+            per_addr.take(a).is_none(),
+            "the third from one address is refused"
+        );
+        assert!(per_addr.take("127.0.0.3".parse().unwrap()).is_some());
+        let proxied: Vec<_> = (0..10).map(|_| per_addr.take(proxy).unwrap()).collect();
+        drop(s1);
+        assert!(
+            per_addr.take(a).is_some(),
+            "a closed connection frees its slot"
+        );
+        drop((s2, proxied));
+    }
 
     #[test]
     fn only_connection_errors_are_skipped_silently() {

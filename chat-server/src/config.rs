@@ -48,6 +48,10 @@ pub struct Config {
     /// time (membership checks still overlap). `false` by default: see
     /// [`Config::ordered_appends_for`].
     pub ordered_appends: bool,
+    /// How long a live message waits for a missing predecessor before the hub reads the gap
+    /// from the store (live delivery is in `seq` order per chat on every connection). Only a
+    /// message that arrives ahead of its predecessor waits; in-order messages never do.
+    pub live_order_hold: Duration,
 }
 
 impl Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             health_checks: Vec::new(),
             abuse: AbuseLimits::default(),
             ordered_appends: false,
+            live_order_hold: Duration::from_millis(50),
         }
     }
 }
@@ -128,6 +133,19 @@ pub struct AbuseLimits {
     /// slot instead of accepting more, so the process never runs out of file descriptors or
     /// memory because of connections.
     pub max_connections: usize,
+    /// TCP connections from one address at once (0: no cap). Connections from
+    /// [`AbuseLimits::trusted_proxies`] are exempt (their clients are limited by the other
+    /// per-address limits, on the address the proxy reports). Past it a new connection from
+    /// that address is closed at once, so one address cannot take every slot of
+    /// [`AbuseLimits::max_connections`] and health checks from elsewhere still get in.
+    pub max_connections_per_addr: usize,
+    /// Password hashes (argon2id, ~19 MiB each at the default cost) computed at once; 0 means
+    /// one per CPU core. Logins and registrations beyond it wait in a short queue.
+    pub password_hashes_at_once: usize,
+    /// Logins and registrations that may wait for a hashing slot; past it (or after waiting
+    /// 2 s) they are answered 429 `rate_limited` with `Retry-After`. Bounds the memory that
+    /// anonymous clients can make the server hold.
+    pub password_hash_queue: usize,
     /// How long a connection may take to send a request's headers, and how long a kept-alive
     /// connection may sit idle before its next request. A client that opens sockets and sends
     /// nothing holds them only this long. Not much shorter than clients' pool idle times: a
@@ -149,6 +167,9 @@ impl Default for AbuseLimits {
             send_per_addr: RateLimit::new(200.0, 1000),
             ws_per_user: 32,
             max_connections: 4096,
+            max_connections_per_addr: 512,
+            password_hashes_at_once: 0,
+            password_hash_queue: 32,
             header_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
@@ -166,6 +187,8 @@ impl AbuseLimits {
             register_per_addr: RateLimit::OFF,
             send_per_addr: RateLimit::OFF,
             ws_per_user: 0,
+            max_connections_per_addr: 0,
+            password_hash_queue: usize::MAX,
             ..AbuseLimits::default()
         }
     }

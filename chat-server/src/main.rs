@@ -129,6 +129,15 @@ struct AbuseArgs {
     /// TCP connections served at once; more wait in the listen backlog.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = AbuseLimits::default().max_connections)]
     max_connections: usize,
+    /// TCP connections from one address at once (0: no cap; trusted proxies are exempt).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDR", default_value_t = AbuseLimits::default().max_connections_per_addr)]
+    max_connections_per_addr: usize,
+    /// Password hashes computed at once (0: one per core).
+    #[arg(long, env = "CHAT_PASSWORD_HASHES_AT_ONCE", default_value_t = AbuseLimits::default().password_hashes_at_once)]
+    password_hashes_at_once: usize,
+    /// Logins and registrations waiting for a hashing slot before 429.
+    #[arg(long, env = "CHAT_PASSWORD_HASH_QUEUE", default_value_t = AbuseLimits::default().password_hash_queue)]
+    password_hash_queue: usize,
     /// Seconds a connection may take to send request headers (or idle between requests).
     #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = AbuseLimits::default().header_read_timeout.as_secs())]
     header_timeout_secs: u64,
@@ -153,6 +162,9 @@ impl AbuseArgs {
             send_per_addr: RateLimit::new(self.send_addr_rate, self.send_addr_burst),
             ws_per_user: self.ws_per_user,
             max_connections: self.max_connections,
+            max_connections_per_addr: self.max_connections_per_addr,
+            password_hashes_at_once: self.password_hashes_at_once,
+            password_hash_queue: self.password_hash_queue,
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
             trusted_proxies: self.trusted_proxies.clone(),

@@ -71,6 +71,12 @@ pub(crate) struct Metrics {
     pub(crate) broker_events: Counter,
     /// Times the broker said events may have been lost.
     pub(crate) broker_resyncs: Counter,
+    /// Live messages held back for a missing predecessor (see `hub::order`).
+    pub(crate) live_held: Counter,
+    /// Live gaps filled from the store after the hold bound.
+    pub(crate) live_gap_fills: Counter,
+    /// Live messages dropped as already forwarded.
+    pub(crate) live_duplicates: Counter,
     /// `MessageStore::append`, as the send path waits for it.
     pub(crate) store_append_seconds: Histogram,
     /// A send from being read (REST body or WebSocket frame) to its ack being ready.
@@ -126,6 +132,21 @@ impl Default for Metrics {
             "chat_broker_resyncs",
             "Times the broker reported that events may have been lost",
         );
+        let live_held = counter(
+            &mut registry,
+            "chat_live_held",
+            "Live messages held back until their predecessor arrived",
+        );
+        let live_gap_fills = counter(
+            &mut registry,
+            "chat_live_gap_fills",
+            "Live gaps filled from the store after the hold bound",
+        );
+        let live_duplicates = counter(
+            &mut registry,
+            "chat_live_duplicates",
+            "Live messages dropped as already forwarded",
+        );
         let histogram = |registry: &mut Registry, name: &str, help: &str| {
             let h = path_buckets();
             registry.register(name, help, h.clone());
@@ -169,6 +190,9 @@ impl Default for Metrics {
             slow_consumer_disconnects,
             broker_events,
             broker_resyncs,
+            live_held,
+            live_gap_fills,
+            live_duplicates,
             store_append_seconds,
             send_ack_seconds,
             fanout_seconds,

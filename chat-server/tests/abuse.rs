@@ -1,6 +1,7 @@
 //! The abuse limits, each against a real server on `127.0.0.1:0` with that limit set low:
 //! login, registration and send rates per address and per account, WebSockets per user, the
-//! connection cap, header read and request timeouts, `X-Forwarded-For` only from trusted
+//! connection cap and the cap per address, bounded password hashing, header read and request
+//! timeouts, sessions expiring under open WebSockets, `X-Forwarded-For` only from trusted
 //! proxies, and no permessage-deflate.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
@@ -422,4 +423,145 @@ async fn permessage_deflate_is_never_negotiated() {
         .await
         .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "pong");
+}
+
+/// The peak resident set of this process (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Anonymous logins cannot make the server hash without bound: argon2id at its real cost
+/// (19 MiB a hash) runs one per core, a short queue waits, and everyone else is told 429 with
+/// `Retry-After` before any memory is taken. 150 concurrent logins for unknown emails used to
+/// take the server from ~150 MB to 2.8 GB.
+#[tokio::test]
+async fn concurrent_logins_cannot_exhaust_memory_with_password_hashing() {
+    let h = Harness::launch(Config {
+        password_hashing: chat_server::PasswordHashing::default(),
+        abuse: AbuseLimits {
+            password_hash_queue: 8,
+            ..AbuseLimits::unthrottled()
+        },
+        ..quiet_config("hashing")
+    })
+    .await;
+    let before = peak_rss();
+    let logins: Vec<_> = (0..150)
+        .map(|i| {
+            let http = h.http.clone();
+            let url = format!("http://{}/v1/sessions", h.addr);
+            tokio::spawn(async move {
+                let body = json!({"email": format!("nobody{i}@abuse.test"), "password": "guess"});
+                let resp = http.post(url).json(&body).send().await.unwrap();
+                let status = resp.status();
+                let retry_after = resp.headers().get("retry-after").cloned();
+                let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+                (status, retry_after, v)
+            })
+        })
+        .collect();
+    let (mut refused, mut answered) = (0, 0);
+    for l in logins {
+        let (status, retry_after, v) = l.await.unwrap();
+        match status {
+            StatusCode::UNAUTHORIZED => answered += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+                assert!(retry_after.is_some(), "429 without Retry-After");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(refused > 0, "no login was refused: hashing is not bounded");
+    assert!(answered > 0, "no login was served");
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 600 << 20,
+        "peak RSS grew by {} MiB for 150 logins",
+        grown >> 20
+    );
+}
+
+/// One address cannot take every connection slot: past its own cap its connections are closed
+/// at once, and a health check from another address is answered while it holds its share.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let h = Harness::start(AbuseLimits {
+        max_connections: 16,
+        max_connections_per_addr: 8,
+        header_read_timeout: Duration::from_secs(600),
+        ..AbuseLimits::unthrottled()
+    })
+    .await;
+    // 20 silent connections from 127.0.0.1: 8 are held, the rest are closed by the server.
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the server wrote to a silent connection"),
+            Err(_) => held.push(s),
+        }
+    }
+    assert_eq!(held.len(), 8, "connections held for one address");
+    assert_eq!(closed, 12);
+    // Another address still gets in, long before the silent ones time out.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        other.get(format!("http://{}/v1/health", h.addr)).send(),
+    )
+    .await
+    .expect("the health check waited behind another address's connections")
+    .unwrap()
+    .status();
+    assert_eq!(status, StatusCode::OK);
+    drop(held);
+}
+
+/// An open WebSocket does not outlive its session: when the session expires, the server closes
+/// the socket with 1008, as a logout does, and REST answers 401.
+#[tokio::test]
+async fn an_expired_session_closes_its_open_websocket() {
+    let h = Harness::launch(Config {
+        session_ttl: Duration::from_secs(3),
+        ..quiet_config("expiry")
+    })
+    .await;
+    let token = h.user("expiry@abuse.test").await;
+    let mut ws = h.ws(&token).await.unwrap();
+    let close = loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the socket outlived its session")
+            .expect("the socket ended without a close frame")
+            .unwrap();
+        match msg {
+            WsMessage::Close(frame) => break frame.expect("a close frame with a code"),
+            WsMessage::Text(_) | WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "session expired");
+    let me = h
+        .http
+        .get(format!("http://{}/v1/users/me", h.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
 }

@@ -536,3 +536,114 @@ async fn members_only_and_logout_revokes_everything() {
         .await
         .expect("alice still sends");
 }
+
+/// Live delivery is in `seq` order on every connection, not only in history: 50 senders at
+/// once (half over REST, half over WebSocket `send` frames) into one chat, and two raw
+/// WebSocket subscribers that must see every `message` frame exactly once, each `seq` right
+/// after the previous one (no SDK in between to reorder or fill holes).
+#[tokio::test(flavor = "multi_thread")]
+async fn live_frames_arrive_in_seq_order_under_concurrent_senders() {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    const SENDERS: usize = 50;
+    const EACH: usize = 20;
+    let server = TestServer::start("live_frames_in_order").await;
+    let senders = server.users("live_order", SENDERS).await;
+    let readers = server.users("live_reader", 2).await;
+    let members: Vec<UserId> = senders.iter().chain(&readers).map(uid).collect();
+    let chat = senders[0]
+        .create_chat("order", &members)
+        .await
+        .expect("chat")
+        .chat_id;
+    let ws_url = |c: &Client| {
+        format!(
+            "ws://{}/v1/ws?token={}",
+            server.addr(),
+            c.token().expect("token")
+        )
+    };
+    // Each reader collects the seqs of the chat's message frames, in arrival order.
+    let total = SENDERS * EACH;
+    let mut reader_tasks = Vec::new();
+    for r in &readers {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(r))
+            .await
+            .expect("reader socket");
+        // The ready frame first: from here on everything is live.
+        let ready = ws.next().await.expect("ready").expect("ready frame");
+        assert!(ready.to_text().unwrap_or("").contains("\"ready\""));
+        reader_tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while seqs.len() < total {
+                let msg = tokio::time::timeout(PATIENCE, ws.next())
+                    .await
+                    .expect("a reader waited too long")
+                    .expect("reader socket ended")
+                    .expect("reader socket failed");
+                if let WsMessage::Text(t) = msg {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                    if v["type"] == "message" {
+                        seqs.push(v["message"]["seq"].as_i64().expect("seq"));
+                    }
+                }
+            }
+            seqs
+        }));
+    }
+    let mut send_tasks = Vec::new();
+    for (i, s) in senders.iter().enumerate() {
+        let s = s.clone();
+        if i % 2 == 0 {
+            send_tasks.push(tokio::spawn(async move {
+                for k in 0..EACH {
+                    s.send(chat, &format!("rest {i}/{k}")).await.expect("send");
+                }
+            }));
+        } else {
+            let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&s))
+                .await
+                .expect("sender socket");
+            send_tasks.push(tokio::spawn(async move {
+                use futures::SinkExt;
+                for k in 0..EACH {
+                    let frame = serde_json::json!({
+                        "type": "send", "chat_id": chat,
+                        "msg_text": format!("ws {i}/{k}"), "client_msg_id": format!("{i}-{k}"),
+                    });
+                    ws.send(WsMessage::Text(frame.to_string().into()))
+                        .await
+                        .expect("send frame");
+                }
+                // Every ack (the live copies of others' messages arrive on this socket too).
+                let mut acks = 0;
+                while acks < EACH {
+                    let msg = tokio::time::timeout(PATIENCE, ws.next())
+                        .await
+                        .expect("acks")
+                        .expect("sender socket ended")
+                        .expect("sender socket failed");
+                    if let WsMessage::Text(t) = msg {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                        assert_ne!(v["type"], "error", "{v}");
+                        if v["type"] == "ack" {
+                            acks += 1;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    for t in send_tasks {
+        t.await.expect("sender");
+    }
+    for t in reader_tasks {
+        let seqs = t.await.expect("reader");
+        let out_of_order = seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert_eq!(
+            out_of_order, 0,
+            "{out_of_order} of {total} live frames did not follow their predecessor: {seqs:?}"
+        );
+        assert_eq!(seqs.first(), Some(&1));
+        assert_eq!(seqs.last(), Some(&(total as i64)));
+    }
+}

@@ -1300,18 +1300,24 @@ async fn slow_reader_is_disconnected_and_others_keep_being_served() {
         .unwrap();
     assert_eq!(last, sent);
 
-    // The slow reader now drains what the kernel buffered and then finds the connection
-    // closed: a close frame (1008) if it made it through, or the end of the stream.
+    // The slow reader comes back to its socket a while later (slow, not gone), drains what
+    // the kernel buffered and then finds the close frame (1008, saying why): the server waits
+    // for it to get through behind the buffered frames.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let ended = tokio::time::timeout(PATIENCE, async {
         let mut frames = 0i64;
         loop {
             match slow_ws.next().await {
                 Some(Ok(WsMessage::Close(Some(f)))) => {
                     assert_eq!(u16::from(f.code), 1008);
+                    assert!(f.reason.as_str().starts_with("slow consumer"), "{f:?}");
                     return frames;
                 }
                 Some(Ok(_)) => frames += 1,
-                Some(Err(_)) | None => return frames,
+                Some(Err(e)) => {
+                    panic!("the slow reader's stream failed before its close frame: {e}")
+                }
+                None => panic!("the slow reader's stream ended without its close frame"),
             }
         }
     })

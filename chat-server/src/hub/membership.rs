@@ -13,8 +13,9 @@
 //! not undone by the read. A resync's read is tied to the user's *epoch*, so it cannot land on
 //! a user who disconnected and came back meanwhile.
 
+use super::order::{Line, Offer};
 use crate::ws::connection::Connection;
-use chat_core::{ChatId, Seq, Topic, UserId};
+use chat_core::{ChatId, Message, Seq, Topic, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -70,9 +71,10 @@ pub(crate) struct Membership {
     users: HashMap<UserId, LocalUser>,
     /// Each chat's locally connected members. Never holds an empty set.
     chats: HashMap<ChatId, HashSet<UserId>>,
-    /// For chats in `chats`: the highest `seq` forwarded here, or the store's `last_seq` when
-    /// the chat got its first local member. A resync fetches what came after it.
-    seqs: HashMap<ChatId, Seq>,
+    /// For chats in `chats`: the live order (see `order`): the highest `seq` forwarded here
+    /// (from the store's `last_seq` when the chat got its first local member) and what waits
+    /// for a missing predecessor. A resync fetches what came after the forwarded `seq`.
+    lines: HashMap<ChatId, Line>,
     /// Every local connection of each chat's members, as [`Membership::recipients`] last
     /// computed it; dropped whenever the chat's members or one of their connections change.
     /// Fan-out reads it once per message instead of walking the members' maps and building a
@@ -163,7 +165,7 @@ impl Membership {
     pub(crate) fn untracked_chats(&self) -> Vec<ChatId> {
         self.chats
             .keys()
-            .filter(|c| !self.seqs.contains_key(c))
+            .filter(|c| !self.lines.contains_key(c))
             .copied()
             .collect()
     }
@@ -172,31 +174,52 @@ impl Membership {
     pub(crate) fn tracked_chats(&self) -> Vec<(ChatId, Option<Seq>)> {
         self.chats
             .keys()
-            .map(|c| (*c, self.seqs.get(c).copied()))
+            .map(|c| (*c, self.lines.get(c).map(Line::forwarded)))
             .collect()
     }
 
     /// The highest `seq` forwarded for a local chat.
     pub(crate) fn forwarded(&self, chat: ChatId) -> Option<Seq> {
-        self.seqs.get(&chat).copied()
+        self.lines.get(&chat).map(Line::forwarded)
     }
 
     /// Starts tracking a local chat at `seq` unless it is tracked already (then what was
     /// forwarded stands: raising it could skip messages still in flight).
     pub(crate) fn track(&mut self, chat: ChatId, seq: Seq) {
         if self.chats.contains_key(&chat) {
-            self.seqs.entry(chat).or_insert(seq);
+            self.lines
+                .entry(chat)
+                .or_insert_with(|| Line::starting_at(seq));
         }
     }
 
-    /// Raises a local chat's forwarded `seq` (chats without local members are not tracked).
-    pub(crate) fn saw(&mut self, chat: ChatId, seq: Seq) {
-        if self.chats.contains_key(&chat) {
-            let s = self.seqs.entry(chat).or_insert(seq);
-            if *s < seq {
-                *s = seq;
+    /// Offers a message of `chat` to its live order (see `order`). A chat without local
+    /// members has nobody to deliver to; one whose first member is still being set up starts
+    /// its order at this message.
+    pub(crate) fn offer(&mut self, chat: ChatId, message: Message) -> Offer {
+        if !self.chats.contains_key(&chat) {
+            return Offer::Deliver(vec![message]);
+        }
+        match self.lines.get_mut(&chat) {
+            Some(line) => line.offer(message),
+            None => {
+                self.lines.insert(chat, Line::starting_at(message.seq));
+                Offer::Deliver(vec![message])
             }
         }
+    }
+
+    /// The missing range of a chat whose messages wait for a predecessor.
+    pub(crate) fn gap(&self, chat: ChatId, id: u64) -> Option<(Seq, Seq)> {
+        self.lines.get(&chat).and_then(|l| l.gap(id))
+    }
+
+    /// Stops waiting for a chat's missing messages: what it held, in order.
+    pub(crate) fn release(&mut self, chat: ChatId) -> Vec<Message> {
+        self.lines
+            .get_mut(&chat)
+            .map(Line::release)
+            .unwrap_or_default()
     }
 
     /// Records a membership change learnt from an event: applies it and, while the user's
@@ -329,7 +352,7 @@ impl Membership {
             }
             if set.is_empty() {
                 self.chats.remove(&chat);
-                self.seqs.remove(&chat);
+                self.lines.remove(&chat);
             }
         }
     }
@@ -450,6 +473,18 @@ mod tests {
         assert!(m.wants(Topic::Chat(ChatId(20))));
     }
 
+    fn msg(chat: i64, seq: i64) -> Message {
+        Message {
+            chat_id: ChatId(chat),
+            seq: Seq(seq),
+            sender_id: UserId(1),
+            msg_text: String::new(),
+            sent_at: 0,
+            timestamp: None,
+            client_msg_id: None,
+        }
+    }
+
     #[test]
     fn forwarded_seqs_start_at_tracking_and_only_rise() {
         let mut m = Membership::default();
@@ -464,10 +499,19 @@ mod tests {
             Some(Seq(5)),
             "tracking does not move it"
         );
-        m.saw(ChatId(10), Seq(7));
-        m.saw(ChatId(10), Seq(6));
-        assert_eq!(m.forwarded(ChatId(10)), Some(Seq(7)));
-        m.saw(ChatId(99), Seq(1));
+        assert!(matches!(m.offer(ChatId(10), msg(10, 6)), Offer::Deliver(_)));
+        assert_eq!(m.offer(ChatId(10), msg(10, 6)), Offer::Duplicate);
+        assert_eq!(m.forwarded(ChatId(10)), Some(Seq(6)));
+        assert_eq!(
+            m.offer(ChatId(10), msg(10, 8)),
+            Offer::Held {
+                gap_opened: Some(1)
+            }
+        );
+        assert_eq!(m.gap(ChatId(10), 1), Some((Seq(6), Seq(8))));
+        assert_eq!(m.release(ChatId(10)).len(), 1);
+        assert_eq!(m.forwarded(ChatId(10)), Some(Seq(8)));
+        assert!(matches!(m.offer(ChatId(99), msg(99, 1)), Offer::Deliver(_)));
         assert_eq!(
             m.forwarded(ChatId(99)),
             None,

@@ -7,6 +7,8 @@
 //!   own, so the hub never waits on the network.
 //! - [`resync`]: catching connections up from the store after the broker may have lost events,
 //!   in the background and per chat.
+//! - [`order`]: live delivery in `seq` order per chat: early messages wait (briefly) for their
+//!   predecessors, which are read from the store if they do not arrive.
 //! - This file: [`Hub`], which registers connections, runs the event loop that consumes
 //!   [`Broker::events`], and fans events out. A message event is serialized once and the same
 //!   bytes are queued to every recipient connection's bounded outbox
@@ -16,6 +18,7 @@
 //! the state, queues frames, and hands subscription changes and catch-ups to their tasks.
 
 pub(crate) mod membership;
+pub(crate) mod order;
 pub(crate) mod resync;
 pub(crate) mod subscriptions;
 
@@ -29,14 +32,23 @@ use chat_core::{
 };
 use futures::StreamExt;
 use membership::Membership;
+use order::Offer;
 use resync::ResyncState;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subscriptions::Subscriptions;
 use tokio::sync::{mpsc, watch};
+
+/// What other tasks hand the event loop.
+pub(crate) enum Input {
+    /// Catch this chat up from the store (it was subscribed late).
+    CatchUp(ChatId),
+    /// A chat's held messages have waited long enough: fill the gap (its id) from the store.
+    GapDue(ChatId, u64),
+}
 
 /// The registry of this node's connections and the consumer of its broker events.
 pub(crate) struct Hub {
@@ -49,8 +61,13 @@ pub(crate) struct Hub {
     state: Arc<Mutex<Membership>>,
     /// The broker subscriptions' task.
     subscriptions: Subscriptions,
-    /// Chats the subscription task asks to catch up, consumed by the event loop.
-    catch_up: Mutex<Option<mpsc::UnboundedReceiver<ChatId>>>,
+    /// Work for the event loop from other tasks: chats to catch up (from the subscription
+    /// task), held messages whose wait is over (from their timers).
+    inbox: mpsc::UnboundedSender<Input>,
+    /// The event loop's end of `inbox`, taken when it starts.
+    inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
+    /// How long a message waits for a missing predecessor before it is read from the store.
+    order_hold: Duration,
     /// Whether a resync runs, and whether another was asked for meanwhile.
     resync: ResyncState,
     /// Number of registered connections, watched by shutdown to know when all have closed.
@@ -66,12 +83,15 @@ impl Hub {
         metrics: Arc<Metrics>,
         metadata: Arc<dyn MetadataStore>,
         messages: Arc<dyn MessageStore>,
+        order_hold: Duration,
     ) -> Hub {
         let state = Arc::new(Mutex::new(Membership::default()));
-        let (catch_up_tx, catch_up_rx) = mpsc::unbounded_channel();
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
         Hub {
-            subscriptions: Subscriptions::new(broker, state.clone(), catch_up_tx),
-            catch_up: Mutex::new(Some(catch_up_rx)),
+            subscriptions: Subscriptions::new(broker, state.clone(), inbox.clone()),
+            inbox,
+            inbox_rx: Mutex::new(Some(inbox_rx)),
+            order_hold,
             metrics,
             metadata,
             messages,
@@ -159,13 +179,16 @@ impl Hub {
     /// Consumes the broker's event stream until it ends. Catch-ups asked for by the
     /// subscription task are started from here too, each in a task of its own.
     pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
-        let mut catch_up = lock(&self.catch_up).take();
+        let mut inbox = lock(&self.inbox_rx).take();
         loop {
-            let event = match catch_up.as_mut() {
+            let event = match inbox.as_mut() {
                 Some(rx) => tokio::select! {
                     e = events.next() => e,
-                    Some(chat) = rx.recv() => {
-                        self.spawn_catch_up(chat);
+                    Some(input) = rx.recv() => {
+                        match input {
+                            Input::CatchUp(chat) => self.spawn_catch_up(chat),
+                            Input::GapDue(chat, gap) => self.spawn_gap_fill(chat, gap),
+                        }
                         continue;
                     }
                 },
@@ -180,22 +203,94 @@ impl Hub {
         tracing::warn!("broker event stream ended; live delivery stopped");
     }
 
-    /// Sends one message frame to every local connection of the chat's members.
+    /// Offers one message of a chat to its live order and sends what is due (the message, and
+    /// any it unblocked) to every local connection of the chat's members, each serialized once.
     pub(crate) fn deliver_message(&self, chat: ChatId, message: Message) {
         let started = Instant::now();
-        let seq = message.seq;
-        let Some(frame) = serialize(&ServerFrame::Message { message }) else {
+        let (offer, conns) = {
+            let mut st = self.state();
+            let offer = st.offer(chat, message);
+            let conns = match offer {
+                Offer::Deliver(_) => Some(st.recipients(chat)),
+                _ => None,
+            };
+            (offer, conns)
+        };
+        match offer {
+            Offer::Deliver(messages) => {
+                let conns = conns.unwrap_or_else(|| Arc::from([]));
+                self.send_messages(&conns, messages);
+                self.metrics.fanout_seconds.observe(seconds_since(started));
+            }
+            Offer::Held { gap_opened } => {
+                self.metrics.live_held.inc();
+                if let Some(gap) = gap_opened {
+                    self.start_gap_timer(chat, gap);
+                }
+            }
+            Offer::Duplicate => {
+                self.metrics.live_duplicates.inc();
+            }
+        }
+    }
+
+    /// Queues each message, serialized once, to every connection in `conns`.
+    fn send_messages(&self, conns: &[Arc<Connection>], messages: Vec<Message>) {
+        for message in messages {
+            let Some(frame) = serialize(&ServerFrame::Message { message }) else {
+                continue;
+            };
+            for c in conns {
+                c.push(frame.clone(), &self.metrics);
+            }
+        }
+    }
+
+    /// After the hold bound, asks the event loop to fill the chat's gap.
+    fn start_gap_timer(&self, chat: ChatId, gap: u64) {
+        let inbox = self.inbox.clone();
+        let hold = self.order_hold;
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            let _ = inbox.send(Input::GapDue(chat, gap));
+        });
+    }
+
+    /// Reads a chat's missing messages from the store and delivers them with what waited for
+    /// them; whatever is still missing afterwards (or if the store fails) is skipped, and the
+    /// held messages go out with the hole, which clients fill themselves.
+    pub(crate) fn spawn_gap_fill(self: &Arc<Self>, chat: ChatId, gap: u64) {
+        let Some((from, until)) = self.state().gap(chat, gap) else {
             return;
         };
-        let conns = {
-            let mut st = self.state();
-            st.saw(chat, seq);
-            st.recipients(chat)
-        };
-        for c in conns.iter() {
-            c.push(frame.clone(), &self.metrics);
-        }
-        self.metrics.fanout_seconds.observe(seconds_since(started));
+        self.metrics.live_gap_fills.inc();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let missing = until.get() - from.get() - 1;
+            let limit = u32::try_from(missing.clamp(1, i64::from(resync::RESYNC_PAGE)))
+                .unwrap_or(resync::RESYNC_PAGE);
+            match hub
+                .messages
+                .fetch(chat, chat_core::FetchQuery::After { after: from, limit })
+                .await
+            {
+                Ok(found) => {
+                    for m in found {
+                        hub.deliver_message(chat, m);
+                    }
+                }
+                Err(e) => tracing::warn!(%chat, error = %e, "filling a live gap failed"),
+            }
+            let (rest, conns) = {
+                let mut st = hub.state();
+                let rest = st.release(chat);
+                (rest, st.recipients(chat))
+            };
+            if !rest.is_empty() {
+                tracing::debug!(%chat, n = rest.len(), "live messages forwarded past a hole");
+                hub.send_messages(&conns, rest);
+            }
+        });
     }
 
     /// Queues one frame to each of `conns`, serialized once.

@@ -13,6 +13,7 @@
 //! subscribed: whatever was stored between the join and the subscription reaches the member.
 
 use super::membership::Membership;
+use super::Input;
 use crate::lock;
 use chat_core::{Broker, ChatId, Error, Result, Topic};
 use std::collections::HashSet;
@@ -52,7 +53,7 @@ impl Subscriptions {
     pub(crate) fn new(
         broker: Arc<dyn Broker>,
         state: Arc<Mutex<Membership>>,
-        catch_up: mpsc::UnboundedSender<ChatId>,
+        catch_up: mpsc::UnboundedSender<Input>,
     ) -> Subscriptions {
         let (requests, rx) = mpsc::unbounded_channel();
         let subscribed = Arc::new(Mutex::new(HashSet::new()));
@@ -134,7 +135,7 @@ fn stopped() -> Error {
 struct Task {
     broker: Arc<dyn Broker>,
     state: Arc<Mutex<Membership>>,
-    catch_up: mpsc::UnboundedSender<ChatId>,
+    catch_up: mpsc::UnboundedSender<Input>,
     requests: mpsc::UnboundedReceiver<Request>,
     subscribed: Arc<Mutex<HashSet<Topic>>>,
     /// Topics whose last call failed, retried with backoff.
@@ -199,7 +200,7 @@ impl Task {
                     self.failed.remove(&topic);
                     if let Topic::Chat(c) = topic {
                         if self.to_catch_up.remove(&c) {
-                            let _ = self.catch_up.send(c);
+                            let _ = self.catch_up.send(Input::CatchUp(c));
                         }
                     }
                 }

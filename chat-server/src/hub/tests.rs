@@ -21,17 +21,17 @@ fn hub() -> (Arc<Hub>, Arc<LocalBroker>, Arc<Metrics>, Fixture) {
     let store = chat_storage::sqlite::SqliteStore::open(dir.path().join("hub.db")).unwrap();
     let broker = Arc::new(LocalBroker::new());
     let metrics = Arc::new(Metrics::default());
-    (
-        Arc::new(Hub::new(
-            broker.clone(),
-            metrics.clone(),
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-        )),
-        broker,
-        metrics,
-        Fixture { store, _dir: dir },
-    )
+    let hub = Arc::new(Hub::new(
+        broker.clone(),
+        metrics.clone(),
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Duration::from_millis(50),
+    ));
+    // The event loop, for what other tasks hand it (gap timers, catch-ups); the tests hand it
+    // broker events themselves through `handle`.
+    tokio::spawn(hub.clone().run(broker.events().unwrap()));
+    (hub, broker, metrics, Fixture { store, _dir: dir })
 }
 
 async fn connect(
@@ -409,13 +409,15 @@ async fn resync_after_a_long_outage_sends_a_page_and_the_newest() {
         append_silently(&fx, chat, a, &format!("m{i}")).await;
     }
     resync_and_wait(&hub).await;
-    let got = seqs_of(&rx);
-    let mut want: Vec<i64> = (1..=i64::from(RESYNC_PAGE)).collect();
-    want.push(total);
-    assert_eq!(
-        got, want,
-        "the first page, then the newest so clients see the hole"
-    );
+    // The first page, then the newest, which waits for the hole to be read from the store.
+    let mut got = seqs_of(&rx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < total as usize && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        got.extend(seqs_of(&rx));
+    }
+    let want: Vec<i64> = (1..=total).collect();
+    assert_eq!(got, want, "every message, in order, each once");
 }
 
 #[tokio::test]
@@ -486,6 +488,7 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
         Arc::new(Metrics::default()),
         Arc::new(store.clone()),
         Arc::new(store),
+        Duration::from_millis(50),
     ));
     let (_a, a) = connect(&hub, 1, &[10], 64).await;
     let (_b, b) = connect(&hub, 2, &[10], 64).await;
@@ -533,4 +536,66 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
         .subscriptions
         .subscribed()
         .contains(&Topic::Chat(ChatId(11))));
+}
+
+/// Messages that arrive out of order go out in `seq` order; a predecessor that never arrives is
+/// read from the store after the hold bound.
+#[tokio::test]
+async fn live_messages_go_out_in_seq_order_and_gaps_are_filled_from_the_store() {
+    use chat_core::{FetchQuery, MessageStore as _, MetadataStore as _, NewChat};
+    let (hub, _, metrics, fx) = hub();
+    let a = user(&fx, "a").await;
+    let (chat, _) = fx
+        .store
+        .create_chat(NewChat {
+            chat_name: "c".into(),
+            owner_id: a,
+            member_ids: vec![],
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    let chat = chat.chat_id;
+    let (_c, rx) = connect_ids(&hub, a, &[chat]).await;
+    let mut stored = Vec::new();
+    for i in 1..=6 {
+        append_silently(&fx, chat, a, &format!("m{i}")).await;
+        let page = fx
+            .store
+            .fetch(
+                chat,
+                FetchQuery::After {
+                    after: Seq(i - 1),
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap();
+        stored.extend(page);
+    }
+    let live = |i: usize| BrokerEvent::Event {
+        topic: Topic::Chat(chat),
+        event: Event::Message {
+            message: stored[i].clone(),
+        },
+    };
+    // 2 and 3 arrive before 1: held, then released in order when 1 arrives.
+    hub.handle(live(1));
+    hub.handle(live(2));
+    assert!(seqs_of(&rx).is_empty(), "nothing goes out ahead of seq 1");
+    hub.handle(live(0));
+    assert_eq!(seqs_of(&rx), vec![1, 2, 3]);
+    hub.handle(live(1));
+    assert!(seqs_of(&rx).is_empty(), "a duplicate is dropped");
+    // 4 is lost; 6 and 5 arrive: after the hold bound, 4 is read from the store.
+    hub.handle(live(5));
+    hub.handle(live(4));
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        got.extend(seqs_of(&rx));
+    }
+    assert_eq!(got, vec![4, 5, 6]);
+    assert_eq!(metrics.live_gap_fills.get(), 1);
 }

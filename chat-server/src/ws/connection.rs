@@ -42,6 +42,10 @@ pub(crate) struct CloseReason {
     pub(crate) code: u16,
     /// Human-readable reason (at most 123 bytes, the close frame's limit).
     pub(crate) reason: String,
+    /// The peer is reading, only slowly (a slow consumer): its close frame waits behind
+    /// everything already in the socket's buffers, so it gets the write timeout to arrive
+    /// rather than the short grace of other closes.
+    pub(crate) patient: bool,
 }
 
 /// What happened to a frame offered to a connection.
@@ -120,7 +124,11 @@ impl Connection {
         }
         if outbox.frames.len() >= self.capacity {
             drop(outbox);
-            if self.close(close_code::POLICY, "slow consumer: outbound queue full") {
+            if self.close_with(
+                close_code::POLICY,
+                "slow consumer: outbound queue full",
+                true,
+            ) {
                 metrics.slow_consumer_disconnects.inc();
                 tracing::info!(
                     user_id = %self.user_id,
@@ -145,6 +153,12 @@ impl Connection {
     /// Asks the connection to close with this code and reason. Returns whether this call was
     /// the first to do so.
     pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
+        self.close_with(code, reason, false)
+    }
+
+    /// [`Connection::close`], saying whether the close frame may take the write timeout to
+    /// get through (see [`CloseReason::patient`]).
+    fn close_with(&self, code: u16, reason: &str, patient: bool) -> bool {
         let mut outbox = lock(&self.outbox);
         if outbox.close_reason.is_some() {
             return false;
@@ -152,6 +166,7 @@ impl Connection {
         outbox.close_reason = Some(CloseReason {
             code,
             reason: truncate_reason(reason),
+            patient,
         });
         outbox.closing = true;
         drop(outbox);

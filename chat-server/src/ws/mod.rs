@@ -159,7 +159,8 @@ fn run(
             // A crash (`ServerHandle::abort`) stops the connection through the hub rather than
             // through a select on `st.crashed` here: that select would poll the token, and so
             // take its lock shared by every connection, on each of the task's wake-ups.
-            let in_flight = serve(&st, &mut socket, &conn, addr).await;
+            let expires = session_deadline(caller.expires_at);
+            let in_flight = serve(&st, &mut socket, &conn, addr, expires).await;
             Box::pin(close(&st, &mut socket, &conn, in_flight)).await;
         }
         st.hub.unregister(&conn);
@@ -214,7 +215,15 @@ async fn close<'a>(
     };
     let handshake = async {
         if let Some(r) = reason {
-            let _ = timeout(CLOSE_TIMEOUT, socket.send(close_message(r.code, &r.reason))).await;
+            // A slow consumer's close frame queues behind what its socket still holds; it gets
+            // the write timeout to get through, so the client learns why (1008) instead of
+            // seeing the connection drop.
+            let grace = if r.patient {
+                st.config.ws_write_timeout.max(CLOSE_TIMEOUT)
+            } else {
+                CLOSE_TIMEOUT
+            };
+            let _ = timeout(grace, socket.send(close_message(r.code, &r.reason))).await;
         }
         let _ = timeout(CLOSE_TIMEOUT, async {
             while socket.next().await.is_some() {}
@@ -267,6 +276,14 @@ async fn authenticate_hash(st: &AppState, caller: &Caller) -> Result<()> {
         Some(s) if s.expires_at > chat_core::ids::now_millis() => Ok(()),
         _ => Err(Error::Unauthenticated("session revoked".into())),
     }
+}
+
+/// The instant a session expiring at `expires_at` (Unix ms) expires, if it is representable.
+fn session_deadline(expires_at: chat_core::Millis) -> Option<tokio::time::Instant> {
+    let left = expires_at
+        .saturating_sub(chat_core::ids::now_millis())
+        .max(0);
+    tokio::time::Instant::now().checked_add(Duration::from_millis(u64::try_from(left).ok()?))
 }
 
 fn close_message(code: u16, reason: &str) -> Message {

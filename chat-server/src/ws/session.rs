@@ -28,6 +28,7 @@ pub(super) async fn serve<'a>(
     socket: &mut WebSocket,
     conn: &'a Arc<Connection>,
     addr: Option<IpAddr>,
+    session_expires: Option<Instant>,
 ) -> Option<Box<Pipeline<'a>>> {
     let now = Instant::now();
     let mut session = Session {
@@ -42,6 +43,7 @@ pub(super) async fn serve<'a>(
         idle_deadline: now + st.config.ws_idle_timeout,
         next_ping: now + st.config.ws_ping_interval,
         write_deadline: None,
+        session_expires,
         timer_armed: false,
     };
     let timer = tokio::time::sleep_until(session.next_ping.min(session.idle_deadline));
@@ -57,7 +59,7 @@ pub(super) async fn serve<'a>(
 /// [`Pipeline`] (replies are queued like any other frame, so they leave in frame order);
 /// writes queued frames (up to [`WRITE_BATCH`], then one flush) and a due ping; reads client
 /// frames while fewer than [`MAX_IN_FLIGHT`] are in flight; and repeats while any of that made
-/// progress. Then it checks the deadlines (idle peer, stuck write, next ping) and arms the one
+/// progress. Then it checks the deadlines (session expiry, stuck write, idle peer, next ping) and arms the one
 /// timer for the earliest.
 struct Session<'a> {
     st: &'a AppState,
@@ -83,6 +85,9 @@ struct Session<'a> {
     /// Set once a write blocked: it must complete before this, so a peer that does not read
     /// cannot hold the connection (and its queue) forever.
     write_deadline: Option<Instant>,
+    /// When the session the connection authenticated with expires: the connection closes then
+    /// (1008), as a logout closes it, instead of outliving its credentials.
+    session_expires: Option<Instant>,
     /// The timer has been armed (and polled, so it will wake the task) at least once.
     timer_armed: bool,
 }
@@ -159,6 +164,10 @@ impl<'a> Session<'a> {
             return Deadlines::Armed;
         }
         let now = Instant::now();
+        if self.session_expires.is_some_and(|d| now >= d) {
+            self.conn.close(close_code::POLICY, "session expired");
+            return Deadlines::Close;
+        }
         if self.write_deadline.is_some_and(|d| now >= d) {
             self.conn.close(close_code::POLICY, "write timed out");
             return Deadlines::Close;
@@ -177,6 +186,9 @@ impl<'a> Session<'a> {
             next = next.min(self.idle_deadline);
         }
         if let Some(d) = self.write_deadline {
+            next = next.min(d);
+        }
+        if let Some(d) = self.session_expires {
             next = next.min(d);
         }
         timer.as_mut().reset(next);

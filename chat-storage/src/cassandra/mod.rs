@@ -104,6 +104,7 @@ mod schema;
 pub mod testing;
 
 mod append;
+mod head;
 
 pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
@@ -373,7 +374,7 @@ impl Inner {
     }
 
     /// The head row: `(last_seq, pending)`, `(0, None)` for a chat without messages.
-    async fn read_head(&self, chat_id: ChatId) -> Result<append::Head> {
+    async fn read_head(&self, chat_id: ChatId) -> Result<head::Head> {
         let rows = self
             .exec(
                 "reading a chat head",
@@ -384,11 +385,11 @@ impl Inner {
             .into_rows_result()
             .map_err(|e| error::rows("chat_heads", e))?;
         let row = rows
-            .maybe_first_row::<(Option<i64>, Option<Vec<append::PendingTuple>>)>()
+            .maybe_first_row::<(Option<i64>, Option<Vec<head::PendingTuple>>)>()
             .map_err(|e| error::rows("chat_heads", e))?;
         match row {
-            None => Ok(append::Head::empty()),
-            Some((last_seq, pending)) => append::Head::from_columns(chat_id, last_seq, pending),
+            None => Ok(head::Head::empty()),
+            Some((last_seq, pending)) => head::Head::from_columns(chat_id, last_seq, pending),
         }
     }
 

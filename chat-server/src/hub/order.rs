@@ -1,0 +1,201 @@
+//! Live delivery in `seq` order, per chat: the hub's sequencer.
+//!
+//! A node hears of a chat's messages in whatever order their publishes happen to arrive: two
+//! sends whose appends finish close together publish in either order, and a message sent
+//! through another node comes through Redis while one sent here is delivered locally at once.
+//! So for every chat with local members the hub keeps the highest `seq` it has forwarded and
+//! forwards only the next one; a message that arrives early is held back until its predecessors
+//! arrive. If they have not arrived within a short bound (`Config::live_order_hold`), the hub
+//! reads them from the store (a message is published only after it is stored, and a `seq` is
+//! visible only once every smaller one is, so the store has them), forwards them, and goes on.
+//! A message at or below the forwarded `seq` is a duplicate (a resync overlapping live events)
+//! and is dropped.
+//!
+//! No I/O here: [`Line::offer`] says what to deliver now; the hub runs the timer and the read.
+
+use chat_core::{Message, Seq};
+use std::collections::BTreeMap;
+
+/// Most messages held back per chat; past it the hub stops waiting and forwards them with the
+/// hole (clients fill a hole themselves), so a lost event cannot make memory grow.
+pub(crate) const MAX_HELD: usize = 1024;
+
+/// One chat's ordering state.
+#[derive(Debug)]
+pub(crate) struct Line {
+    /// The highest `seq` forwarded (or the store's `last_seq` when tracking began).
+    forwarded: Seq,
+    /// Messages that arrived ahead of a missing predecessor, by `seq`.
+    held: BTreeMap<Seq, Message>,
+    /// Gaps opened so far: names the current one, so a timer set for a gap that has since
+    /// closed does not act on a newer one early.
+    gaps: u64,
+}
+
+/// What to do with an offered message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Forward these, in this order (the offered message, then any held ones it unblocked).
+    Deliver(Vec<Message>),
+    /// Held back behind a missing predecessor; `gap_opened` names the gap when it is the first
+    /// one held, so the caller starts the timer for it.
+    Held {
+        /// The new gap's id when no message was held before this one.
+        gap_opened: Option<u64>,
+    },
+    /// Already forwarded: dropped.
+    Duplicate,
+}
+
+impl Line {
+    /// A line that has forwarded everything up to `seq`.
+    pub(crate) fn starting_at(seq: Seq) -> Line {
+        Line {
+            forwarded: seq,
+            held: BTreeMap::new(),
+            gaps: 0,
+        }
+    }
+
+    /// The highest `seq` forwarded.
+    pub(crate) fn forwarded(&self) -> Seq {
+        self.forwarded
+    }
+
+    /// Offers one message; see [`Offer`].
+    pub(crate) fn offer(&mut self, message: Message) -> Offer {
+        let seq = message.seq;
+        if seq <= self.forwarded || self.held.contains_key(&seq) {
+            return Offer::Duplicate;
+        }
+        if seq != self.forwarded.next() {
+            let gap_opened = self.held.is_empty().then(|| {
+                self.gaps += 1;
+                self.gaps
+            });
+            self.held.insert(seq, message);
+            if self.held.len() > MAX_HELD {
+                // Waiting any longer only holds memory: forward what is held, hole and all.
+                return Offer::Deliver(self.release());
+            }
+            return Offer::Held { gap_opened };
+        }
+        self.forwarded = seq;
+        let mut out = vec![message];
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() != self.forwarded.next() {
+                break;
+            }
+            let m = entry.remove();
+            self.forwarded = m.seq;
+            out.push(m);
+        }
+        Offer::Deliver(out)
+    }
+
+    /// The missing range `(forwarded, first held)`, exclusive, if messages are held behind
+    /// the gap `id`.
+    pub(crate) fn gap(&self, id: u64) -> Option<(Seq, Seq)> {
+        if id != self.gaps {
+            return None;
+        }
+        self.held
+            .keys()
+            .next()
+            .map(|&first| (self.forwarded, first))
+    }
+
+    /// Gives up waiting: every held message, in order, and moves past them.
+    pub(crate) fn release(&mut self) -> Vec<Message> {
+        let held = std::mem::take(&mut self.held);
+        let out: Vec<Message> = held.into_values().collect();
+        if let Some(last) = out.last() {
+            self.forwarded = last.seq;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::{ChatId, UserId};
+
+    fn m(seq: i64) -> Message {
+        Message {
+            chat_id: ChatId(1),
+            seq: Seq(seq),
+            sender_id: UserId(1),
+            msg_text: format!("m{seq}"),
+            sent_at: 0,
+            timestamp: None,
+            client_msg_id: None,
+        }
+    }
+
+    fn seqs(offer: Offer) -> Vec<i64> {
+        match offer {
+            Offer::Deliver(ms) => ms.iter().map(|m| m.seq.get()).collect(),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn in_order_messages_pass_at_once() {
+        let mut line = Line::starting_at(Seq(4));
+        assert_eq!(seqs(line.offer(m(5))), vec![5]);
+        assert_eq!(seqs(line.offer(m(6))), vec![6]);
+        assert_eq!(line.forwarded(), Seq(6));
+        assert_eq!(line.gap(line.gaps), None);
+    }
+
+    #[test]
+    fn early_messages_wait_for_their_predecessors() {
+        let mut line = Line::starting_at(Seq(0));
+        assert_eq!(
+            line.offer(m(3)),
+            Offer::Held {
+                gap_opened: Some(1)
+            }
+        );
+        assert_eq!(line.offer(m(2)), Offer::Held { gap_opened: None });
+        assert_eq!(line.gap(1), Some((Seq(0), Seq(2))));
+        assert_eq!(seqs(line.offer(m(1))), vec![1, 2, 3]);
+        assert_eq!(line.gap(line.gaps), None);
+        assert_eq!(line.offer(m(2)), Offer::Duplicate);
+        assert_eq!(
+            line.offer(m(5)),
+            Offer::Held {
+                gap_opened: Some(2)
+            }
+        );
+        assert_eq!(
+            line.gap(1),
+            None,
+            "the first gap's timer does not act on the second"
+        );
+        assert_eq!(line.offer(m(5)), Offer::Duplicate, "held once");
+    }
+
+    #[test]
+    fn giving_up_forwards_the_held_in_order_and_moves_past_them() {
+        let mut line = Line::starting_at(Seq(0));
+        line.offer(m(4));
+        line.offer(m(3));
+        let out: Vec<i64> = line.release().iter().map(|m| m.seq.get()).collect();
+        assert_eq!(out, vec![3, 4]);
+        assert_eq!(line.forwarded(), Seq(4));
+        assert_eq!(line.offer(m(2)), Offer::Duplicate);
+    }
+
+    #[test]
+    fn too_many_held_are_forwarded_with_the_hole() {
+        let mut line = Line::starting_at(Seq(0));
+        for s in 2..(2 + MAX_HELD as i64) {
+            assert!(matches!(line.offer(m(s)), Offer::Held { .. }));
+        }
+        let out = seqs(line.offer(m(2 + MAX_HELD as i64)));
+        assert_eq!(out.len(), MAX_HELD + 1);
+        assert_eq!(line.gap(line.gaps), None);
+    }
+}
