@@ -119,9 +119,11 @@ pub struct AbuseLimits {
     /// Login attempts per client address. Each costs an argon2 hash, the most expensive thing
     /// an anonymous client can ask for.
     pub login_per_addr: RateLimit,
-    /// Login attempts per account (email), from any address: bounds password guessing spread
-    /// over many addresses. Kept loose enough that the owner still gets in soon after an
-    /// attack stops.
+    /// Login attempts per account (email) from one client address: bounds password guessing
+    /// against one account from each address, while someone guessing from one address cannot
+    /// lock the owner out of their account from another (the owner's own address keeps its own
+    /// allowance). Guessing spread over many addresses is bounded by the per-address limits and
+    /// the bounded password hashing.
     pub login_per_account: RateLimit,
     /// Registrations per client address.
     pub register_per_addr: RateLimit,

@@ -139,8 +139,9 @@ pub(crate) struct Guards {
     pub(crate) send_per_addr: RateLimiter<IpAddr>,
     /// Login attempts per client address.
     pub(crate) login_per_addr: RateLimiter<IpAddr>,
-    /// Login attempts per account, keyed by the lower-cased email as given.
-    pub(crate) login_per_account: RateLimiter<String>,
+    /// Login attempts per account and client address, keyed by the lower-cased email as given
+    /// and the address: a guesser locks out only its own address, never the owner elsewhere.
+    pub(crate) login_per_account: RateLimiter<(String, Option<IpAddr>)>,
     /// Registrations per client address.
     pub(crate) register_per_addr: RateLimiter<IpAddr>,
     /// Open WebSockets per user.

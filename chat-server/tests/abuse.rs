@@ -102,7 +102,7 @@ fn assert_rate_limited(s: StatusCode, v: &Value, h: &reqwest::header::HeaderMap)
 }
 
 #[tokio::test]
-async fn logins_are_limited_per_address_and_per_account() {
+async fn logins_are_limited_per_address_and_per_account_and_address() {
     let h = Harness::start(AbuseLimits {
         login_per_addr: burst(4),
         ..AbuseLimits::unthrottled()
@@ -131,12 +131,25 @@ async fn logins_are_limited_per_address_and_per_account() {
         h.login("VICTIM@abuse.test", "guess one").await.0,
         StatusCode::UNAUTHORIZED
     );
-    // The account's attempts are spent (case-insensitively); another account is untouched.
+    // The account's attempts from this address are spent (case-insensitively); another
+    // account is untouched.
     assert_eq!(
         h.login("victim@abuse.test", "guess two").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
     h.user("other@abuse.test").await;
+    // The owner, from another address, still gets in: a guesser cannot lock them out.
+    let owner = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    let resp = owner
+        .post(format!("http://{}/v1/sessions", h.addr))
+        .json(&json!({"email": "victim@abuse.test", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the owner was locked out");
 }
 
 #[tokio::test]

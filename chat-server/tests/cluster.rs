@@ -597,3 +597,33 @@ async fn redis_hung_with_sigstop_stops_neither_local_delivery_nor_membership_cha
     }
     server.shutdown().await.expect("shutdown");
 }
+
+/// A Redis that hangs (SIGSTOP) never closes the subscriber's connection; the subscriber's
+/// probe notices the silence, reconnects once Redis answers, and says `Resync` so the node
+/// catches up on whatever it may have missed. Nothing is published meanwhile, so only the
+/// probe can have noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_broker_notices_a_hung_redis_and_resyncs() {
+    let redis = RedisProc::start().await;
+    let b = RedisBroker::connect(&redis.url(), "probe:").await.unwrap();
+    let mut ev = b.events().unwrap();
+    b.subscribe(Topic::User(UserId(1))).await.unwrap();
+    b.health().await.unwrap();
+    redis.signal_pause(false);
+    // Longer than one probe interval plus its timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.signal_pause(true);
+    assert_eq!(
+        next(&mut ev).await,
+        BrokerEvent::Resync,
+        "the hang went unnoticed"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while b.health().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never became healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,7 +13,8 @@
 //! Redis is a wake-up path, not the record. Pub/sub delivers at most once and drops what is sent
 //! while a subscriber is away, so every way an event can be lost ends in a
 //! [`BrokerEvent::Resync`], after which the node catches its connections up from the store:
-//! - **The subscriber connection drops** (Redis restarted, killed, a network cut): it reconnects
+//! - **The subscriber connection drops or hangs** (Redis restarted, killed, stopped, a network
+//!   cut; a hang is found by a probe every 2 s that must be answered within 2 s): it reconnects
 //!   with backoff, subscribes again to every wanted topic, and only then yields `Resync`, so the
 //!   catch-up covers everything stored before the subscriptions were live again.
 //! - **A publish fails** (Redis down or unreachable from the publishing node): the message is
@@ -49,6 +50,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Events buffered between the subscriber task and the node's hub. When it is full, events are
 /// dropped and a `Resync` follows: memory stays bounded and nothing is lost for good.
 const EVENT_BUFFER: usize = 65_536;
+/// How often the subscriber probes its connection. A Redis that hangs (stopped, or a network
+/// path that drops packets without closing) never closes the connection, so silence alone says
+/// nothing; a probe unanswered within [`COMMAND_TIMEOUT`] counts as a lost connection.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The JSON a node publishes: the event and the id of the broker that published it.
 #[derive(serde::Serialize)]
@@ -463,8 +468,23 @@ impl Subscriber {
 
     /// Serves one connection until it is lost or the broker is gone.
     async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Ended {
+        let mut probe =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = probe.tick() => {
+                    // Subscribing again to a subscribed channel is answered and changes
+                    // nothing: a round trip on this very connection.
+                    let answered = matches!(
+                        timeout(COMMAND_TIMEOUT, sink.subscribe(&self.control)).await,
+                        Ok(Ok(()))
+                    );
+                    if !answered {
+                        tracing::warn!("redis did not answer the subscriber's probe; reconnecting");
+                        return Ended::Lost;
+                    }
+                }
                 permit = self.events.reserve(), if self.resync_owed => match permit {
                     Ok(p) => {
                         p.send(BrokerEvent::Resync);

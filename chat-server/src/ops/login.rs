@@ -22,9 +22,10 @@ pub(crate) async fn run(
     limits.password_len(&req.password)?;
     let creds = match limits.email(&req.email) {
         Ok(email) => {
-            // Keyed on the validated (so bounded, normalized) email only: a malformed one
-            // matches no account and is already limited per address.
-            st.guards.login_per_account.check(email.clone())?;
+            // Keyed on the validated (so bounded, normalized) email and the client's address: a
+            // malformed email matches no account and is already limited per address, and
+            // someone guessing from one address cannot lock the owner out everywhere.
+            st.guards.login_per_account.check((email.clone(), addr))?;
             st.metadata.user_credentials(&email).await?
         }
         Err(_) => None,
