@@ -627,3 +627,85 @@ async fn redis_broker_notices_a_hung_redis_and_resyncs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Live order across nodes: senders on two nodes at once into one chat (each node hears its
+/// own sends locally and the other's through Redis), and a raw WebSocket reader on each node
+/// that must see every `message` frame, each `seq` right after the previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_frames_are_in_seq_order_on_every_node() {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    const SENDERS: usize = 8;
+    const EACH: usize = 40;
+    let cluster = Cluster::start(2, LOCAL_TTL_MS).await;
+    let (n1, n2) = (cluster.nodes[0].url(), cluster.nodes[1].url());
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(user(if i % 2 == 0 { &n1 } else { &n2 }, &format!("s{i}")).await);
+    }
+    let readers = [user(&n1, "r1").await, user(&n2, "r2").await];
+    let members: Vec<UserId> = senders
+        .iter()
+        .chain(readers.iter())
+        .map(|c| c.user_id().expect("id"))
+        .collect();
+    let chat = senders[0]
+        .create_chat("order", &members)
+        .await
+        .expect("chat")
+        .chat_id;
+    let total = SENDERS * EACH;
+    let mut reader_tasks = Vec::new();
+    for (r, node) in readers.iter().zip([&n1, &n2]) {
+        let url = format!(
+            "{}/v1/ws?token={}",
+            node.replace("http://", "ws://"),
+            r.token().expect("token")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("reader");
+        let ready = ws.next().await.expect("ready").expect("ready frame");
+        assert!(ready.to_text().unwrap_or("").contains("\"ready\""));
+        reader_tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while seqs.len() < total {
+                let msg = tokio::time::timeout(PATIENCE, ws.next())
+                    .await
+                    .expect("a reader waited too long")
+                    .expect("reader socket ended")
+                    .expect("reader socket failed");
+                if let WsMessage::Text(t) = msg {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                    if v["type"] == "message" {
+                        seqs.push(v["message"]["seq"].as_i64().expect("seq"));
+                    }
+                }
+            }
+            seqs
+        }));
+    }
+    let sends: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for k in 0..EACH {
+                    s.send(chat, &format!("{i}/{k}")).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    for t in sends {
+        t.await.expect("sender");
+    }
+    for (i, t) in reader_tasks.into_iter().enumerate() {
+        let seqs = t.await.expect("reader");
+        let out_of_order = seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert_eq!(
+            out_of_order, 0,
+            "node {}: {out_of_order} of {total} live frames did not follow their predecessor: {seqs:?}",
+            i + 1
+        );
+        assert_eq!(seqs.first(), Some(&1));
+        assert_eq!(seqs.last(), Some(&(total as i64)));
+    }
+}

@@ -59,3 +59,63 @@ mod with_replica {
     chat_storage::metadata_store_conformance!(fresh_store(true));
     chat_storage::message_store_conformance!(fresh_store(true));
 }
+
+/// The store runs as a least-privilege user (rows only: `SELECT, INSERT, UPDATE, DELETE`) once
+/// the schema is migrated, and such a user meeting a schema that needs a migration is told so
+/// instead of failing on the first query.
+#[tokio::test]
+async fn a_least_privilege_user_runs_a_migrated_schema_and_is_told_when_it_cannot_migrate() {
+    use chat_core::ids::now_millis;
+    use chat_core::{MessageStore as _, MetadataStore as _, NewChat, NewMessage, NewUser};
+    let base = url_from_env(PRIMARY_URL_ENV).unwrap_or_else(|e| panic!("{e}"));
+    let admin = fresh_database(&base).await.expect("create a test database");
+    let _cleanup = DropDatabase(admin.clone());
+    let app = chat_storage::mysql::testing::least_privilege_user(&admin)
+        .await
+        .expect("least-privilege user");
+    match MysqlStore::connect(MysqlConfig::new(app.clone(), Vec::new())).await {
+        Err(chat_core::Error::InvalidArgument(m)) => {
+            assert!(m.contains("needs migrating"), "{m}")
+        }
+        Err(e) => panic!("unclear error for an unmigrated schema: {e}"),
+        Ok(_) => panic!("a user without DDL rights migrated the schema"),
+    }
+    drop(
+        MysqlStore::connect(MysqlConfig::new(admin.clone(), Vec::new()))
+            .await
+            .expect("the administrator migrates"),
+    );
+    let store = MysqlStore::connect(MysqlConfig::new(app, Vec::new()))
+        .await
+        .expect("the least-privilege user opens a migrated schema");
+    let user = store
+        .create_user(NewUser {
+            email: "least@example.com".into(),
+            display_name: "least".into(),
+            pw_hash: "$argon2id$x".into(),
+            created_at: now_millis(),
+        })
+        .await
+        .expect("insert a user");
+    let (chat, _) = store
+        .create_chat(NewChat {
+            chat_name: "c".into(),
+            owner_id: user.user_id,
+            member_ids: vec![],
+            created_at: now_millis(),
+        })
+        .await
+        .expect("create a chat");
+    let appended = store
+        .append(NewMessage {
+            chat_id: chat.chat_id,
+            sender_id: user.user_id,
+            msg_text: "hello".into(),
+            sent_at: now_millis(),
+            timestamp: None,
+            client_msg_id: None,
+        })
+        .await
+        .expect("append");
+    assert_eq!(appended.message.seq.get(), 1);
+}

@@ -36,6 +36,20 @@ pub async fn fresh_database() -> String {
         .unwrap_or_else(|e| panic!("creating a test database on {}: {e}", mysql_base()))
 }
 
+/// A fresh database migrated by the test server's administrator user, and the URL of a
+/// least-privilege user for it (rows only, no DDL), as nodes run in production.
+pub async fn least_privilege_database() -> String {
+    use chat_storage::mysql::{MysqlConfig, MysqlStore};
+    let admin = fresh_database().await;
+    let store = MysqlStore::connect(MysqlConfig::new(&admin, Vec::new()))
+        .await
+        .unwrap_or_else(|e| panic!("migrating the test database: {e}"));
+    drop(store);
+    chat_storage::mysql::testing::least_privilege_user(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("creating a least-privilege user: {e}"))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -486,12 +500,13 @@ impl Cluster {
     pub async fn start(n: usize, cache_local_ttl_ms: u64) -> Cluster {
         let redis = RedisProc::start().await;
         let spec = NodeSpec {
-            database: fresh_database().await,
+            database: least_privilege_database().await,
             messages: None,
             redis: redis.url(),
             cache_local_ttl_ms,
         };
-        // The first node migrates the fresh database; the others start on a migrated one.
+        // Every node runs as a user that may only read and write rows: the schema was migrated
+        // by the administrator's user before they start.
         let mut nodes = vec![NodeProc::start("n1", &spec).await];
         let names: Vec<String> = (2..=n).map(|i| format!("n{i}")).collect();
         let rest =

@@ -107,7 +107,52 @@ const LOCK_WAIT_SECS: u32 = 30;
 
 /// Applies the missing migrations on `conn` (a primary connection whose default database is
 /// `database`), under the named lock.
+///
+/// A schema that is already current is only read (no lock, no DDL), so the server can run as a
+/// least-privilege user (`SELECT, INSERT, UPDATE, DELETE` on its database) once a user that
+/// may alter the schema has started it once; such a user meeting a schema that needs a
+/// migration gets an error that says so.
 pub(crate) async fn migrate(conn: &mut Conn, database: &str) -> Result<(), Failure> {
+    if schema_is_current(conn).await? {
+        return Ok(());
+    }
+    match migrate_locked(conn, database).await {
+        Err(Failure::Db(e))
+            if matches!(
+                super::error::server_code(&e),
+                Some(1044 | 1045 | 1142 | 1143 | 1227)
+            ) =>
+        {
+            Err(Failure::Domain(chat_core::Error::InvalidArgument(format!(
+                "mysql: the schema of `{database}` needs migrating to version {LATEST_VERSION} \
+                 and this user may not alter it ({e}); start the server once with a user that \
+                 may (CREATE, ALTER, INDEX on the database), then run it with this one"
+            ))))
+        }
+        other => other,
+    }
+}
+
+/// Whether every migration this build knows is recorded (a missing table is "no").
+async fn schema_is_current(conn: &mut Conn) -> Result<bool, Failure> {
+    let rows: Vec<mysql_async::Row> =
+        match conn.query("SELECT version FROM schema_migrations").await {
+            Ok(rows) => rows,
+            // 1146: no such table (a new database).
+            Err(e) if super::error::server_code(&e) == Some(1146) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+    let mut applied = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (v,): (u32,) =
+            mysql_async::from_row_opt(row).map_err(|e| bad_row("schema_migrations", e))?;
+        applied.push(v);
+    }
+    Ok(MIGRATIONS.iter().all(|m| applied.contains(&m.version)))
+}
+
+/// [`migrate`] under the lock, for a schema that needs it.
+async fn migrate_locked(conn: &mut Conn, database: &str) -> Result<(), Failure> {
     // Lock names are at most 64 characters.
     let lock: String = format!("chat_schema_migration:{database}")
         .chars()

@@ -47,6 +47,41 @@ pub async fn fresh_database(base_url: &str) -> Result<String> {
     with_database(base_url, &name)
 }
 
+/// Creates a user that may only read and write the rows of the database `url` points at
+/// (`SELECT, INSERT, UPDATE, DELETE`: no DDL, no other database), as a server is meant to run
+/// once its schema is migrated, and returns `url` with that user's name and password. Run it
+/// with a `url` whose user may create users (the test server's `chat` user).
+pub async fn least_privilege_user(url: &str) -> Result<String> {
+    use rand::Rng;
+    let opts = parse_url(url)?;
+    let Some(db) = opts.db_name().map(str::to_owned) else {
+        return Err(Error::InvalidArgument(format!("no database in {url}")));
+    };
+    check_database_name(&db)?;
+    let mut rng = rand::thread_rng();
+    let user = format!("app_{:012x}", rng.gen::<u64>() & 0xffff_ffff_ffff);
+    let password = format!("{:032x}", rng.gen::<u128>());
+    let builder = OptsBuilder::from_opts(opts.clone())
+        .db_name(None::<String>)
+        .prefer_socket(false);
+    for host in ["127.0.0.1", "localhost"] {
+        let create = format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'");
+        run_one(builder.clone(), &create, "create a least-privilege user").await?;
+        let grant =
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON `{db}`.* TO '{user}'@'{host}'");
+        run_one(builder.clone(), &grant, "grant a least-privilege user").await?;
+    }
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    Ok(format!(
+        "mysql://{user}:{password}@{}:{}/{db}{query}",
+        opts.ip_or_hostname(),
+        opts.tcp_port()
+    ))
+}
+
 /// Drops the database a URL from [`fresh_database`] points at (tests may clean up; leftover
 /// databases are harmless).
 pub async fn drop_database(url: &str) -> Result<()> {
