@@ -284,6 +284,22 @@ async fn user(fx: &Fixture, name: &str) -> UserId {
         .user_id
 }
 
+/// A chat in the fixture's store with `owner` as its only member.
+async fn chat_owned_by(fx: &Fixture, owner: UserId) -> ChatId {
+    use chat_core::{MetadataStore as _, NewChat};
+    let (chat, _) = fx
+        .store
+        .create_chat(NewChat {
+            chat_name: "c".into(),
+            owner_id: owner,
+            member_ids: vec![],
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    chat.chat_id
+}
+
 /// Stores a message without publishing it: the broker "lost" it.
 async fn append_silently(fx: &Fixture, chat: ChatId, sender: UserId, text: &str) -> Seq {
     use chat_core::{MessageStore as _, NewMessage};
@@ -386,20 +402,9 @@ async fn resync_delivers_what_the_broker_lost_and_only_that() {
 
 #[tokio::test]
 async fn resync_after_a_long_outage_sends_a_page_and_the_newest() {
-    use chat_core::{MetadataStore as _, NewChat};
     let (hub, _, _, fx) = hub();
     let a = user(&fx, "a").await;
-    let (chat, _) = fx
-        .store
-        .create_chat(NewChat {
-            chat_name: "c".into(),
-            owner_id: a,
-            member_ids: vec![],
-            created_at: 0,
-        })
-        .await
-        .unwrap();
-    let chat = chat.chat_id;
+    let chat = chat_owned_by(&fx, a).await;
     let c = Connection::new(hub.next_id(), a, token(a.0), 2048);
     let rx = c.clone();
     hub.register(c.clone()).await.unwrap();
@@ -542,20 +547,10 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
 /// read from the store after the hold bound.
 #[tokio::test]
 async fn live_messages_go_out_in_seq_order_and_gaps_are_filled_from_the_store() {
-    use chat_core::{FetchQuery, MessageStore as _, MetadataStore as _, NewChat};
+    use chat_core::{FetchQuery, MessageStore as _};
     let (hub, _, metrics, fx) = hub();
     let a = user(&fx, "a").await;
-    let (chat, _) = fx
-        .store
-        .create_chat(NewChat {
-            chat_name: "c".into(),
-            owner_id: a,
-            member_ids: vec![],
-            created_at: 0,
-        })
-        .await
-        .unwrap();
-    let chat = chat.chat_id;
+    let chat = chat_owned_by(&fx, a).await;
     let (_c, rx) = connect_ids(&hub, a, &[chat]).await;
     let mut stored = Vec::new();
     for i in 1..=6 {
