@@ -666,16 +666,19 @@ async fn live_frames_are_in_seq_order_on_every_node() {
         assert!(ready.to_text().unwrap_or("").contains("\"ready\""));
         reader_tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
+            // Reset by message frames only (pings must not keep a stuck reader waiting).
+            let mut deadline = tokio::time::Instant::now() + PATIENCE;
             while seqs.len() < total {
-                let msg = tokio::time::timeout(PATIENCE, ws.next())
+                let msg = tokio::time::timeout_at(deadline, ws.next())
                     .await
-                    .expect("a reader waited too long")
+                    .unwrap_or_else(|_| panic!("a reader waited too long after {seqs:?}"))
                     .expect("reader socket ended")
                     .expect("reader socket failed");
                 if let WsMessage::Text(t) = msg {
                     let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
                     if v["type"] == "message" {
                         seqs.push(v["message"]["seq"].as_i64().expect("seq"));
+                        deadline = tokio::time::Instant::now() + PATIENCE;
                     }
                 }
             }

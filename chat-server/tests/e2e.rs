@@ -575,16 +575,20 @@ async fn live_frames_arrive_in_seq_order_under_concurrent_senders() {
         assert!(ready.to_text().unwrap_or("").contains("\"ready\""));
         reader_tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
+            // Reset by message frames only: the server's pings must not keep a reader that
+            // lost a message waiting forever.
+            let mut deadline = tokio::time::Instant::now() + PATIENCE;
             while seqs.len() < total {
-                let msg = tokio::time::timeout(PATIENCE, ws.next())
+                let msg = tokio::time::timeout_at(deadline, ws.next())
                     .await
-                    .expect("a reader waited too long")
+                    .unwrap_or_else(|_| panic!("a reader waited too long after {seqs:?}"))
                     .expect("reader socket ended")
                     .expect("reader socket failed");
                 if let WsMessage::Text(t) = msg {
                     let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
                     if v["type"] == "message" {
                         seqs.push(v["message"]["seq"].as_i64().expect("seq"));
+                        deadline = tokio::time::Instant::now() + PATIENCE;
                     }
                 }
             }
@@ -623,10 +627,11 @@ async fn live_frames_arrive_in_seq_order_under_concurrent_senders() {
             // client does.
             for k in 0..EACH {
                 ws.send(frame(k)).await.expect("send frame");
+                let deadline = tokio::time::Instant::now() + PATIENCE;
                 loop {
-                    let msg = tokio::time::timeout(PATIENCE, ws.next())
+                    let msg = tokio::time::timeout_at(deadline, ws.next())
                         .await
-                        .expect("ack")
+                        .expect("no ack in time")
                         .expect("sender socket ended")
                         .expect("sender socket failed");
                     let WsMessage::Text(t) = msg else { continue };

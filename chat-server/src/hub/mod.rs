@@ -42,6 +42,10 @@ use std::time::{Duration, Instant};
 use subscriptions::Subscriptions;
 use tokio::sync::{mpsc, watch};
 
+/// Reads of a live gap before its held messages go out with the hole (waits of 1, 2, 4 and 8
+/// times `live_order_hold` in between: 750 ms at the default).
+const GAP_FILL_ATTEMPTS: u32 = 5;
+
 /// What other tasks hand the event loop.
 pub(crate) enum Input {
     /// Catch this chat up from the store (it was subscribed late).
@@ -257,29 +261,45 @@ impl Hub {
     }
 
     /// Reads a chat's missing messages from the store and delivers them with what waited for
-    /// them; whatever is still missing afterwards (or if the store fails) is skipped, and the
-    /// held messages go out with the hole, which clients fill themselves.
+    /// them, trying again (after twice the wait each time) while some are still missing: a
+    /// store may show a message a moment after another node published it (Cassandra writes a
+    /// claimed batch's rows concurrently). Whatever is still missing after the last try (or if
+    /// the store fails) is skipped: the held messages go out with the hole, which clients fill
+    /// themselves, and a skipped message that arrives later is still forwarded.
     pub(crate) fn spawn_gap_fill(self: &Arc<Self>, chat: ChatId, gap: u64) {
-        let Some((from, until)) = self.state().gap(chat, gap) else {
+        if self.state().gap(chat, gap).is_none() {
             return;
-        };
-        self.metrics.live_gap_fills.inc();
+        }
         let hub = self.clone();
         tokio::spawn(async move {
-            let missing = until.get() - from.get() - 1;
-            let limit = u32::try_from(missing.clamp(1, i64::from(resync::RESYNC_PAGE)))
-                .unwrap_or(resync::RESYNC_PAGE);
-            match hub
-                .messages
-                .fetch(chat, chat_core::FetchQuery::After { after: from, limit })
-                .await
-            {
-                Ok(found) => {
-                    for m in found {
-                        hub.deliver_message(chat, m);
+            let mut wait = hub.order_hold;
+            for attempt in 0..GAP_FILL_ATTEMPTS {
+                let Some((from, until)) = hub.state().gap(chat, gap) else {
+                    return;
+                };
+                hub.metrics.live_gap_fills.inc();
+                let missing = until.get() - from.get() - 1;
+                let limit = u32::try_from(missing.clamp(1, i64::from(resync::RESYNC_PAGE)))
+                    .unwrap_or(resync::RESYNC_PAGE);
+                match hub
+                    .messages
+                    .fetch(chat, chat_core::FetchQuery::After { after: from, limit })
+                    .await
+                {
+                    Ok(found) => {
+                        for m in found {
+                            hub.deliver_message(chat, m);
+                        }
                     }
+                    Err(e) => tracing::warn!(%chat, error = %e, "filling a live gap failed"),
                 }
-                Err(e) => tracing::warn!(%chat, error = %e, "filling a live gap failed"),
+                if hub.state().gap(chat, gap).is_none() {
+                    return;
+                }
+                if attempt + 1 < GAP_FILL_ATTEMPTS {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
             }
             let (rest, conns) = {
                 let mut st = hub.state();

@@ -9,16 +9,21 @@
 //! reads them from the store (a message is published only after it is stored, and a `seq` is
 //! visible only once every smaller one is, so the store has them), forwards them, and goes on.
 //! A message at or below the forwarded `seq` is a duplicate (a resync overlapping live events)
-//! and is dropped.
+//! and is dropped, unless it is one the hub gave up waiting for: a message passed over with its
+//! hole (the store did not have it yet, after a few tries) is still forwarded when it arrives,
+//! late and out of order, rather than lost.
 //!
 //! No I/O here: [`Line::offer`] says what to deliver now; the hub runs the timer and the read.
 
 use chat_core::{Message, Seq};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Most messages held back per chat; past it the hub stops waiting and forwards them with the
 /// hole (clients fill a hole themselves), so a lost event cannot make memory grow.
 pub(crate) const MAX_HELD: usize = 1024;
+
+/// Most passed-over `seq`s remembered per chat (the oldest are forgotten first).
+const MAX_SKIPPED: usize = 4096;
 
 /// One chat's ordering state.
 #[derive(Debug)]
@@ -30,6 +35,9 @@ pub(crate) struct Line {
     /// Gaps opened so far: names the current one, so a timer set for a gap that has since
     /// closed does not act on a newer one early.
     gaps: u64,
+    /// `seq`s below `forwarded` that were passed over with their hole and have not arrived:
+    /// forwarded (late) if they do.
+    skipped: BTreeSet<Seq>,
 }
 
 /// What to do with an offered message.
@@ -54,6 +62,7 @@ impl Line {
             forwarded: seq,
             held: BTreeMap::new(),
             gaps: 0,
+            skipped: BTreeSet::new(),
         }
     }
 
@@ -65,7 +74,14 @@ impl Line {
     /// Offers one message; see [`Offer`].
     pub(crate) fn offer(&mut self, message: Message) -> Offer {
         let seq = message.seq;
-        if seq <= self.forwarded || self.held.contains_key(&seq) {
+        if seq <= self.forwarded {
+            return if self.skipped.remove(&seq) {
+                Offer::Deliver(vec![message])
+            } else {
+                Offer::Duplicate
+            };
+        }
+        if self.held.contains_key(&seq) {
             return Offer::Duplicate;
         }
         if seq != self.forwarded.next() {
@@ -109,8 +125,14 @@ impl Line {
     pub(crate) fn release(&mut self) -> Vec<Message> {
         let held = std::mem::take(&mut self.held);
         let out: Vec<Message> = held.into_values().collect();
-        if let Some(last) = out.last() {
-            self.forwarded = last.seq;
+        for m in &out {
+            // Remember the hole in front of each message, bounded.
+            let mut s = self.forwarded.next();
+            while s < m.seq && self.skipped.len() < MAX_SKIPPED {
+                self.skipped.insert(s);
+                s = s.next();
+            }
+            self.forwarded = m.seq;
         }
         out
     }
@@ -185,7 +207,14 @@ mod tests {
         let out: Vec<i64> = line.release().iter().map(|m| m.seq.get()).collect();
         assert_eq!(out, vec![3, 4]);
         assert_eq!(line.forwarded(), Seq(4));
-        assert_eq!(line.offer(m(2)), Offer::Duplicate);
+        assert_eq!(
+            seqs(line.offer(m(1))),
+            vec![1],
+            "a message passed over arrives late: forwarded, not lost"
+        );
+        assert_eq!(line.offer(m(1)), Offer::Duplicate, "once");
+        assert_eq!(seqs(line.offer(m(2))), vec![2]);
+        assert_eq!(line.offer(m(3)), Offer::Duplicate);
     }
 
     #[test]
