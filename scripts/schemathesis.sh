@@ -78,8 +78,8 @@ set +e
   --no-color \
   --suppress-health-check all \
   --exclude-path /v1/sessions/current \
-  --continue-on-failure)
-status=$?
+  --continue-on-failure) 2>&1 | tee "$WORK/schemathesis.out"
+status=${PIPESTATUS[0]}
 set -e
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
   tail -n 50 "$WORK/server.log" >&2
@@ -89,5 +89,12 @@ if grep -q '"internal"' "$WORK/server.log" || grep -qi 'panicked' "$WORK/server.
   tail -n 50 "$WORK/server.log" >&2
   die "chat-server logged a panic or an internal error"
 fi
-[ "$status" -eq 0 ] || die "schemathesis reported findings (exit $status)"
+if [ "$status" -ne 0 ]; then
+  # CI shows the tail of the output: repeat the findings and errors there, with the server's log.
+  echo "----- schemathesis findings and errors (repeated) -----" >&2
+  sed -n '/^=* \(FAILURES\|ERRORS\) =*$/,/^=* WARNINGS =*$/p' "$WORK/schemathesis.out" | head -n 150 >&2
+  echo "----- chat-server log (last 30 lines) -----" >&2
+  tail -n 30 "$WORK/server.log" >&2
+  die "schemathesis reported findings (exit $status)"
+fi
 log "schemathesis: no findings"
