@@ -114,5 +114,12 @@ three_node_cluster() {
 }
 step "tests: Cassandra three-node cluster, one node stopped mid-stream" three_node_cluster
 
+# The fault run on the same three-node Cassandra: bounded here (CHAT_FAULTS_SECONDS, default
+# 150 s); the seed changes daily (printed, so a failure can be replayed with
+# `scripts/faults.sh SECONDS SEED`). docs/reliability.md has the long run.
+step "fault run: nemesis against a three-node cluster, independent checker" \
+  scripts/faults.sh "${CHAT_FAULTS_SECONDS:-150}" "${CHAT_FAULTS_SEED:-$((10#$(date +%j)))}"
+step "fault run checker: unit tests" python3 -m unittest tools/faults/test_check_history.py
+
 # Fuzzing (every target for a bounded time) and schemathesis against a running server.
 step "hostile input: fuzzing and API fuzzing" scripts/hostile.sh "${CHAT_FUZZ_SECONDS:-20}"

@@ -29,6 +29,7 @@ async fn two_nodes_append_to_one_chat_through_cassandra() {
         messages: Some(keyspace),
         redis: redis.url(),
         cache_local_ttl_ms: 2000,
+        replica: None,
     };
     // The first node creates the keyspace and migrates the database; the second finds them.
     let a = NodeProc::start("a", &spec).await;

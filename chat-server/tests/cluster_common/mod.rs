@@ -202,6 +202,8 @@ pub struct NodeSpec {
     pub redis: String,
     /// `--cache-local-ttl-ms`.
     pub cache_local_ttl_ms: u64,
+    /// A read replica of `database` (`--metadata-replica`), if any.
+    pub replica: Option<String>,
 }
 
 /// One `chat-server` process.
@@ -228,7 +230,8 @@ impl NodeProc {
         n
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The node's log file (stdout and stderr, across restarts).
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("node.log")
     }
 
@@ -249,6 +252,12 @@ impl NodeProc {
                 self.spec.messages.as_deref().unwrap_or(&self.spec.database),
             ])
             .args(["--broker", &self.spec.redis])
+            .args(
+                self.spec
+                    .replica
+                    .iter()
+                    .flat_map(|r| ["--metadata-replica", r.as_str()]),
+            )
             .arg("--cache-redis")
             .args([
                 "--cache-local-ttl-ms",
@@ -312,6 +321,27 @@ impl NodeProc {
     /// `kill -9`: no close frames, no draining.
     pub fn kill9(&mut self) {
         kill_child(&mut self.child);
+    }
+
+    /// Starts the node again on the same port and data directory (after [`NodeProc::kill9`]),
+    /// and waits until it is healthy.
+    pub async fn restart(&mut self) {
+        kill_child(&mut self.child);
+        self.spawn().await;
+    }
+
+    /// `kill -STOP` (`cont: false`) or `kill -CONT` (`cont: true`): the node hangs with its
+    /// sockets open, as a long GC pause or a frozen VM would, until it continues.
+    pub fn signal_pause(&self, cont: bool) {
+        let Some(child) = &self.child else { return };
+        let sig = if cont { "-CONT" } else { "-STOP" };
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} of node {} failed", self.name);
     }
 
     /// SIGTERM: graceful drain (WebSockets closed with 1012). Waits for the process to exit.
@@ -504,6 +534,7 @@ impl Cluster {
             messages: None,
             redis: redis.url(),
             cache_local_ttl_ms,
+            replica: None,
         };
         // Every node runs as a user that may only read and write rows: the schema was migrated
         // by the administrator's user before they start.
