@@ -800,11 +800,12 @@ def percentile(values: Sequence[int], p: float) -> int | None:
     return values[rank - 1]
 
 
-def fault_windows(run: RunHistory) -> list[tuple[int, int]]:
+def fault_windows(run: RunHistory) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every fault; an unhealed one lasts to the end of the run."""
     windows = []
     for fault in run.faults.values():
         heal = run.heals.get(fault.id)
-        windows.append((fault.t, heal.t if heal else run.end_time))
+        windows.append((fault.kind, fault.t, heal.t if heal else run.end_time))
     return windows
 
 
@@ -812,14 +813,37 @@ def latency_summary(run: RunHistory) -> dict[str, Any]:
     windows = fault_windows(run)
     acked = [s for s in run.sends if s.outcome == "ok"]
     overall = sorted(s.t1 - s.t0 for s in acked)
-    during = sorted(s.t1 - s.t0 for s in acked
-                    if any(s.t0 <= end and s.t1 >= start for start, end in windows))
+
+    def overlapping(kinds: set[str] | None) -> list[int]:
+        return sorted(s.t1 - s.t0 for s in acked
+                      if any((kinds is None or kind in kinds) and s.t0 <= end and s.t1 >= start
+                             for kind, start, end in windows))
+
+    during = overlapping(None)
+    by_kind = {}
+    for kind in sorted({kind for kind, _, _ in windows}):
+        values = overlapping({kind})
+        by_kind[kind] = {"count": len(values), "p99": percentile(values, 99)}
     return {
         "count": len(overall),
         "p50": percentile(overall, 50),
         "p99": percentile(overall, 99),
         "max": overall[-1] if overall else None,
-        "during_faults": {"count": len(during), "p99": percentile(during, 99)},
+        "during_faults": {"count": len(during), "p99": percentile(during, 99),
+                          "by_kind": by_kind},
+    }
+
+
+def unknown_resolution(run: RunHistory) -> dict[str, int]:
+    """Of the client_msg_ids that had an unknown outcome: how many were stored in the end."""
+    stored = {(h.chat, m.client_msg_id) for h in run.histories.values() for m in h.messages}
+    unknown = {(s.chat, s.client_msg_id) for s in run.sends if s.outcome == "unknown"}
+    settled = {(s.chat, s.client_msg_id) for s in run.sends if s.outcome != "unknown"}
+    return {
+        "ids_with_an_unknown_outcome": len(unknown),
+        "later_settled_by_a_resend": len(unknown & settled),
+        "stored": len(unknown & stored),
+        "not_stored": len(unknown - stored),
     }
 
 
@@ -863,6 +887,7 @@ class CheckResult:
             "deliveries_checked": self.deliveries,
             "stream_completeness_checked": self.run.streams_drained,
             "latency_ms": self.latency,
+            "unknown_outcomes": unknown_resolution(self.run),
             "violation_counts": {k: self.counts[k] for k in VIOLATION_KINDS},
             "stream_out_of_order_suppressed": self.order_suppressed,
             "violations": [v.to_json() for v in self.shown_violations()],
@@ -930,6 +955,12 @@ def render_report(result: CheckResult, source: str) -> str:
     out.append(f"Send latency (ok sends, n={latency['count']}): p50 {_ms(latency['p50'])}, "
                f"p99 {_ms(latency['p99'])}, max {_ms(latency['max'])}")
     out.append(f"  during fault windows (n={during['count']}): p99 {_ms(during['p99'])}")
+    for kind, numbers in during["by_kind"].items():
+        out.append(f"    {kind} (n={numbers['count']}): p99 {_ms(numbers['p99'])}")
+    unknown = summary["unknown_outcomes"]
+    out.append(f"Unknown outcomes: {unknown['ids_with_an_unknown_outcome']} ids "
+               f"({unknown['later_settled_by_a_resend']} settled by a resend; in the end "
+               f"{unknown['stored']} stored once, {unknown['not_stored']} not stored)")
     for warning in result.run.warnings:
         out.append(f"Warning: {warning}")
     out += _render_violations(result)

@@ -167,8 +167,11 @@ class CleanRunTest(CheckerTestCase):
         self.assertTrue(summary["stream_completeness_checked"])
         # ok latencies 10, 40, 20; the fault windows [100, 500] and [710, end of run] overlap
         # the sends taking 40 ms (410..450) and 20 ms (700..720).
-        self.assertEqual(summary["latency_ms"], {"count": 3, "p50": 20, "p99": 40, "max": 40,
-                                                 "during_faults": {"count": 2, "p99": 40}})
+        self.assertEqual(summary["latency_ms"], {
+            "count": 3, "p50": 20, "p99": 40, "max": 40,
+            "during_faults": {"count": 2, "p99": 40, "by_kind": {
+                "kill_node": {"count": 1, "p99": 40}, "pause_redis": {"count": 1, "p99": 20}}}})
+        self.assertEqual(summary["unknown_outcomes"]["not_stored"], 0)
 
     def test_re_added_member_may_receive_again(self) -> None:
         lines = clean_run()
