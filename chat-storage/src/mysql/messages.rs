@@ -135,6 +135,18 @@ fn before_page_is_complete(before: Seq, limit: u32, page: &[Message]) -> bool {
 impl MessageStore for MysqlStore {
     async fn append(&self, message: NewMessage) -> Result<Appended> {
         let m = &message;
+        // Wait for this chat's turn before taking a connection (see `gate`), no longer than a
+        // connection may take: a chat whose appends cannot keep up answers 503, retryable.
+        let wait = self.pools.acquire_timeout();
+        let _turn = tokio::time::timeout(wait, self.append_gates.enter(m.chat_id))
+            .await
+            .map_err(|_| chat_core::Error::Unavailable {
+                message: format!(
+                    "mysql: appends to chat {} are backed up (waited {wait:?} for a turn)",
+                    m.chat_id
+                ),
+                source: None,
+            })?;
         for _ in 0..DEDUPE_ATTEMPTS {
             let outcome = self
                 .pools

@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`schema`]: tables and migrations.
 //! - `routing`: the bounded pools, timeouts, retries, and which server answers which read.
+//! - `gate`: one append at a time per chat on a node, so a hot chat cannot hold the whole pool.
 //! - `metadata`, `messages`: the two trait implementations.
 //! - `error`: driver and server errors onto the contract's `Error`.
 //! - `testing` (features `testing` + `mysql`): a fresh database per test.
@@ -59,6 +60,7 @@
 //! not be stored; the client's retry with the same `client_msg_id` finds out without a duplicate.
 
 mod error;
+mod gate;
 mod messages;
 mod metadata;
 mod routing;
@@ -133,6 +135,8 @@ pub struct ReplicaStats {
 pub struct MysqlStore {
     /// The pools and the routing of reads.
     pools: Pools,
+    /// One append at a time per chat on this node (see `gate`).
+    append_gates: gate::ChatGates,
     /// The database name (for logs and health).
     database: String,
 }
@@ -200,7 +204,11 @@ impl MysqlStore {
             .map_err(|f| f.into_error("migrate"))?;
         drop(conn);
         tracing::info!(database = %database, replicas = config.replica_urls.len(), "mysql: store open");
-        Ok(MysqlStore { pools, database })
+        Ok(MysqlStore {
+            pools,
+            append_gates: gate::ChatGates::default(),
+            database,
+        })
     }
 
     /// The database this store works in.

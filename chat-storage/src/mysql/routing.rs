@@ -81,6 +81,11 @@ pub(crate) struct Timeouts {
 }
 
 impl Pools {
+    /// Longest wait for a connection; an append's wait for its chat's turn has the same bound.
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
     /// Pools for a primary and replicas (each given with a label for logs).
     pub(crate) fn new(primary: Pool, replicas: Vec<(Pool, String)>, t: Timeouts) -> Pools {
         Pools {
