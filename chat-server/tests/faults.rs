@@ -237,6 +237,9 @@ async fn writer(history: History, p: Person, chat: ChatId, until: Instant, seed:
             if outcome != "unknown" {
                 break;
             }
+            // Back off before the resend, so the resends span a fault instead of one moment.
+            let backoff = 250 * (1u64 << attempt.min(4));
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(30..150))).await;
     }
@@ -298,10 +301,12 @@ async fn subscriber(
     }
 }
 
-/// A membership change, tried until it has a definite outcome (at most a few times).
+/// A membership change, tried until it has a definite outcome, as an app would: with backoff,
+/// for up to about a minute.
 async fn change_member(history: History, owner: Person, chat: ChatId, who: UserId, add: bool) {
     let kind = if add { "member_add" } else { "member_remove" };
-    for _ in 0..5 {
+    let mut wait = Duration::from_millis(250);
+    for _ in 0..12 {
         let t0 = history.now();
         let result = if add {
             owner.client.add_member(chat, who).await
@@ -323,7 +328,8 @@ async fn change_member(history: History, owner: Person, chat: ChatId, who: UserI
         if outcome != "unknown" {
             return;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(8));
     }
 }
 
