@@ -38,6 +38,10 @@ pub struct Limits {
     pub max_email_bytes: usize,
     /// Longest display name in characters.
     pub max_display_name_chars: usize,
+    /// Longest reaction emoji in bytes of UTF-8.
+    pub max_emoji_bytes: usize,
+    /// Most distinct emoji on one message.
+    pub max_reactions_per_message: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +61,8 @@ impl Default for Limits {
             max_password_bytes: 1024,
             max_email_bytes: 254,
             max_display_name_chars: 64,
+            max_emoji_bytes: 32,
+            max_reactions_per_message: 20,
         }
     }
 }
@@ -94,6 +100,25 @@ impl Limits {
             ));
         }
         Ok(t.to_owned())
+    }
+
+    /// Validates a reaction emoji: 1 to 32 bytes of UTF-8 (it arrives percent-decoded from the
+    /// path), no control characters or whitespace. Any such string is accepted, not only
+    /// characters Unicode calls emoji: clients differ in what they offer (`+1`, skin tones,
+    /// ZWJ sequences), and the store only compares bytes.
+    pub fn emoji(&self, emoji: &str) -> Result<()> {
+        if emoji.is_empty() || emoji.len() > self.max_emoji_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "emoji must be 1 to {} bytes",
+                self.max_emoji_bytes
+            )));
+        }
+        if emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::InvalidArgument(
+                "emoji must not contain control characters or whitespace".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Validates a client message id (1 to 64 bytes, no control characters).
@@ -235,6 +260,29 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(big.page_limit(None).unwrap(), 20);
+    }
+
+    #[test]
+    fn emoji() {
+        let l = Limits::default();
+        let long_ok = "x".repeat(32);
+        for ok in ["👍", "+1", "👩🏽‍💻", "🇺🇦", long_ok.as_str()] {
+            assert!(l.emoji(ok).is_ok(), "{ok:?}");
+        }
+        let (too_long, too_many_bytes) = ("x".repeat(33), "👍".repeat(9));
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "\u{7}",
+            too_long.as_str(),
+            too_many_bytes.as_str(),
+        ] {
+            assert!(
+                matches!(l.emoji(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

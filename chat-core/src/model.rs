@@ -174,6 +174,73 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
 }
 
+/// One emoji's reactions on a message, as the wire contract shows them: `count` equals
+/// `user_ids.len()`, users in the order they reacted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji (validated by [`Limits::emoji`](crate::Limits::emoji)).
+    pub emoji: String,
+    /// How many users reacted with it.
+    pub count: u32,
+    /// Who reacted with it.
+    pub user_ids: Vec<UserId>,
+}
+
+/// Adds (`add: true`) or takes back `user`'s `emoji` among a message's `reactions`, in place:
+/// the one rule every store applies, so every backend gives the same state.
+///
+/// Reactions stay ordered by first use; an emoji whose last user takes it back disappears (and
+/// goes to the end if used again). Returns whether anything changed: adding a reaction the user
+/// already has, or taking back one they do not have, changes nothing (and so takes no `rev`).
+/// A new distinct emoji beyond `max_distinct` is [`Error::InvalidArgument`](crate::Error).
+pub fn apply_reaction(
+    reactions: &mut Vec<Reaction>,
+    user: UserId,
+    emoji: &str,
+    add: bool,
+    max_distinct: usize,
+) -> crate::Result<bool> {
+    let at = reactions.iter().position(|r| r.emoji == emoji);
+    match (add, at) {
+        (true, Some(i)) => {
+            let r = &mut reactions[i];
+            if r.user_ids.contains(&user) {
+                return Ok(false);
+            }
+            r.user_ids.push(user);
+            r.count = u32::try_from(r.user_ids.len()).unwrap_or(u32::MAX);
+            Ok(true)
+        }
+        (true, None) => {
+            if reactions.len() >= max_distinct {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "a message has at most {max_distinct} distinct reactions"
+                )));
+            }
+            reactions.push(Reaction {
+                emoji: emoji.to_owned(),
+                count: 1,
+                user_ids: vec![user],
+            });
+            Ok(true)
+        }
+        (false, Some(i)) => {
+            let r = &mut reactions[i];
+            let before = r.user_ids.len();
+            r.user_ids.retain(|&u| u != user);
+            if r.user_ids.len() == before {
+                return Ok(false);
+            }
+            r.count = u32::try_from(r.user_ids.len()).unwrap_or(u32::MAX);
+            if r.user_ids.is_empty() {
+                reactions.remove(i);
+            }
+            Ok(true)
+        }
+        (false, None) => Ok(false),
+    }
+}
+
 /// A change to a stored message (protocol "Additions": messages that change). Each one takes
 /// the chat's next [`Rev`](crate::Rev); the message keeps its `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,5 +310,90 @@ impl FetchQuery {
             | FetchQuery::Before { limit, .. }
             | FetchQuery::After { limit, .. } => limit,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(reactions: &[Reaction]) -> Vec<(&str, u32, Vec<i64>)> {
+        reactions
+            .iter()
+            .map(|r| {
+                (
+                    r.emoji.as_str(),
+                    r.count,
+                    r.user_ids.iter().map(|u| u.0).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reactions_are_idempotent_per_user_and_ordered_by_first_use() {
+        let mut r = Vec::new();
+        assert_eq!(
+            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            apply_reaction(&mut r, UserId(2), "🎉", true, 20).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            apply_reaction(&mut r, UserId(2), "👍", true, 20).ok(),
+            Some(true)
+        );
+        // Repeats change nothing.
+        assert_eq!(
+            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            apply_reaction(&mut r, UserId(3), "🎉", false, 20).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            apply_reaction(&mut r, UserId(3), "🙂", false, 20).ok(),
+            Some(false)
+        );
+        assert_eq!(state(&r), vec![("👍", 2, vec![1, 2]), ("🎉", 1, vec![2])]);
+        // The last user taking one back removes it; used again, it goes to the end.
+        assert_eq!(
+            apply_reaction(&mut r, UserId(1), "👍", false, 20).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            apply_reaction(&mut r, UserId(2), "👍", false, 20).ok(),
+            Some(true)
+        );
+        assert_eq!(state(&r), vec![("🎉", 1, vec![2])]);
+        assert_eq!(
+            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
+            Some(true)
+        );
+        assert_eq!(state(&r), vec![("🎉", 1, vec![2]), ("👍", 1, vec![1])]);
+    }
+
+    #[test]
+    fn at_most_max_distinct_emoji() {
+        let mut r = Vec::new();
+        for i in 0..3 {
+            assert_eq!(
+                apply_reaction(&mut r, UserId(1), &format!("e{i}"), true, 3).ok(),
+                Some(true)
+            );
+        }
+        assert!(matches!(
+            apply_reaction(&mut r, UserId(1), "e3", true, 3),
+            Err(crate::Error::InvalidArgument(_))
+        ));
+        // An emoji already there can still gain users.
+        assert_eq!(
+            apply_reaction(&mut r, UserId(2), "e0", true, 3).ok(),
+            Some(true)
+        );
+        assert_eq!(r.len(), 3);
     }
 }
