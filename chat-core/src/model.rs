@@ -1,6 +1,6 @@
 //! The domain: users, chats, memberships, sessions and messages, and the inputs the stores take.
 
-use crate::ids::{ChatId, Millis, Seq, TokenHash, UserId};
+use crate::ids::{ChatId, Millis, Rev, Seq, TokenHash, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A registered user, as clients see it (never the password hash).
@@ -154,6 +154,23 @@ pub struct Message {
     /// The sender's idempotency key, as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// The `seq` of the message this one replies to, in the same chat.
+    #[serde(default)]
+    pub reply_to_seq: Option<Seq>,
+    /// When its text was last edited (server time), if ever.
+    #[serde(default)]
+    pub edited_at: Option<Millis>,
+    /// Whether it was deleted: a tombstone keeps its `seq`, with no text and no reactions.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Emoji reactions, ordered by first use.
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+    /// The chat revision of its latest change (its append, if it never changed). In a chat
+    /// none of whose messages ever changed, `rev == seq` for every message: each append takes
+    /// the next revision.
+    #[serde(default)]
+    pub rev: Rev,
 }
 
 /// What the server asks a [`MessageStore`](crate::MessageStore) to append. The store assigns

@@ -241,6 +241,7 @@ pub enum ClientFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Rev;
     use serde_json::json;
 
     #[test]
@@ -276,6 +277,11 @@ mod tests {
             sent_at: 5,
             timestamp: None,
             client_msg_id: Some("k".into()),
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: Rev(2),
         };
         assert_eq!(
             serde_json::to_value(ServerFrame::Ack {
@@ -285,7 +291,8 @@ mod tests {
             .unwrap(),
             json!({"type": "ack", "client_msg_id": "k", "message": {
                 "chat_id": 1, "seq": 2, "sender_id": 3, "msg_text": "x", "sent_at": 5,
-                "client_msg_id": "k"}})
+                "client_msg_id": "k", "reply_to_seq": null, "edited_at": null, "deleted": false,
+                "reactions": [], "rev": 2}})
         );
     }
 

@@ -141,6 +141,11 @@ fn fanout(c: &mut Criterion) {
                                 sent_at: 0,
                                 timestamp: None,
                                 client_msg_id: None,
+                                reply_to_seq: None,
+                                edited_at: None,
+                                deleted: false,
+                                reactions: Vec::new(),
+                                rev: chat_core::Rev(seq),
                             },
                         };
                         room.broker

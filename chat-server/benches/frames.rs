@@ -26,6 +26,11 @@ fn message() -> Message {
         sent_at: 1_767_225_600_123,
         timestamp: Some(1_767_225_600_100),
         client_msg_id: Some("0f3c9a4e-6d2b-4c1e-9a57-3b8e2d1f4c6a".to_owned()),
+        reply_to_seq: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        rev: chat_core::Rev(987_654),
     }
 }
 

@@ -59,6 +59,11 @@ fn message(chat: i64, seq: i64) -> BrokerEvent {
                 sent_at: 0,
                 timestamp: None,
                 client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
+                rev: chat_core::Rev(seq),
             },
         },
     }
@@ -374,6 +379,11 @@ async fn resync_delivers_what_the_broker_lost_and_only_that() {
                 sent_at: 0,
                 timestamp: None,
                 client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
+                rev: chat_core::Rev(s2.get()),
             },
         },
     });

@@ -58,6 +58,11 @@ impl Pending {
             sent_at: self.sent_at,
             timestamp: self.timestamp,
             client_msg_id: self.client_msg_id.clone(),
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: chat_core::Rev(seq),
         }
     }
 

@@ -455,6 +455,11 @@ fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>
             sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
             timestamp,
             client_msg_id,
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: chat_core::Rev(seq),
         });
     }
     Ok(out)

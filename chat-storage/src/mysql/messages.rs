@@ -36,6 +36,11 @@ fn message_from(row: Row) -> Result<Message, Failure> {
         sent_at,
         timestamp,
         client_msg_id,
+        reply_to_seq: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        rev: chat_core::Rev(seq),
     })
 }
 
@@ -187,6 +192,11 @@ impl MessageStore for MysqlStore {
                             sent_at: m.sent_at,
                             timestamp: m.timestamp,
                             client_msg_id: m.client_msg_id.clone(),
+                            reply_to_seq: None,
+                            edited_at: None,
+                            deleted: false,
+                            reactions: Vec::new(),
+                            rev: chat_core::Rev(seq.get()),
                         },
                         created: true,
                     })
@@ -333,6 +343,11 @@ mod tests {
                 sent_at: 0,
                 timestamp: None,
                 client_msg_id: None,
+                reply_to_seq: None,
+                edited_at: None,
+                deleted: false,
+                reactions: Vec::new(),
+                rev: chat_core::Rev(s),
             })
             .collect()
     }

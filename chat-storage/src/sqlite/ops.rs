@@ -26,6 +26,11 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         sent_at: r.get(4)?,
         timestamp: r.get(5)?,
         client_msg_id: r.get(6)?,
+        reply_to_seq: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        rev: chat_core::Rev(r.get(1)?),
     })
 }
 
@@ -109,6 +114,11 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
             sent_at: m.sent_at,
             timestamp: m.timestamp,
             client_msg_id: m.client_msg_id,
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: chat_core::Rev(seq),
         },
         created: true,
     })

@@ -124,6 +124,11 @@ pub async fn append_returns_what_was_given<S: MessageStore>(store: S) {
         sent_at: 1_700_000_000_000,
         timestamp: Some(1_699_999_999_000),
         client_msg_id: Some("c-1".to_owned()),
+        reply_to_seq: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        rev: chat_core::Rev(1),
     };
     assert_eq!(appended.message, expected);
     let page = store
@@ -131,6 +136,46 @@ pub async fn append_returns_what_was_given<S: MessageStore>(store: S) {
         .await
         .expect("fetch");
     assert_eq!(page, vec![expected]);
+}
+
+/// Every append takes the chat's next revision, so while no message of a chat has changed,
+/// each message's `rev` equals its `seq` (also after retries, which take nothing), and a new
+/// message is plain: no reply, never edited, not deleted, no reactions.
+pub async fn rev_equals_seq_while_no_message_changed<S: MessageStore>(store: S) {
+    let chat = fresh_chat();
+    for i in 0..12 {
+        let m = NewMessage {
+            chat_id: chat,
+            sender_id: UserId(1 + i % 3),
+            msg_text: format!("m{i}"),
+            sent_at: 1_700_000_000_000 + i,
+            timestamp: None,
+            client_msg_id: Some(format!("r-{i}")),
+        };
+        let first = store.append(m.clone()).await.expect("append");
+        // A retry returns the stored message and takes no revision.
+        let again = store.append(m).await.expect("retry");
+        assert!(!again.created);
+        assert_eq!(again.message, first.message);
+    }
+    let all = store
+        .fetch(
+            chat,
+            FetchQuery::After {
+                after: Seq::ZERO,
+                limit: 100,
+            },
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(all.len(), 12);
+    for m in &all {
+        assert_eq!(m.rev.get(), m.seq.get(), "rev of seq {}", m.seq);
+        assert_eq!(m.reply_to_seq, None);
+        assert_eq!(m.edited_at, None);
+        assert!(!m.deleted);
+        assert!(m.reactions.is_empty());
+    }
 }
 
 /// 16 tasks append 50 messages each to one chat at once: the seqs are exactly 1..=800, each

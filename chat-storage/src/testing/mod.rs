@@ -132,6 +132,7 @@ macro_rules! message_store_conformance {
         $crate::__conformance_tests!(message_store_conformance, messages, $setup;
             first_seq_is_one,
             append_returns_what_was_given,
+            rev_equals_seq_while_no_message_changed,
             dense_seq_under_concurrent_appends,
             chats_have_independent_counters,
             retry_with_same_client_msg_id_returns_stored_message,

@@ -171,6 +171,11 @@ mod tests {
             sent_at: 4,
             timestamp: Some(5),
             client_msg_id: Some("c".into()),
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: chat_core::Rev(2),
         }
     }
 
