@@ -258,6 +258,65 @@ pub fn apply_reaction(
     }
 }
 
+/// The state `current` takes under `change`, or `None` when the change changes nothing: the
+/// rule every store applies (then gives the result the chat's next [`Rev`], which this leaves
+/// to the store).
+///
+/// - An edit sets the text and `edited_at`; the same text again changes nothing. A deleted
+///   message cannot be edited ([`Error::Conflict`](crate::Error::Conflict)).
+/// - A delete empties the text and the reactions and marks the tombstone; deleting a tombstone
+///   again changes nothing.
+/// - A reaction follows [`apply_reaction`] with the contract's limit of distinct emoji; adding
+///   one to a tombstone is a conflict, taking one back from it changes nothing.
+pub fn apply_change(current: &Message, change: &MessageChange) -> crate::Result<Option<Message>> {
+    let mut next = current.clone();
+    match change {
+        MessageChange::Edit {
+            msg_text,
+            edited_at,
+        } => {
+            if current.deleted {
+                return Err(crate::Error::Conflict(
+                    "a deleted message cannot be edited".into(),
+                ));
+            }
+            if current.msg_text == *msg_text {
+                return Ok(None);
+            }
+            next.msg_text.clone_from(msg_text);
+            next.edited_at = Some(*edited_at);
+        }
+        MessageChange::Delete => {
+            if current.deleted {
+                return Ok(None);
+            }
+            next.deleted = true;
+            next.msg_text = String::new();
+            next.reactions = Vec::new();
+        }
+        MessageChange::React {
+            user_id,
+            emoji,
+            add,
+        } => {
+            if current.deleted {
+                return if *add {
+                    Err(crate::Error::Conflict(
+                        "a deleted message takes no reactions".into(),
+                    ))
+                } else {
+                    Ok(None)
+                };
+            }
+            let max = crate::Limits::default().max_reactions_per_message;
+            if !apply_reaction(&mut next.reactions, *user_id, emoji, *add, max)? {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(next))
+}
+
 /// A change to a stored message (protocol "Additions": messages that change). Each one takes
 /// the chat's next [`Rev`](crate::Rev); the message keeps its `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -43,9 +43,9 @@ pub use writer::WriterStats;
 use async_trait::async_trait;
 use chat_core::ids::now_millis;
 use chat_core::{
-    Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageStore, MetadataStore,
-    Millis, NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User,
-    UserCredentials, UserId,
+    Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageChange, MessageStore,
+    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, Result, Rev, Role, Seq,
+    Session, TokenHash, User, UserCredentials, UserId,
 };
 use reader::ReaderPool;
 use roles::{Lookup, RoleCache};
@@ -363,6 +363,19 @@ impl MessageStore for SqliteStore {
         }
         let chat_ids = chat_ids.to_vec();
         self.read(move |c| ops::last_seqs(c, &chat_ids)).await
+    }
+
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        self.write(move |c| ops::change(c, chat_id, seq, &change))
+            .await
+    }
+
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| ops::changes(c, chat_id, after, limit))
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

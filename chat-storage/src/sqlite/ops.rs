@@ -6,18 +6,23 @@
 
 use super::error::{db, db_error, violation, Violation};
 use chat_core::{
-    Appended, Chat, ChatId, Error, FetchQuery, Member, Message, Millis, NewChat, NewMessage,
-    NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User, UserCredentials, UserId,
+    Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageChange, Millis, NewChat,
+    NewMessage, NewSession, NewUser, Result, Rev, Role, Seq, Session, TokenHash, User,
+    UserCredentials, UserId,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::BTreeSet;
 
 /// The columns of a message, in the order [`message_from_row`] reads them.
-const MESSAGE_COLUMNS: &str =
-    "chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id";
+const MESSAGE_COLUMNS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestamp, \
+     client_msg_id, reply_to_seq, edited_at, deleted, reactions, rev";
 
 /// A message from a row of [`MESSAGE_COLUMNS`].
 fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+    let reactions: String = r.get(10)?;
+    let reactions = serde_json::from_str(&reactions).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(Message {
         chat_id: ChatId(r.get(0)?),
         seq: Seq(r.get(1)?),
@@ -26,11 +31,11 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         sent_at: r.get(4)?,
         timestamp: r.get(5)?,
         client_msg_id: r.get(6)?,
-        reply_to_seq: None,
-        edited_at: None,
-        deleted: false,
-        reactions: Vec::new(),
-        rev: chat_core::Rev(r.get(1)?),
+        reply_to_seq: r.get::<_, Option<i64>>(7)?.map(Seq),
+        edited_at: r.get(8)?,
+        deleted: r.get(9)?,
+        reactions,
+        rev: Rev(r.get(11)?),
     })
 }
 
@@ -75,16 +80,19 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
             });
         }
     }
-    let seq: i64 = conn
+    // A new message takes the chat's next seq and its next revision.
+    let (seq, rev): (i64, i64) = conn
         .prepare_cached(
-            "INSERT INTO chat_seq (chat_id, last_seq) VALUES (?1, 1) \
-             ON CONFLICT (chat_id) DO UPDATE SET last_seq = last_seq + 1 \
-             RETURNING last_seq",
+            "INSERT INTO chat_seq (chat_id, last_seq, last_rev) VALUES (?1, 1, 1) \
+             ON CONFLICT (chat_id) DO UPDATE SET last_seq = last_seq + 1, \
+             last_rev = last_rev + 1 \
+             RETURNING last_seq, last_rev",
         )
-        .and_then(|mut st| st.query_row([m.chat_id.get()], |r| r.get(0)))
+        .and_then(|mut st| st.query_row([m.chat_id.get()], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(db("take the next seq"))?;
     conn.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, 0, '[]', ?8)"
     ))
     .and_then(|mut st| {
         st.execute(params![
@@ -95,6 +103,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
             m.sent_at,
             m.timestamp,
             m.client_msg_id,
+            rev,
         ])
     })
     .map_err(|e| match violation(&e) {
@@ -118,10 +127,85 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
+            rev: Rev(rev),
         },
         created: true,
     })
+}
+
+/// Applies one change to a stored message and gives it the chat's next revision; a change
+/// that changes nothing (a repeated delete or reaction, the same text) takes none and returns
+/// the message as it is. Runs on the writer, so the read-modify-write cannot race.
+pub(crate) fn change(
+    conn: &Connection,
+    chat_id: ChatId,
+    seq: Seq,
+    change: &MessageChange,
+) -> Result<Message> {
+    let current = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"
+        ))
+        .and_then(|mut st| {
+            st.query_row(params![chat_id.get(), seq.get()], message_from_row)
+                .optional()
+        })
+        .map_err(db("read a message to change"))?
+        .ok_or_else(|| Error::NotFound(format!("message {seq} of chat {chat_id}")))?;
+    let Some(next) = chat_core::apply_change(&current, change)? else {
+        return Ok(current);
+    };
+    let rev: i64 = conn
+        .prepare_cached(
+            "UPDATE chat_seq SET last_rev = last_rev + 1 WHERE chat_id = ?1 RETURNING last_rev",
+        )
+        .and_then(|mut st| st.query_row([chat_id.get()], |r| r.get(0)))
+        .map_err(db("take the next rev"))?;
+    let reactions = serde_json::to_string(&next.reactions)
+        .map_err(|e| Error::internal("sqlite: encode reactions", e))?;
+    conn.prepare_cached(
+        "UPDATE messages SET msg_text = ?3, edited_at = ?4, deleted = ?5, reactions = ?6, \
+         rev = ?7 WHERE chat_id = ?1 AND seq = ?2",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            chat_id.get(),
+            seq.get(),
+            next.msg_text,
+            next.edited_at,
+            next.deleted,
+            reactions,
+            rev,
+        ])
+    })
+    .map_err(db("store a changed message"))?;
+    Ok(Message {
+        rev: Rev(rev),
+        ..next
+    })
+}
+
+/// The change feed: messages whose latest change is above `after`, by ascending revision.
+pub(crate) fn changes(
+    conn: &Connection,
+    chat_id: ChatId,
+    after: Rev,
+    limit: u32,
+) -> Result<Vec<Message>> {
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND rev > ?2 \
+             ORDER BY rev LIMIT ?3"
+        ))
+        .map_err(db("prepare the change feed"))?;
+    let rows = st
+        .query_map(
+            params![chat_id.get(), after.get(), sql_limit(limit)],
+            message_from_row,
+        )
+        .map_err(db("read the change feed"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("read the change feed"))
 }
 
 /// One page of a chat, ascending. Every variant is one range scan of the primary key.

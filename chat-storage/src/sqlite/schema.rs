@@ -70,6 +70,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         UNIQUE (chat_id, sender_id, client_msg_id)
     ) WITHOUT ROWID;
     "#,
+    // 2: messages that change (issue 14). A per-chat revision counter next to `last_seq`, the
+    // changeable state of a message, and the change feed's index. Every message stored so far
+    // was only appended, and each append took the chat's next revision, so its `rev` is its
+    // `seq` and each chat's `last_rev` is its `last_seq`.
+    r#"
+    ALTER TABLE chat_seq ADD COLUMN last_rev INTEGER NOT NULL DEFAULT 0;
+    UPDATE chat_seq SET last_rev = last_seq;
+    ALTER TABLE messages ADD COLUMN reply_to_seq INTEGER;
+    ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    -- JSON: [{"emoji", "count", "user_ids"}], ordered by first use.
+    ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET rev = seq;
+    CREATE INDEX messages_by_rev ON messages (chat_id, rev);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -186,6 +202,38 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 6);
+    }
+
+    #[test]
+    fn messages_stored_before_revisions_get_rev_equal_to_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO chat_seq VALUES (7, 2);
+                 INSERT INTO messages VALUES (7, 1, 1, 'a', 10, NULL, NULL);
+                 INSERT INTO messages VALUES (7, 2, 1, 'b', 11, NULL, 'k');",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let last_rev: i64 = conn
+            .query_row("SELECT last_rev FROM chat_seq WHERE chat_id = 7", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(last_rev, 2);
+        let revs: Vec<(i64, i64, String)> = conn
+            .prepare("SELECT seq, rev, reactions FROM messages ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(revs, vec![(1, 1, "[]".into()), (2, 2, "[]".into())]);
     }
 
     #[test]

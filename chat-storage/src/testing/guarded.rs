@@ -3,9 +3,9 @@
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Chat, ChatId, FetchQuery, Member, Message, MessageStore, MetadataStore, Millis,
-    NewChat, NewMessage, NewSession, NewUser, Result, Role, Seq, Session, TokenHash, User,
-    UserCredentials, UserId,
+    Appended, Chat, ChatId, FetchQuery, Member, Message, MessageChange, MessageStore,
+    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, Result, Rev, Role, Seq,
+    Session, TokenHash, User, UserCredentials, UserId,
 };
 
 /// A store and a guard value kept alive with it. Implements [`MetadataStore`] and
@@ -128,6 +128,14 @@ where
 
     async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
         self.store.last_seqs(chat_ids).await
+    }
+
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        self.store.change(chat_id, seq, change).await
+    }
+
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        self.store.changes(chat_id, after, limit).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -38,6 +38,7 @@
 //! The tests make their own unique emails, chat ids of their own for the message store and
 //! random unknown ids, so they may also run in parallel against one shared database.
 
+pub mod changes;
 mod guarded;
 pub mod messages;
 pub mod metadata;
@@ -150,6 +151,21 @@ macro_rules! message_store_conformance {
             timestamp_and_client_msg_id_round_trip,
             flush_keeps_every_acked_message,
             message_health,
+        );
+    };
+}
+
+/// The conformance tests of messages that change (edits, deletes, reactions, the change
+/// feed), for a backend that implements `MessageStore::change` and `MessageStore::changes`.
+/// Same setup expression as [`message_store_conformance!`].
+#[macro_export]
+macro_rules! message_change_conformance {
+    ($setup:expr $(,)?) => {
+        $crate::__conformance_tests!(message_change_conformance, changes, $setup;
+            edits_deletes_and_reactions_take_revisions,
+            changes_that_cannot_be_made_are_refused,
+            repeated_changes_take_no_revision,
+            concurrent_changes_converge_and_the_feed_has_every_one,
         );
     };
 }
