@@ -191,6 +191,27 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
 }
 
+impl NewMessage {
+    /// The message as stored at `seq` with revision `rev`: as given, and not (yet) replied
+    /// to, edited, deleted or reacted to.
+    pub fn stored(self, seq: Seq, rev: Rev) -> Message {
+        Message {
+            chat_id: self.chat_id,
+            seq,
+            sender_id: self.sender_id,
+            msg_text: self.msg_text,
+            sent_at: self.sent_at,
+            timestamp: self.timestamp,
+            client_msg_id: self.client_msg_id,
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev,
+        }
+    }
+}
+
 /// One emoji's reactions on a message, as the wire contract shows them: `count` equals
 /// `user_ids.len()`, users in the order they reacted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,49 +427,27 @@ mod tests {
             .collect()
     }
 
+    /// One reaction step with the contract's limit; `Some(changed)`, `None` on an error.
+    fn react(r: &mut Vec<Reaction>, user: i64, emoji: &str, add: bool) -> Option<bool> {
+        apply_reaction(r, UserId(user), emoji, add, 20).ok()
+    }
+
     #[test]
     fn reactions_are_idempotent_per_user_and_ordered_by_first_use() {
         let mut r = Vec::new();
-        assert_eq!(
-            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
-            Some(true)
-        );
-        assert_eq!(
-            apply_reaction(&mut r, UserId(2), "🎉", true, 20).ok(),
-            Some(true)
-        );
-        assert_eq!(
-            apply_reaction(&mut r, UserId(2), "👍", true, 20).ok(),
-            Some(true)
-        );
+        assert_eq!(react(&mut r, 1, "👍", true), Some(true));
+        assert_eq!(react(&mut r, 2, "🎉", true), Some(true));
+        assert_eq!(react(&mut r, 2, "👍", true), Some(true));
         // Repeats change nothing.
-        assert_eq!(
-            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
-            Some(false)
-        );
-        assert_eq!(
-            apply_reaction(&mut r, UserId(3), "🎉", false, 20).ok(),
-            Some(false)
-        );
-        assert_eq!(
-            apply_reaction(&mut r, UserId(3), "🙂", false, 20).ok(),
-            Some(false)
-        );
+        assert_eq!(react(&mut r, 1, "👍", true), Some(false));
+        assert_eq!(react(&mut r, 3, "🎉", false), Some(false));
+        assert_eq!(react(&mut r, 3, "🙂", false), Some(false));
         assert_eq!(state(&r), vec![("👍", 2, vec![1, 2]), ("🎉", 1, vec![2])]);
         // The last user taking one back removes it; used again, it goes to the end.
-        assert_eq!(
-            apply_reaction(&mut r, UserId(1), "👍", false, 20).ok(),
-            Some(true)
-        );
-        assert_eq!(
-            apply_reaction(&mut r, UserId(2), "👍", false, 20).ok(),
-            Some(true)
-        );
+        assert_eq!(react(&mut r, 1, "👍", false), Some(true));
+        assert_eq!(react(&mut r, 2, "👍", false), Some(true));
         assert_eq!(state(&r), vec![("🎉", 1, vec![2])]);
-        assert_eq!(
-            apply_reaction(&mut r, UserId(1), "👍", true, 20).ok(),
-            Some(true)
-        );
+        assert_eq!(react(&mut r, 1, "👍", true), Some(true));
         assert_eq!(state(&r), vec![("🎉", 1, vec![2]), ("👍", 1, vec![1])]);
     }
 

@@ -377,15 +377,15 @@ fn cassandra_sh(args: &[&str]) {
     assert!(status.success(), "scripts/cassandra.sh {args:?} failed");
 }
 
-fn signal_pid_file(pid_file: &PathBuf, cont: bool) {
+/// SIGSTOP / SIGCONT of the process whose pid is in `pid_file`.
+fn pause_pid_file(pid_file: &PathBuf, cont: bool) {
     let pid =
         std::fs::read_to_string(pid_file).unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
-    let sig = if cont { "-CONT" } else { "-STOP" };
-    let ok = Command::new("kill")
-        .args([sig, pid.trim()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {} failed", pid.trim());
+    let pid = pid
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    pause_pid(pid, cont, &pid_file.display().to_string());
 }
 
 /// The nemesis: one fault at a time, at random, until `until`; everything healed when it returns.
@@ -470,9 +470,9 @@ impl Nemesis {
             }
             Fault::PauseReplica => {
                 self.record_fault(&id, fault, "mariadb replica");
-                signal_pid_file(&self.replica_pid_file, false);
+                pause_pid_file(&self.replica_pid_file, false);
                 tokio::time::sleep(hold).await;
-                signal_pid_file(&self.replica_pid_file, true);
+                pause_pid_file(&self.replica_pid_file, true);
             }
             Fault::StopCassandraNode => {
                 // One Cassandra node down at a time: with RF 3 a quorum stays.

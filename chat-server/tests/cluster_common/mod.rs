@@ -84,6 +84,17 @@ fn print_tail(label: &str, path: &Path) {
     }
 }
 
+/// `kill -STOP` (`cont: false`) or `kill -CONT` (`cont: true`) of process `pid` (`what` names
+/// it in the failure message).
+pub fn pause_pid(pid: u32, cont: bool, what: &str) {
+    let sig = if cont { "-CONT" } else { "-STOP" };
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} of {what} (pid {pid}) failed");
+}
+
 /// Kills a child at once (SIGKILL) and reaps it.
 fn kill_child(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -143,15 +154,9 @@ impl RedisProc {
     /// `kill -STOP` (`cont: false`) or `kill -CONT` (`cont: true`): a hang, not a close. Its
     /// sockets stay open and answer nothing until it continues.
     pub fn signal_pause(&self, cont: bool) {
-        let Some(child) = &self.child else { return };
-        let sig = if cont { "-CONT" } else { "-STOP" };
-        let ok = Command::new("kill")
-            .arg(sig)
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} of redis-server failed");
+        if let Some(child) = &self.child {
+            pause_pid(child.id(), cont, "redis-server");
+        }
     }
 
     /// `kill -9`: every connection drops, every key and subscription is gone.
@@ -333,15 +338,9 @@ impl NodeProc {
     /// `kill -STOP` (`cont: false`) or `kill -CONT` (`cont: true`): the node hangs with its
     /// sockets open, as a long GC pause or a frozen VM would, until it continues.
     pub fn signal_pause(&self, cont: bool) {
-        let Some(child) = &self.child else { return };
-        let sig = if cont { "-CONT" } else { "-STOP" };
-        let ok = Command::new("kill")
-            .arg(sig)
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} of node {} failed", self.name);
+        if let Some(child) = &self.child {
+            pause_pid(child.id(), cont, &format!("node {}", self.name));
+        }
     }
 
     /// SIGTERM: graceful drain (WebSockets closed with 1012). Waits for the process to exit.

@@ -184,22 +184,10 @@ impl MessageStore for MysqlStore {
             match outcome {
                 Some(Outcome::Stored(seq)) => {
                     return Ok(Appended {
-                        message: Message {
-                            chat_id: m.chat_id,
-                            seq,
-                            sender_id: m.sender_id,
-                            msg_text: m.msg_text.clone(),
-                            sent_at: m.sent_at,
-                            timestamp: m.timestamp,
-                            client_msg_id: m.client_msg_id.clone(),
-                            reply_to_seq: None,
-                            edited_at: None,
-                            deleted: false,
-                            reactions: Vec::new(),
-                            rev: chat_core::Rev(seq.get()),
-                        },
+                        // Messages here never change yet: an append's rev is its seq.
+                        message: m.clone().stored(seq, chat_core::Rev(seq.get())),
                         created: true,
-                    })
+                    });
                 }
                 Some(Outcome::Duplicate(stored)) => {
                     return Ok(Appended {

@@ -115,20 +115,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
         _ => db_error("insert a message", e),
     })?;
     Ok(Appended {
-        message: Message {
-            chat_id: m.chat_id,
-            seq: Seq(seq),
-            sender_id: m.sender_id,
-            msg_text: m.msg_text,
-            sent_at: m.sent_at,
-            timestamp: m.timestamp,
-            client_msg_id: m.client_msg_id,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: Rev(rev),
-        },
+        message: m.stored(Seq(seq), Rev(rev)),
         created: true,
     })
 }
