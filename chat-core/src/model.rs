@@ -189,11 +189,14 @@ pub struct NewMessage {
     pub timestamp: Option<Millis>,
     /// Idempotency key; `(chat_id, sender_id, client_msg_id)` is unique.
     pub client_msg_id: Option<String>,
+    /// The `seq` of the message this one replies to, in the same chat. The server checked that
+    /// it exists (`1 <= reply_to_seq <= last_seq`: seqs are dense), so the store only keeps it.
+    pub reply_to_seq: Option<Seq>,
 }
 
 impl NewMessage {
-    /// The message as stored at `seq` with revision `rev`: as given, and not (yet) replied
-    /// to, edited, deleted or reacted to.
+    /// The message as stored at `seq` with revision `rev`: as given, and not (yet) edited,
+    /// deleted or reacted to.
     pub fn stored(self, seq: Seq, rev: Rev) -> Message {
         Message {
             chat_id: self.chat_id,
@@ -203,7 +206,7 @@ impl NewMessage {
             sent_at: self.sent_at,
             timestamp: self.timestamp,
             client_msg_id: self.client_msg_id,
-            reply_to_seq: None,
+            reply_to_seq: self.reply_to_seq,
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),

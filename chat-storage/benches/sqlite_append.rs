@@ -43,6 +43,7 @@ fn append_batches(c: &mut Criterion) {
                             tokio::spawn(async move {
                                 store
                                     .append(NewMessage {
+                                        reply_to_seq: None,
                                         chat_id: ChatId(1 + (i % 16) as i64),
                                         sender_id: UserId(1),
                                         msg_text: TEXT.to_owned(),

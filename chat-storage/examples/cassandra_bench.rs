@@ -36,6 +36,7 @@ mod bench {
 
     fn msg(chat: ChatId, sender: i64, i: i64, with_cmid: bool) -> NewMessage {
         NewMessage {
+reply_to_seq: None,
             chat_id: chat,
             sender_id: UserId(sender),
             // ~100 bytes, the seed's average message.

@@ -70,6 +70,7 @@ mod bench {
                 for i in 0..n {
                     let chat = chats[(t + i) % chats.len()];
                     let m = NewMessage {
+reply_to_seq: None,
                         chat_id: chat,
                         sender_id: UserId(t as i64 + 1),
                         msg_text: format!("message {i} from task {t}: about a hundred bytes of chat text, as the design sketch assumes."),

@@ -439,6 +439,7 @@ mod tests {
         let appended = split
             .messages
             .append(NewMessage {
+                reply_to_seq: None,
                 chat_id: ChatId(1),
                 sender_id: UserId(1),
                 msg_text: "hi".to_owned(),

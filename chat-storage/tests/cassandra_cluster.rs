@@ -132,6 +132,7 @@ async fn a_node_stops_mid_stream_and_nothing_acked_is_lost() {
             while !stop.load(Ordering::SeqCst) && i < 20_000 {
                 let cmid = format!("s{sender}-{i}");
                 let m = NewMessage {
+                    reply_to_seq: None,
                     chat_id: chat,
                     sender_id: UserId(sender),
                     msg_text: cmid.clone(),

@@ -27,6 +27,7 @@ fn with_params(url: &str, extra: &str) -> String {
 
 fn msg(chat: ChatId, sender: i64, text: &str, cmid: Option<&str>) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: chat,
         sender_id: UserId(sender),
         msg_text: text.to_owned(),

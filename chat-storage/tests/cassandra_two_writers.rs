@@ -75,6 +75,7 @@ async fn two_nodes_append_to_one_chat_concurrently() {
                 for i in 0..SENDS_PER_TASK {
                     let cmid = format!("s{sender}-{i}");
                     let m = NewMessage {
+                        reply_to_seq: None,
                         chat_id: chat,
                         sender_id: UserId(sender),
                         msg_text: cmid.clone(),

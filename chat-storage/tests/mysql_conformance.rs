@@ -108,6 +108,7 @@ async fn a_least_privilege_user_runs_a_migrated_schema_and_is_told_when_it_canno
         .expect("create a chat");
     let appended = store
         .append(NewMessage {
+            reply_to_seq: None,
             chat_id: chat.chat_id,
             sender_id: user.user_id,
             msg_text: "hello".into(),

@@ -28,6 +28,7 @@ const BURSTS: usize = 3;
 
 fn message(chat: ChatId, sender: UserId, id: String) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: chat,
         sender_id: sender,
         msg_text: format!("text of {id}"),

@@ -78,6 +78,7 @@ fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: chat_core::Result<
 
 fn message(chat: ChatId, sender: UserId, cmid: &str) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: chat,
         sender_id: sender,
         msg_text: format!("text of {cmid}"),

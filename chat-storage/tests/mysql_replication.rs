@@ -34,6 +34,7 @@ fn new_user(tag: &str) -> NewUser {
 
 fn message(chat: chat_core::ChatId, sender: UserId, text: &str) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: chat,
         sender_id: sender,
         msg_text: text.to_owned(),

@@ -78,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn new_message(s: &Send) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: ChatId(s.chat),
         sender_id: UserId(s.sender),
         msg_text: s.text.clone(),

@@ -25,6 +25,7 @@ chat_storage::message_change_conformance!(fresh());
 /// A message for `chat` from `sender`.
 fn msg(chat: i64, sender: i64, text: &str, client_msg_id: Option<String>) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id: ChatId(chat),
         sender_id: UserId(sender),
         msg_text: text.to_owned(),

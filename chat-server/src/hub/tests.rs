@@ -310,6 +310,7 @@ async fn append_silently(fx: &Fixture, chat: ChatId, sender: UserId, text: &str)
     use chat_core::{MessageStore as _, NewMessage};
     fx.store
         .append(NewMessage {
+            reply_to_seq: None,
             chat_id: chat,
             sender_id: sender,
             msg_text: text.into(),

@@ -86,6 +86,7 @@ pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appen
     let appended = state
         .messages
         .append(NewMessage {
+            reply_to_seq: None,
             chat_id,
             sender_id: prepared.sender,
             msg_text: prepared.msg_text,

@@ -92,7 +92,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
         .map_err(db("take the next seq"))?;
     conn.prepare_cached(&format!(
         "INSERT INTO messages ({MESSAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, 0, '[]', ?8)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 0, '[]', ?9)"
     ))
     .and_then(|mut st| {
         st.execute(params![
@@ -103,6 +103,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
             m.sent_at,
             m.timestamp,
             m.client_msg_id,
+            m.reply_to_seq.map(Seq::get),
             rev,
         ])
     })

@@ -23,6 +23,7 @@ async fn append_n<S: MessageStore>(store: &S, chat: ChatId, n: usize) {
     for i in 0..n {
         store
             .append(NewMessage {
+                reply_to_seq: None,
                 chat_id: chat,
                 sender_id: UserId(1),
                 msg_text: format!("message {i}"),
@@ -285,4 +286,38 @@ pub async fn concurrent_changes_converge_and_the_feed_has_every_one<S: MessageSt
     let mut fed_by_seq: Vec<Message> = fed;
     fed_by_seq.sort_by_key(|m| m.seq);
     assert_eq!(fed_by_seq, current, "the feed and the history disagree");
+}
+
+/// A reply keeps the `seq` it replies to through the append, retries of it, reads, edits and
+/// the feed.
+pub async fn a_reply_keeps_what_it_replies_to<S: MessageStore>(store: S) {
+    let chat = fresh_chat();
+    append_n(&store, chat, 3).await;
+    let reply = NewMessage {
+        reply_to_seq: Some(Seq(2)),
+        chat_id: chat,
+        sender_id: UserId(2),
+        msg_text: "answering two".to_owned(),
+        sent_at: now_millis(),
+        timestamp: None,
+        client_msg_id: Some("reply-1".to_owned()),
+    };
+    let first = store.append(reply.clone()).await.expect("append the reply");
+    assert!(first.created);
+    assert_eq!(first.message.seq, Seq(4));
+    assert_eq!(first.message.reply_to_seq, Some(Seq(2)));
+    let again = store.append(reply).await.expect("retry the reply");
+    assert!(!again.created, "a retry stores no second copy");
+    assert_eq!(again.message, first.message, "a retry returns the stored reply");
+    let read = history(&store, chat).await;
+    assert_eq!(read.len(), 4);
+    assert_eq!(read[3].reply_to_seq, Some(Seq(2)));
+    assert!(read[..3].iter().all(|m| m.reply_to_seq.is_none()));
+    let edited = store
+        .change(chat, Seq(4), edit("answering two, edited"))
+        .await
+        .expect("edit the reply");
+    assert_eq!(edited.reply_to_seq, Some(Seq(2)), "an edit keeps the reference");
+    let fed = feed(&store, chat, Rev(0), 10).await;
+    assert_eq!(fed.last(), Some(&edited), "the feed shows the edited reply");
 }

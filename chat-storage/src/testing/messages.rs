@@ -24,6 +24,7 @@ fn new_message(
     client_msg_id: Option<&str>,
 ) -> NewMessage {
     NewMessage {
+        reply_to_seq: None,
         chat_id,
         sender_id: UserId(sender),
         msg_text: text.to_owned(),
@@ -107,6 +108,7 @@ pub async fn first_seq_is_one<S: MessageStore>(store: S) {
 pub async fn append_returns_what_was_given<S: MessageStore>(store: S) {
     let chat = fresh_chat();
     let input = NewMessage {
+        reply_to_seq: None,
         chat_id: chat,
         sender_id: UserId(42),
         msg_text: "the text".to_owned(),
@@ -145,6 +147,7 @@ pub async fn rev_equals_seq_while_no_message_changed<S: MessageStore>(store: S) 
     let chat = fresh_chat();
     for i in 0..12 {
         let m = NewMessage {
+            reply_to_seq: None,
             chat_id: chat,
             sender_id: UserId(1 + i % 3),
             msg_text: format!("m{i}"),

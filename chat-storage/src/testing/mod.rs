@@ -166,6 +166,7 @@ macro_rules! message_change_conformance {
             changes_that_cannot_be_made_are_refused,
             repeated_changes_take_no_revision,
             concurrent_changes_converge_and_the_feed_has_every_one,
+            a_reply_keeps_what_it_replies_to,
         );
     };
 }

@@ -477,6 +477,7 @@ pub async fn run_store(
                 let t = Instant::now();
                 let r = messages
                     .append(NewMessage {
+                        reply_to_seq: None,
                         chat_id: chats[(i % chats.len() as u64) as usize],
                         sender_id: owner,
                         msg_text: text.clone(),
