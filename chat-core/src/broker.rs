@@ -34,6 +34,12 @@ pub enum Event {
         /// The stored message.
         message: Message,
     },
+    /// A stored message was edited, deleted or reacted to, durably (on `Topic::Chat`): its
+    /// current state.
+    MessageUpdated {
+        /// The message as it is now.
+        message: Message,
+    },
     /// A chat's members changed, or a user was added to it (published on `Topic::Chat` for the
     /// members and `Topic::User` for the user added).
     ChatUpdated {

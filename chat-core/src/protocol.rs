@@ -5,7 +5,7 @@
 //! answers with `bad_request`.
 
 use crate::error::ErrorCode;
-use crate::ids::{ChatId, Millis, Seq, UserId};
+use crate::ids::{ChatId, Millis, Rev, Seq, UserId};
 use crate::model::{Message, Role, User};
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,29 @@ pub struct SendRequest {
     /// Idempotency key (up to 64 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// The `seq` of an existing message of the same chat this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_seq: Option<Seq>,
+}
+
+/// `PATCH /v1/chats/{chat_id}/messages/{seq}` body: the new text (same limits as a send).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditRequest {
+    /// The new text.
+    pub msg_text: String,
+}
+
+/// `GET /v1/chats/{chat_id}/changes` answer: one page of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesResponse {
+    /// Messages whose latest change is above `after_rev`, in their current state, by ascending
+    /// `rev`.
+    pub messages: Vec<Message>,
+    /// The `after_rev` to ask with next: the last message's `rev`, or the asked `after_rev`
+    /// when the page is empty.
+    pub next_rev: Rev,
+    /// Whether more changes are already there to read.
+    pub has_more: bool,
 }
 
 /// `GET /v1/fetch` answer.
@@ -169,6 +192,9 @@ pub struct ChatCursor {
     pub chat_id: ChatId,
     /// Its newest `seq`.
     pub last_seq: Seq,
+    /// Its newest `rev` (see the change feed), so a client knows whether it missed changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rev: Option<Rev>,
 }
 
 /// Frames the server sends on `GET /v1/ws`.
@@ -185,6 +211,12 @@ pub enum ServerFrame {
     /// A new message in one of the user's chats.
     Message {
         /// The message.
+        message: Message,
+    },
+    /// A message of one of the user's chats was edited, deleted or reacted to: its current
+    /// state (keep the one with the highest `rev`).
+    MessageUpdated {
+        /// The message as it is now.
         message: Message,
     },
     /// The answer to a `send` on this connection.
@@ -233,6 +265,9 @@ pub enum ClientFrame {
         timestamp: Option<Millis>,
         /// Idempotency key; required on the WebSocket so the ack can be matched.
         client_msg_id: String,
+        /// The `seq` of an existing message of the same chat this one replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to_seq: Option<Seq>,
     },
     /// Keep-alive; answered with `pong`.
     Ping,
@@ -241,7 +276,7 @@ pub enum ClientFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Rev;
+
     use serde_json::json;
 
     #[test]
@@ -256,7 +291,8 @@ mod tests {
                 chat_id: ChatId(3),
                 msg_text: "hi".into(),
                 timestamp: None,
-                client_msg_id: "c1".into()
+                client_msg_id: "c1".into(),
+                reply_to_seq: None,
             }
         );
         let ping: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();

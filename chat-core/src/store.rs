@@ -112,6 +112,19 @@ pub trait MessageStore: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// The newest [`Rev`] of each chat, in the order asked (`Rev::ZERO` for a chat without
+    /// messages): where a client that is up to date now starts reading the change feed. The
+    /// default is right for a store whose messages never change (`rev == seq`); a store that
+    /// implements [`change`](MessageStore::change) overrides it.
+    async fn last_revs(&self, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+        Ok(self
+            .last_seqs(chat_ids)
+            .await?
+            .into_iter()
+            .map(|s| Rev(s.get()))
+            .collect())
+    }
+
     /// Applies one change to message `seq` of `chat_id`, gives it the chat's next [`Rev`], and
     /// returns the message in its new state. A message that does not exist is
     /// [`Error::NotFound`](crate::Error::NotFound); editing a deleted one is

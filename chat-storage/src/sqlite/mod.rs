@@ -365,6 +365,14 @@ impl MessageStore for SqliteStore {
         self.read(move |c| ops::last_seqs(c, &chat_ids)).await
     }
 
+    async fn last_revs(&self, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+        if chat_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chat_ids = chat_ids.to_vec();
+        self.read(move |c| ops::last_revs(c, &chat_ids)).await
+    }
+
     async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
         self.write(move |c| ops::change(c, chat_id, seq, &change))
             .await

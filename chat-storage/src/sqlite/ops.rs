@@ -256,6 +256,22 @@ pub(crate) fn last_seqs(conn: &Connection, chat_ids: &[ChatId]) -> Result<Vec<Se
         .collect()
 }
 
+/// The newest rev of each chat, in order; `Rev::ZERO` for a chat without messages.
+pub(crate) fn last_revs(conn: &Connection, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+    let mut st = conn
+        .prepare_cached("SELECT last_rev FROM chat_seq WHERE chat_id = ?1")
+        .map_err(db("prepare last_rev"))?;
+    chat_ids
+        .iter()
+        .map(|c| {
+            st.query_row([c.get()], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|s| s.map_or(Rev::ZERO, Rev))
+                .map_err(db("read last_rev"))
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Users and sessions
 // ---------------------------------------------------------------------------------------------

@@ -308,7 +308,10 @@ pub async fn a_reply_keeps_what_it_replies_to<S: MessageStore>(store: S) {
     assert_eq!(first.message.reply_to_seq, Some(Seq(2)));
     let again = store.append(reply).await.expect("retry the reply");
     assert!(!again.created, "a retry stores no second copy");
-    assert_eq!(again.message, first.message, "a retry returns the stored reply");
+    assert_eq!(
+        again.message, first.message,
+        "a retry returns the stored reply"
+    );
     let read = history(&store, chat).await;
     assert_eq!(read.len(), 4);
     assert_eq!(read[3].reply_to_seq, Some(Seq(2)));
@@ -317,7 +320,38 @@ pub async fn a_reply_keeps_what_it_replies_to<S: MessageStore>(store: S) {
         .change(chat, Seq(4), edit("answering two, edited"))
         .await
         .expect("edit the reply");
-    assert_eq!(edited.reply_to_seq, Some(Seq(2)), "an edit keeps the reference");
+    assert_eq!(
+        edited.reply_to_seq,
+        Some(Seq(2)),
+        "an edit keeps the reference"
+    );
     let fed = feed(&store, chat, Rev(0), 10).await;
     assert_eq!(fed.last(), Some(&edited), "the feed shows the edited reply");
+}
+
+/// `last_revs` names each chat's newest revision (the last one the feed shows), in the order
+/// asked, 0 for a chat without messages; it moves with appends and changes alike.
+pub async fn last_revs_follow_appends_and_changes<S: MessageStore>(store: S) {
+    let a = fresh_chat();
+    let b = fresh_chat();
+    let none = fresh_chat();
+    append_n(&store, a, 3).await;
+    append_n(&store, b, 2).await;
+    store
+        .change(a, Seq(1), react(5, "👍", true))
+        .await
+        .expect("react");
+    store.change(a, Seq(2), edit("two")).await.expect("edit");
+    store
+        .change(b, Seq(1), MessageChange::Delete)
+        .await
+        .expect("delete");
+    let revs = store.last_revs(&[a, none, b, a]).await.expect("last_revs");
+    assert_eq!(revs, vec![Rev(5), Rev::ZERO, Rev(3), Rev(5)]);
+    let fed = feed(&store, a, Rev::ZERO, 2).await;
+    assert_eq!(
+        fed.last().map(|m| m.rev),
+        Some(revs[0]),
+        "the feed ends at last_rev"
+    );
 }

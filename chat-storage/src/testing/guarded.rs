@@ -130,6 +130,10 @@ where
         self.store.last_seqs(chat_ids).await
     }
 
+    async fn last_revs(&self, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+        self.store.last_revs(chat_ids).await
+    }
+
     async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
         self.store.change(chat_id, seq, change).await
     }
