@@ -1,20 +1,21 @@
 //! The REST half of the SDK: [`Client`], its builder, and the options of `send` and `fetch`.
 //!
 //! Every method maps onto one endpoint of the wire contract (`docs/protocol.md`) and uses the
-//! contract's own serde types from `chat_core::protocol`. Reads and sends are retried on
-//! transport errors, 429 and 502/503/504 (sends are safe to retry because each carries a
-//! `client_msg_id` the server deduplicates on); other writes are not retried, since repeating
-//! them could act twice.
+//! contract's own serde types from `chat_core::protocol`. Reads, sends and changes to messages
+//! are retried on transport errors, 429 and 502/503/504 (sends are safe to retry because each
+//! carries a `client_msg_id` the server deduplicates on; edits, deletes and reactions are
+//! idempotent); other writes are not retried, since repeating them could act twice.
 
 use crate::error::{code_for_status, Error, Result};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::subscription::Subscription;
+use crate::subscription::{ResumePoint, Subscription};
 use chat_core::ids::now_millis;
 use chat_core::protocol::{
-    AddMemberRequest, ChatList, ChatSummary, ChatView, CreateChatRequest, ErrorBody, FetchResponse,
-    LoginRequest, RegisterRequest, SendRequest, SessionView, UserView,
+    AddMemberRequest, ChangesResponse, ChatList, ChatSummary, ChatView, CreateChatRequest,
+    EditRequest, ErrorBody, FetchResponse, LoginRequest, RegisterRequest, SendRequest, SessionView,
+    UserView,
 };
-use chat_core::{ChatId, Message, Millis, Seq, UserId};
+use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -26,6 +27,9 @@ use std::time::Duration;
 /// One page of history, as `GET /v1/fetch` returns it: messages in ascending `seq` and the token
 /// of the next page (`None` at the end).
 pub type Page = FetchResponse;
+
+/// One page of a chat's change feed, as `GET /v1/chats/{chat_id}/changes` returns it.
+pub type Changes = ChangesResponse;
 
 /// Largest page the contract allows; used when the SDK pages through history itself.
 const MAX_PAGE: u32 = 500;
@@ -130,6 +134,8 @@ pub struct SendOptions {
     pub client_msg_id: Option<String>,
     /// The sender's clock, in Unix milliseconds. `None`: the SDK stamps the local clock.
     pub timestamp: Option<Millis>,
+    /// Makes the message a reply to this `seq` of the same chat (which must exist).
+    pub reply_to_seq: Option<Seq>,
 }
 
 /// Where a [`Client::fetch`] starts.
@@ -403,6 +409,7 @@ impl Client {
                     .client_msg_id
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             ),
+            reply_to_seq: options.reply_to_seq,
         };
         let queue = self.send_queue(chat_id);
         let guard = queue.lock().await;
@@ -423,6 +430,127 @@ impl Client {
             )));
         }
         Ok(message)
+    }
+
+    /// Sends `text` as a reply to message `reply_to` of the same chat: [`Client::send_with`]
+    /// with [`SendOptions::reply_to_seq`].
+    pub async fn reply(&self, chat_id: ChatId, reply_to: Seq, text: &str) -> Result<Message> {
+        let options = SendOptions {
+            reply_to_seq: Some(reply_to),
+            ..SendOptions::default()
+        };
+        self.send_with(chat_id, text, options).await
+    }
+
+    /// `PATCH /v1/chats/{chat_id}/messages/{seq}`: replaces the text of one's own message and
+    /// returns it with `edited_at`. Editing to the same text changes nothing; a deleted message
+    /// cannot be edited (409 `conflict`). Retried like a read: an edit is idempotent.
+    pub async fn edit(&self, chat_id: ChatId, seq: Seq, text: &str) -> Result<Message> {
+        let path = format!("/v1/chats/{chat_id}/messages/{seq}");
+        let body = EditRequest {
+            msg_text: text.to_owned(),
+        };
+        let m = self
+            .retrying(|| async {
+                let rb = self.request(Method::PATCH, &path, true)?.json(&body);
+                json::<Message>(execute(rb).await?).await
+            })
+            .await?;
+        same_message(chat_id, seq, m)
+    }
+
+    /// `DELETE /v1/chats/{chat_id}/messages/{seq}`: makes a message a tombstone (`deleted`,
+    /// no text, no reactions; its `seq` stays). Its sender, the chat's owner or an admin may.
+    /// Deleting twice is fine.
+    pub async fn delete_message(&self, chat_id: ChatId, seq: Seq) -> Result<Message> {
+        let path = format!("/v1/chats/{chat_id}/messages/{seq}");
+        let m = self
+            .retrying(|| async {
+                let rb = self.request(Method::DELETE, &path, true)?;
+                json::<Message>(execute(rb).await?).await
+            })
+            .await?;
+        same_message(chat_id, seq, m)
+    }
+
+    /// `PUT /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: adds the caller's reaction
+    /// (1 to 32 bytes; at most 20 distinct emoji per message). Idempotent.
+    pub async fn react(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
+        self.reaction(Method::PUT, chat_id, seq, emoji).await
+    }
+
+    /// `DELETE /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: takes the caller's
+    /// reaction back. Idempotent.
+    pub async fn unreact(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
+        self.reaction(Method::DELETE, chat_id, seq, emoji).await
+    }
+
+    async fn reaction(
+        &self,
+        method: Method,
+        chat_id: ChatId,
+        seq: Seq,
+        emoji: &str,
+    ) -> Result<Message> {
+        let path = format!(
+            "/v1/chats/{chat_id}/messages/{seq}/reactions/{}",
+            percent_encode(emoji)
+        );
+        let m = self
+            .retrying(|| async {
+                let rb = self.request(method.clone(), &path, true)?;
+                json::<Message>(execute(rb).await?).await
+            })
+            .await?;
+        same_message(chat_id, seq, m)
+    }
+
+    /// `GET /v1/chats/{chat_id}/changes`: one page of the chat's change feed, the messages
+    /// whose latest change is above `after_rev`, in current state, by ascending `rev`.
+    pub async fn changes(&self, chat_id: ChatId, after_rev: Rev, limit: u32) -> Result<Changes> {
+        let path = format!("/v1/chats/{chat_id}/changes");
+        let query = [
+            ("after_rev", after_rev.get().to_string()),
+            ("limit", limit.to_string()),
+        ];
+        let page: Changes = self
+            .retrying(|| async {
+                let rb = self.request(Method::GET, &path, true)?.query(&query);
+                json(execute(rb).await?).await
+            })
+            .await?;
+        if let Some(m) = page.messages.iter().find(|m| m.chat_id != chat_id) {
+            return Err(Error::Protocol(format!(
+                "changes of chat {chat_id} hold a message of chat {}",
+                m.chat_id
+            )));
+        }
+        let ascending = page.messages.windows(2).all(|w| w[0].rev < w[1].rev);
+        if !ascending || page.messages.first().is_some_and(|m| m.rev <= after_rev) {
+            return Err(Error::Protocol(format!(
+                "changes of chat {chat_id} after {after_rev} are not in ascending rev"
+            )));
+        }
+        Ok(page)
+    }
+
+    /// Every change of a chat above `after_rev`, paging to the end: the messages in their
+    /// current state (by ascending `rev`) and the `rev` to continue from next time.
+    pub async fn changes_all_after(
+        &self,
+        chat_id: ChatId,
+        after_rev: Rev,
+    ) -> Result<(Vec<Message>, Rev)> {
+        let mut out = Vec::new();
+        let mut cursor = after_rev;
+        loop {
+            let page = self.changes(chat_id, cursor, MAX_PAGE).await?;
+            cursor = page.next_rev.max(cursor);
+            out.extend(page.messages);
+            if !page.has_more {
+                return Ok((out, cursor));
+            }
+        }
     }
 
     /// `GET /v1/fetch`: one page of a chat's history (members only).
@@ -498,13 +626,30 @@ impl Client {
     /// Opens the live event stream, resuming from saved positions (e.g. from
     /// [`Subscription::positions`] of an earlier run): every message with a larger `seq` is
     /// delivered. Chats missing from `positions` are delivered from their first message.
+    /// Changes made meanwhile to messages at or below a position are not looked for; save
+    /// [`Subscription::resume_points`] and use [`Client::resume`] for those.
     /// Needs a tokio runtime; does no I/O itself (the connection is made in the background).
     pub fn subscribe_from(&self, positions: HashMap<ChatId, Seq>) -> Result<Subscription> {
         if self.token().is_none() {
             return Err(Error::NotLoggedIn);
         }
+        let points = positions
+            .into_iter()
+            .map(|(c, seq)| (c, ResumePoint::new(seq, None)))
+            .collect();
+        self.resume(points)
+    }
+
+    /// Opens the live event stream from saved [`Subscription::resume_points`]: every message
+    /// after each point's `seq`, and, as [`Event::MessageUpdated`](crate::Event), every change
+    /// made since its `rev` to messages handed over before. Chats missing from `points` are
+    /// delivered from their first message. Needs a tokio runtime; does no I/O itself.
+    pub fn resume(&self, points: HashMap<ChatId, ResumePoint>) -> Result<Subscription> {
+        if self.token().is_none() {
+            return Err(Error::NotLoggedIn);
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        Ok(Subscription::start(&runtime, self.clone(), positions))
+        Ok(Subscription::start(&runtime, self.clone(), points))
     }
 
     pub(crate) fn ws_url(&self) -> &str {
@@ -680,6 +825,32 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     } else {
         None
     }
+}
+
+/// Checks that a changed message is the one asked for.
+fn same_message(chat_id: ChatId, seq: Seq, m: Message) -> Result<Message> {
+    if m.chat_id == chat_id && m.seq == seq {
+        Ok(m)
+    } else {
+        Err(Error::Protocol(format!(
+            "changed message {seq} of chat {chat_id}, the answer is {} of chat {}",
+            m.seq, m.chat_id
+        )))
+    }
+}
+
+/// Percent-encodes a path segment (every byte but RFC 3986's unreserved ones), so an emoji,
+/// or a `/` or `?` in one, reaches the server as one segment.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len() * 3);
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

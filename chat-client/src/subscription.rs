@@ -14,6 +14,19 @@
 //! `1008` slow-consumer close) leads to a reconnect with jittered exponential backoff (100 ms
 //! doubling to 5 s); only a rejected session (401) ends the stream.
 //!
+//! # Messages that change
+//! Edits, deletes and reactions arrive as [`Event::MessageUpdated`] with the message's whole
+//! current state; keep, per message, the state with the highest `rev`. An update never comes
+//! before its message. Per chat the task also keeps a position in the chat's change feed
+//! (`GET /v1/chats/{id}/changes`): after every reconnect it reads the feed from there and hands
+//! over, as updates, the changes to messages already delivered that it missed, skipping any
+//! state it already handed over, so within one subscription nothing is missed or repeated. The
+//! position moves on each feed read (on reconnects, and after every
+//! 512 live events of a chat); [`Subscription::resume_points`] saves it with the `seq`. A
+//! subscription resumed from saved points may repeat an update the application already applied
+//! (one that came live after the last feed read), never miss one; applying updates by `rev`
+//! makes a repeat harmless.
+//!
 //! # Where each chat starts
 //! - [`Client::subscribe`]: the chats the user has when it is called start at their current
 //!   `last_seq` (only new messages).
@@ -28,9 +41,9 @@
 use crate::client::{Client, FetchOptions};
 use crate::retry::Backoff;
 use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
-use chat_core::{ChatId, Message, Seq};
+use chat_core::{ChatId, Message, Rev, Seq};
 use futures::{SinkExt, Stream, StreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -65,6 +78,56 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// Page size of catch-up fetches (the contract's maximum).
 const CATCH_UP_PAGE: u32 = 500;
 
+/// Live events of a chat remembered above its change-feed position before the task reads the
+/// feed to move the position on (and forget them).
+const SEEN_MAX: usize = 512;
+
+/// Where a chat stands for a resumed subscription: the last `seq` handed over and the position
+/// in the chat's change feed (`None`: unknown, so changes made to older messages while away are
+/// not looked for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ResumePoint {
+    /// The last message handed over.
+    pub seq: Seq,
+    /// Every change up to this revision is reflected in what was handed over.
+    pub rev: Option<Rev>,
+}
+
+impl ResumePoint {
+    /// A point after message `seq` and change-feed revision `rev`.
+    pub fn new(seq: Seq, rev: Option<Rev>) -> Self {
+        ResumePoint { seq, rev }
+    }
+}
+
+/// The change-feed positions the task reached and how far the application has read, shared
+/// between them: a position counts once the application has taken every event queued before
+/// it.
+#[derive(Debug, Default)]
+struct FeedProgress {
+    /// Per chat, the position the application has caught up to.
+    revs: HashMap<ChatId, Rev>,
+    /// Events the application has taken.
+    taken: u64,
+    /// Positions the task reached, with the number of events it had queued by then.
+    marks: VecDeque<(u64, ChatId, Rev)>,
+}
+
+impl FeedProgress {
+    /// Moves every position whose events the application has all taken into `revs`.
+    fn settle(&mut self) {
+        while let Some(&(queued, chat_id, rev)) = self.marks.front() {
+            if queued > self.taken {
+                break;
+            }
+            self.marks.pop_front();
+            let r = self.revs.entry(chat_id).or_insert(rev);
+            *r = (*r).max(rev);
+        }
+    }
+}
+
 /// Something that happened, in the order the application should see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -82,6 +145,9 @@ pub enum Event {
     },
     /// A message, exactly once, in `seq` order within its chat.
     Message(Message),
+    /// A message already handed over was edited, deleted or reacted to: its whole current
+    /// state. Keep the one with the highest `rev`.
+    MessageUpdated(Message),
     /// The user was added to a chat, or its members changed. For a newly joined chat, its
     /// messages follow this event.
     ChatUpdated(ChatView),
@@ -100,6 +166,8 @@ pub struct Subscription {
     /// positions of chats with nothing taken yet). Updated in `poll_next`, so a saved position
     /// never runs ahead of what the application actually saw.
     positions: Arc<Mutex<HashMap<ChatId, Seq>>>,
+    /// Change-feed positions, shared with the task.
+    feed: Arc<Mutex<FeedProgress>>,
     task: JoinHandle<()>,
 }
 
@@ -108,32 +176,34 @@ impl Subscription {
     pub(crate) fn start(
         runtime: &tokio::runtime::Handle,
         client: Client,
-        start: HashMap<ChatId, Seq>,
+        start: HashMap<ChatId, ResumePoint>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let positions = Arc::new(Mutex::new(start.clone()));
+        let positions = Arc::new(Mutex::new(start.iter().map(|(c, p)| (*c, p.seq)).collect()));
+        let feed = Arc::new(Mutex::new(FeedProgress {
+            revs: start
+                .iter()
+                .filter_map(|(c, p)| Some((*c, p.rev?)))
+                .collect(),
+            ..FeedProgress::default()
+        }));
         let worker = Worker {
             client,
             tx,
             chats: start
                 .into_iter()
-                .map(|(chat_id, seq)| {
-                    (
-                        chat_id,
-                        ChatState {
-                            queued: seq,
-                            member: true,
-                        },
-                    )
-                })
+                .map(|(chat_id, point)| (chat_id, ChatState::new(point.seq, point.rev)))
                 .collect(),
             positions: positions.clone(),
+            feed: feed.clone(),
+            queued_events: 0,
             announced_down: false,
         };
         let task = runtime.spawn(worker.run());
         Subscription {
             events: rx,
             positions,
+            feed,
             task,
         }
     }
@@ -149,6 +219,19 @@ impl Subscription {
     pub fn position(&self, chat_id: ChatId) -> Option<Seq> {
         lock(&self.positions).get(&chat_id).copied()
     }
+
+    /// Where each chat stands, with its change-feed position: persist it and pass it to
+    /// [`Client::resume`] to continue later with every new message and every change made
+    /// meanwhile (see the module docs).
+    pub fn resume_points(&self) -> HashMap<ChatId, ResumePoint> {
+        let positions = lock(&self.positions);
+        let mut feed = lock(&self.feed);
+        feed.settle();
+        positions
+            .iter()
+            .map(|(c, seq)| (*c, ResumePoint::new(*seq, feed.revs.get(c).copied())))
+            .collect()
+    }
 }
 
 impl Drop for Subscription {
@@ -163,10 +246,13 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = &mut *self;
         let polled = this.events.poll_recv(cx);
-        if let Poll::Ready(Some(Event::Message(m))) = &polled {
-            let mut positions = lock(&this.positions);
-            let pos = positions.entry(m.chat_id).or_insert(Seq::ZERO);
-            *pos = (*pos).max(m.seq);
+        if let Poll::Ready(Some(event)) = &polled {
+            if let Event::Message(m) = event {
+                let mut positions = lock(&this.positions);
+                let pos = positions.entry(m.chat_id).or_insert(Seq::ZERO);
+                *pos = (*pos).max(m.seq);
+            }
+            lock(&this.feed).taken += 1;
         }
         polled
     }
@@ -178,12 +264,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What the task knows about one chat.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ChatState {
     /// Highest `seq` handed to the event queue; everything up to it was queued exactly once.
     queued: Seq,
     /// Whether the user is (as far as the task knows) a member.
     member: bool,
+    /// The change-feed position: every change up to it is reflected in what was queued
+    /// (`None`: not known yet).
+    rev: Option<Rev>,
+    /// Messages queued (new or updated) above `rev`: the `rev` of the state queued last, so a
+    /// feed read does not hand the same state over again.
+    seen: HashMap<Seq, Rev>,
+    /// Size of `seen` at which live events trigger a feed read.
+    feed_due: usize,
+}
+
+impl ChatState {
+    /// A chat the task starts following now, from `queued`.
+    fn new(queued: Seq, rev: Option<Rev>) -> Self {
+        ChatState {
+            queued,
+            member: true,
+            rev,
+            seen: HashMap::new(),
+            feed_due: SEEN_MAX,
+        }
+    }
+
+    /// Whether this state of a message was already queued (or is covered by the feed position).
+    fn has_seen(&self, m: &Message) -> bool {
+        self.rev.is_some_and(|r| m.rev <= r) || self.seen.get(&m.seq).is_some_and(|r| m.rev <= *r)
+    }
+
+    /// Notes a queued state of a message, while the feed position is known.
+    fn saw(&mut self, m: &Message) {
+        if self.rev.is_some_and(|r| m.rev > r) {
+            let r = self.seen.entry(m.seq).or_insert(m.rev);
+            *r = (*r).max(m.rev);
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -203,6 +323,10 @@ struct Worker {
     tx: mpsc::Sender<Event>,
     chats: HashMap<ChatId, ChatState>,
     positions: Arc<Mutex<HashMap<ChatId, Seq>>>,
+    /// Change-feed positions reached, for [`Subscription::resume_points`].
+    feed: Arc<Mutex<FeedProgress>>,
+    /// Events queued so far (`Disconnected` included), to place feed positions among them.
+    queued_events: u64,
     /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
     /// stays down produces one event, not one per attempt.
     announced_down: bool,
@@ -222,8 +346,7 @@ impl Worker {
                 Stop::Fatal(reason) => {
                     tracing::warn!(%reason, "subscription ended");
                     let _ = self
-                        .tx
-                        .send(Event::Disconnected {
+                        .emit(Event::Disconnected {
                             reason,
                             reconnecting: false,
                         })
@@ -238,7 +361,7 @@ impl Worker {
                             reason,
                             reconnecting: true,
                         };
-                        if self.tx.send(event).await.is_err() {
+                        if self.emit(event).await.is_err() {
                             return;
                         }
                     }
@@ -343,17 +466,23 @@ impl Worker {
                     self.left(chat_id).await?;
                 }
                 for cursor in chats {
-                    let queued = self.track(cursor.chat_id).queued;
+                    let queued = self.track(cursor.chat_id);
                     if cursor.last_seq > queued {
                         self.catch_up(cursor.chat_id).await?;
+                    }
+                    // A server that does not say `last_rev` has no change feed to read.
+                    if cursor.last_rev.is_some() {
+                        self.catch_up_changes(cursor.chat_id, cursor.last_rev)
+                            .await?;
                     }
                 }
             }
             ServerFrame::Message { message } => self.live(message).await?,
+            ServerFrame::MessageUpdated { message } => self.live_update(message).await?,
             ServerFrame::ChatUpdated { chat } => {
                 let chat_id = chat.chat_id;
                 let last_seq = chat.last_seq;
-                let queued = self.track(chat_id).queued;
+                let queued = self.track(chat_id);
                 self.emit(Event::ChatUpdated(chat)).await?;
                 if last_seq > queued {
                     self.catch_up(chat_id).await?;
@@ -370,15 +499,21 @@ impl Worker {
 
     /// The chat's state, creating it (from seq 0, see the module docs) if it is new, and
     /// marking it as one the user belongs to.
-    fn track(&mut self, chat_id: ChatId) -> ChatState {
-        let st = self.chats.entry(chat_id).or_insert(ChatState {
-            queued: Seq::ZERO,
-            member: true,
+    /// Returns its queued position. A chat new to the task starts at seq 0 and at revision 0
+    /// (its history comes in current state; the feed then skips every state already queued).
+    fn track(&mut self, chat_id: ChatId) -> Seq {
+        let mut new = false;
+        let st = self.chats.entry(chat_id).or_insert_with(|| {
+            new = true;
+            ChatState::new(Seq::ZERO, Some(Rev::ZERO))
         });
         st.member = true;
-        let st = *st;
-        lock(&self.positions).entry(chat_id).or_insert(st.queued);
-        st
+        let queued = st.queued;
+        if new {
+            self.reached(chat_id, Rev::ZERO);
+        }
+        lock(&self.positions).entry(chat_id).or_insert(queued);
+        queued
     }
 
     /// The user is no longer in the chat: stop expecting its messages and tell the app once.
@@ -393,15 +528,120 @@ impl Worker {
     }
 
     async fn live(&mut self, message: Message) -> Result<(), Stop> {
-        let queued = self.track(message.chat_id).queued;
+        let queued = self.track(message.chat_id);
         if message.seq <= queued {
             Ok(())
         } else if message.seq == queued.next() {
-            self.deliver(message).await
+            let chat_id = message.chat_id;
+            self.deliver(message).await?;
+            self.maybe_read_feed(chat_id).await
         } else {
             // A hole: the missing messages (and this one) come from history, in order.
             self.catch_up(message.chat_id).await
         }
+    }
+
+    /// A live change to a message: queued unless that state was queued already. A change to a
+    /// message not queued yet (the server sends none, but a hole may hide it) is left to the
+    /// catch-up, which reads the message in its current state.
+    async fn live_update(&mut self, message: Message) -> Result<(), Stop> {
+        let chat_id = message.chat_id;
+        let Some(st) = self.chats.get(&chat_id).filter(|st| st.member) else {
+            return Ok(());
+        };
+        if message.seq > st.queued {
+            return self.catch_up(chat_id).await;
+        }
+        if st.has_seen(&message) {
+            return Ok(());
+        }
+        self.deliver_update(message).await?;
+        self.maybe_read_feed(chat_id).await
+    }
+
+    /// Reads the chat's change feed from its position to the end and queues, as updates, the
+    /// states of messages already queued that were not queued yet; then moves the position on.
+    /// `server_rev` is the chat's newest revision when known (from `ready`): nothing to read
+    /// when the position is there already; `None` reads anyway. A chat whose position is unknown starts at
+    /// `server_rev` (changes made before are not looked for).
+    async fn catch_up_changes(
+        &mut self,
+        chat_id: ChatId,
+        server_rev: Option<Rev>,
+    ) -> Result<(), Stop> {
+        let Some(st) = self.chats.get_mut(&chat_id).filter(|st| st.member) else {
+            return Ok(());
+        };
+        let from = match (st.rev, server_rev) {
+            (None, None) => return Ok(()),
+            (None, Some(now)) => {
+                st.rev = Some(now);
+                self.reached(chat_id, now);
+                return Ok(());
+            }
+            (Some(at), Some(now)) if now <= at => return Ok(()),
+            (Some(at), _) => at,
+        };
+        let (changed, next) = match self.client.changes_all_after(chat_id, from).await {
+            Ok(found) => found,
+            Err(e) if e.is_unauthenticated() => {
+                return Err(Stop::Fatal(format!(
+                    "reading changes of chat {chat_id}: {e}"
+                )))
+            }
+            Err(e) if matches!(e.status(), Some(403 | 404)) => return self.left(chat_id).await,
+            Err(e) if e.status() == Some(501) => {
+                // The server's store keeps messages unchanged: there is no feed to follow.
+                if let Some(st) = self.chats.get_mut(&chat_id) {
+                    st.rev = None;
+                    st.seen.clear();
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Stop::Reconnect(format!(
+                    "reading changes of chat {chat_id}: {e}"
+                )))
+            }
+        };
+        // The position moves to the last revision before the first message not queued yet: that
+        // one comes live (or by a catch-up) in the state of its publish, and a change to it
+        // after that must still count as unseen.
+        let mut handled = from;
+        let mut blocked = false;
+        for m in changed {
+            let Some(st) = self.chats.get(&chat_id) else {
+                return Ok(());
+            };
+            if m.seq > st.queued {
+                blocked = true;
+                continue;
+            }
+            if !blocked {
+                handled = m.rev;
+            }
+            if !st.has_seen(&m) {
+                self.deliver_update(m).await?;
+            }
+        }
+        if !blocked {
+            handled = handled.max(next);
+        }
+        if let Some(st) = self.chats.get_mut(&chat_id) {
+            st.rev = Some(handled);
+            st.seen.retain(|_, r| *r > handled);
+            st.feed_due = st.seen.len() + SEEN_MAX;
+        }
+        self.reached(chat_id, handled);
+        Ok(())
+    }
+
+    /// Queues a message's new state.
+    async fn deliver_update(&mut self, message: Message) -> Result<(), Stop> {
+        if let Some(st) = self.chats.get_mut(&message.chat_id) {
+            st.saw(&message);
+        }
+        self.emit(Event::MessageUpdated(message)).await
     }
 
     /// Fetches and delivers everything after the chat's queued position, to the end.
@@ -458,12 +698,35 @@ impl Worker {
     async fn deliver(&mut self, message: Message) -> Result<(), Stop> {
         if let Some(st) = self.chats.get_mut(&message.chat_id) {
             st.queued = message.seq;
+            st.saw(&message);
         }
         self.emit(Event::Message(message)).await
     }
 
+    /// Reads the chat's change feed once enough live events are remembered above its
+    /// position, so the memory stays bounded and saved resume points stay recent.
+    async fn maybe_read_feed(&mut self, chat_id: ChatId) -> Result<(), Stop> {
+        if self
+            .chats
+            .get(&chat_id)
+            .is_some_and(|st| st.seen.len() > st.feed_due)
+        {
+            self.catch_up_changes(chat_id, None).await?;
+        }
+        Ok(())
+    }
+
     async fn emit(&mut self, event: Event) -> Result<(), Stop> {
-        self.tx.send(event).await.map_err(|_| Stop::ConsumerGone)
+        self.tx.send(event).await.map_err(|_| Stop::ConsumerGone)?;
+        self.queued_events += 1;
+        Ok(())
+    }
+
+    /// Records that every change of the chat up to `rev` is in the events queued so far.
+    fn reached(&mut self, chat_id: ChatId, rev: Rev) {
+        let mut feed = lock(&self.feed);
+        feed.marks.push_back((self.queued_events, chat_id, rev));
+        feed.settle();
     }
 }
 
@@ -619,6 +882,7 @@ mod tests {
             chats: vec![ChatCursor {
                 chat_id: CHAT,
                 last_seq: Seq(last),
+                last_rev: None,
             }],
         };
         match n {
@@ -690,6 +954,7 @@ mod tests {
                     assert_eq!(m.seq, Seq(new_chat_messages), "new chat in order from 1");
                 }
                 Event::Message(m) => got.push(format!("m{}", m.seq)),
+                Event::MessageUpdated(m) => got.push(format!("u{}", m.seq)),
                 Event::Connected => got.push("connected".into()),
                 Event::Disconnected {
                     reconnecting,

@@ -52,6 +52,7 @@ fn frames(c: &mut Criterion) {
     });
 
     let send = serde_json::to_string(&ClientFrame::Send {
+        reply_to_seq: None,
         chat_id: ChatId(123_456),
         msg_text: TEXT.to_owned(),
         timestamp: Some(1_767_225_600_100),

@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub(crate) messages_sent: Counter,
     /// Sends answered with an already stored message (retries).
     pub(crate) messages_deduplicated: Counter,
+    /// Edits, deletes and reactions that took a new revision.
+    pub(crate) messages_changed: Counter,
     /// Frames queued to WebSocket connections by the hub (one per connection per event).
     pub(crate) deliveries: Counter,
     /// Connections closed because their outbound queue was full.
@@ -111,6 +113,11 @@ impl Default for Metrics {
             &mut registry,
             "chat_messages_deduplicated",
             "Sends answered with the already stored message of the same client_msg_id",
+        );
+        let messages_changed = counter(
+            &mut registry,
+            "chat_messages_changed",
+            "Edits, deletes and reactions that changed a stored message",
         );
         let deliveries = counter(
             &mut registry,
@@ -186,6 +193,7 @@ impl Default for Metrics {
             ws_connections_total,
             messages_sent,
             messages_deduplicated,
+            messages_changed,
             deliveries,
             slow_consumer_disconnects,
             broker_events,

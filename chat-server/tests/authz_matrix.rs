@@ -45,7 +45,7 @@ const WHO: [Who; 8] = [
 ];
 
 /// What an endpoint or frame does.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Register,
     Login,
@@ -61,6 +61,11 @@ enum Action {
     LeaveChat,
     Send,
     Fetch,
+    EditMessage,
+    DeleteMessage,
+    React,
+    Unreact,
+    Changes,
     WsUpgrade,
     WsSend,
     WsPing,
@@ -109,6 +114,14 @@ const MATRIX: &[(Action, [Want; 8])] = &[
     // Sending (for "other": a member sending with the owner's user_id).
     (Action::Send,           [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     CREATED,    CREATED,    CREATED]),
     (Action::Fetch,          [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    // Editing: one's own message (for "other": the owner's message).
+    (Action::EditMessage,    [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     OK,         OK,         OK]),
+    // Deleting the owner's message: the owner and admins may, members may not.
+    (Action::DeleteMessage,  [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     FORBIDDEN,  OK,         OK]),
+    // Reacting to, and taking back a reaction from, the owner's message: any member.
+    (Action::React,          [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    (Action::Unreact,        [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    (Action::Changes,        [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
     (Action::WsUpgrade,      [UNAUTH, UNAUTH, UNAUTH, SWITCHING,      SWITCHING,      SWITCHING,  SWITCHING,  SWITCHING]),
     // WebSocket frames, on a socket of a valid session (the callers without one never get a
     // socket). "other" sends into a chat of people it has nothing to do with.
@@ -405,6 +418,49 @@ async fn cell(w: &World, action: Action, who: Who) -> (u16, String) {
             w.call(
                 Method::GET,
                 &format!("/v1/fetch?chat_id={chat}"),
+                token,
+                None,
+            )
+            .await,
+        ),
+        Action::EditMessage | Action::DeleteMessage | Action::React | Action::Unreact => {
+            // The owner's message, or for a member, admin or owner editing: their own.
+            let author = match (action, who) {
+                (Action::EditMessage, Who::Member | Who::Admin | Who::Owner) => token,
+                _ => Some(sc.owner.1.as_str()),
+            };
+            let body = json!({"chat_id": chat, "msg_text": "to change"});
+            let (s, v) = w.call(Method::POST, "/v1/send", author, Some(body)).await;
+            assert_eq!(s, 201, "{v}");
+            let path = format!("/v1/chats/{chat}/messages/{}", v["seq"]);
+            let (s, v) = match action {
+                Action::EditMessage => {
+                    let body = json!({"msg_text": "changed"});
+                    w.call(Method::PATCH, &path, token, Some(body)).await
+                }
+                Action::DeleteMessage => w.call(Method::DELETE, &path, token, None).await,
+                Action::React => {
+                    let path = format!("{path}/reactions/%F0%9F%91%8D");
+                    w.call(Method::PUT, &path, token, None).await
+                }
+                _ => {
+                    let path = format!("{path}/reactions/%F0%9F%91%8D");
+                    w.call(Method::DELETE, &path, token, None).await
+                }
+            };
+            if s == 200 && action == Action::React {
+                assert_eq!(v["reactions"][0]["emoji"], "👍", "{v}");
+                assert_eq!(
+                    v["reactions"][0]["user_ids"][0].as_i64(),
+                    sc.id(who).map(|u| u.0)
+                );
+            }
+            http((s, v))
+        }
+        Action::Changes => http(
+            w.call(
+                Method::GET,
+                &format!("/v1/chats/{chat}/changes?after_rev=0"),
                 token,
                 None,
             )

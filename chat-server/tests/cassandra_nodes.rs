@@ -74,6 +74,7 @@ async fn two_nodes_append_to_one_chat_through_cassandra() {
                     let opts = SendOptions {
                         client_msg_id: Some(format!("s{s}-m{i}")),
                         timestamp: None,
+                        ..SendOptions::default()
                     };
                     let m = c
                         .send_with(chat, &format!("sender {s} message {i}"), opts)
@@ -100,6 +101,7 @@ async fn two_nodes_append_to_one_chat_through_cassandra() {
             SendOptions {
                 client_msg_id: first.client_msg_id.clone(),
                 timestamp: None,
+                ..SendOptions::default()
             },
         )
         .await

@@ -134,6 +134,7 @@ async fn retried_send_returns_the_first_copy() {
     let options = SendOptions {
         client_msg_id: Some("retry-me-1".into()),
         timestamp: Some(1_700_000_000_000),
+        ..SendOptions::default()
     };
     let first = a
         .send_with(chat, "once", options.clone())

@@ -225,6 +225,7 @@ async fn writer(history: History, p: Person, chat: ChatId, until: Instant, seed:
             let options = SendOptions {
                 client_msg_id: Some(id.clone()),
                 timestamp: None,
+                ..SendOptions::default()
             };
             let result = p.client.send_with(chat, &text, options).await;
             let outcome = outcome(&result);

@@ -1000,7 +1000,10 @@ async fn websocket_ready_send_ack_delivery_and_ping() {
 
     let (mut a, ready) = h.ws(&ann).await;
     assert_eq!(ready["user_id"], ann_id.get());
-    assert_eq!(ready["chats"], json!([{"chat_id": chat, "last_seq": 1}]));
+    assert_eq!(
+        ready["chats"],
+        json!([{"chat_id": chat, "last_seq": 1, "last_rev": 1}])
+    );
     let (mut b, _) = h.ws(&bob).await;
 
     a.send(WsMessage::text(

@@ -1,17 +1,19 @@
-//! REST handlers for messages: `POST /v1/send` and `GET /v1/fetch`.
+//! REST handlers for messages: `POST /v1/send`, `GET /v1/fetch`, and the changes to a stored
+//! message (edit, delete, reactions) with the chat's change feed.
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::extract::{ClientAddr, JsonBody, QueryParams};
+use crate::extract::{ClientAddr, JsonBody, PathParams, QueryParams};
 use crate::ops;
+use crate::ops::change::{ChangeInput, ChangesInput};
 use crate::ops::fetch::FetchInput;
 use crate::ops::send::SendInput;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chat_core::protocol::{FetchResponse, SendRequest};
-use chat_core::{Error, Message};
+use chat_core::protocol::{ChangesResponse, EditRequest, FetchResponse, SendRequest};
+use chat_core::{ChatId, Error, Message, Seq};
 use std::sync::Arc;
 
 /// `POST /v1/send`: 201 with the stored message, or 200 with the first one for a retry.
@@ -32,6 +34,7 @@ pub(crate) async fn send(
             msg_text: req.msg_text,
             timestamp: req.timestamp,
             client_msg_id: req.client_msg_id,
+            reply_to_seq: req.reply_to_seq,
             client_addr: addr,
         },
     )
@@ -52,4 +55,66 @@ pub(crate) async fn fetch(
 ) -> ApiResult<Json<FetchResponse>> {
     let input = FetchInput::parse(&q, &st.config.limits)?;
     Ok(Json(ops::fetch::run(&st, caller.user_id, input).await?))
+}
+
+/// `PATCH /v1/chats/{chat_id}/messages/{seq}`: 200 with the edited message.
+pub(crate) async fn edit(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((chat_id, seq)): PathParams<(ChatId, Seq)>,
+    JsonBody(req): JsonBody<EditRequest>,
+) -> ApiResult<Json<Message>> {
+    let input = ChangeInput::Edit(req.msg_text);
+    Ok(Json(
+        ops::change::run(&st, caller.user_id, chat_id, seq, input).await?,
+    ))
+}
+
+/// `DELETE /v1/chats/{chat_id}/messages/{seq}`: 200 with the tombstone.
+pub(crate) async fn delete(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((chat_id, seq)): PathParams<(ChatId, Seq)>,
+) -> ApiResult<Json<Message>> {
+    let input = ChangeInput::Delete;
+    Ok(Json(
+        ops::change::run(&st, caller.user_id, chat_id, seq, input).await?,
+    ))
+}
+
+/// `PUT /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: 200 with the message.
+pub(crate) async fn react(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((chat_id, seq, emoji)): PathParams<(ChatId, Seq, String)>,
+) -> ApiResult<Json<Message>> {
+    let input = ChangeInput::React(emoji, true);
+    Ok(Json(
+        ops::change::run(&st, caller.user_id, chat_id, seq, input).await?,
+    ))
+}
+
+/// `DELETE /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: 200 with the message.
+pub(crate) async fn unreact(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((chat_id, seq, emoji)): PathParams<(ChatId, Seq, String)>,
+) -> ApiResult<Json<Message>> {
+    let input = ChangeInput::React(emoji, false);
+    Ok(Json(
+        ops::change::run(&st, caller.user_id, chat_id, seq, input).await?,
+    ))
+}
+
+/// `GET /v1/chats/{chat_id}/changes?after_rev&limit`: one page of the change feed.
+pub(crate) async fn changes(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(chat_id): PathParams<ChatId>,
+    QueryParams(q): QueryParams,
+) -> ApiResult<Json<ChangesResponse>> {
+    let input = ChangesInput::parse(&q, &st.config.limits)?;
+    Ok(Json(
+        ops::change::feed(&st, caller.user_id, chat_id, input).await?,
+    ))
 }

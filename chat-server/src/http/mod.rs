@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use chat_core::{Error, ErrorCode};
 use futures::FutureExt as _;
@@ -36,6 +36,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/chats/{chat_id}/members/{user_id}",
             delete(chats::remove_member),
         )
+        .route(
+            "/v1/chats/{chat_id}/messages/{seq}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route(
+            "/v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}",
+            put(messages::react).delete(messages::unreact),
+        )
+        .route("/v1/chats/{chat_id}/changes", get(messages::changes))
         .route("/v1/send", post(messages::send))
         .route("/v1/fetch", get(messages::fetch))
         .route("/v1/ws", get(crate::ws::upgrade))

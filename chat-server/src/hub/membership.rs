@@ -13,7 +13,7 @@
 //! not undone by the read. A resync's read is tied to the user's *epoch*, so it cannot land on
 //! a user who disconnected and came back meanwhile.
 
-use super::order::{Line, Offer};
+use super::order::{Line, Offer, Update};
 use crate::ws::connection::Connection;
 use chat_core::{ChatId, Message, Seq, Topic, UserId};
 use std::collections::{HashMap, HashSet};
@@ -206,6 +206,15 @@ impl Membership {
                 self.lines.insert(chat, Line::starting_at(message.seq));
                 Offer::Deliver(vec![message])
             }
+        }
+    }
+
+    /// Offers a changed message of `chat` to its live order (see `order::Update`). Without a
+    /// line (no local members, or the first one still being set up) it goes out as an update.
+    pub(crate) fn update(&mut self, chat: ChatId, message: Message) -> Update {
+        match self.lines.get_mut(&chat) {
+            Some(line) if self.chats.contains_key(&chat) => line.update(message),
+            _ => Update::Forward(message),
         }
     }
 

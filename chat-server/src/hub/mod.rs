@@ -32,7 +32,7 @@ use chat_core::{
 };
 use futures::StreamExt;
 use membership::Membership;
-use order::Offer;
+use order::{Offer, Update};
 use resync::ResyncState;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -220,6 +220,43 @@ impl Hub {
             };
             (offer, conns)
         };
+        self.act_on(chat, offer, conns, started);
+    }
+
+    /// Offers the new state of a changed message to the chat's live order: an update of a
+    /// message already forwarded goes to every local member's connection as `message_updated`;
+    /// otherwise it takes the place of the message itself (see `order::Update`).
+    pub(crate) fn deliver_update(&self, chat: ChatId, message: Message) {
+        let started = Instant::now();
+        let (update, conns) = {
+            let mut st = self.state();
+            let update = st.update(chat, message);
+            let conns = match update {
+                Update::Forward(_) | Update::AsMessage(Offer::Deliver(_)) => {
+                    Some(st.recipients(chat))
+                }
+                Update::AsMessage(_) => None,
+            };
+            (update, conns)
+        };
+        match update {
+            Update::Forward(message) => {
+                let conns = conns.unwrap_or_else(|| Arc::from([]));
+                self.push_all(&conns, &ServerFrame::MessageUpdated { message });
+                self.metrics.fanout_seconds.observe(seconds_since(started));
+            }
+            Update::AsMessage(offer) => self.act_on(chat, offer, conns, started),
+        }
+    }
+
+    /// Carries out what the live order said about an offered message.
+    fn act_on(
+        &self,
+        chat: ChatId,
+        offer: Offer,
+        conns: Option<Arc<[Arc<Connection>]>>,
+        started: Instant,
+    ) {
         match offer {
             Offer::Deliver(messages) => {
                 let conns = conns.unwrap_or_else(|| Arc::from([]));
@@ -344,6 +381,13 @@ impl Hub {
                 }
                 self.deliver_message(chat, message);
             }
+            (Topic::Chat(chat), Event::MessageUpdated { message }) => {
+                if message.chat_id != chat {
+                    tracing::warn!(%chat, "update event on another chat's topic ignored");
+                    return;
+                }
+                self.deliver_update(chat, message);
+            }
             (Topic::Chat(chat), Event::ChatUpdated { chat: view }) => {
                 if view.chat_id != chat {
                     return;
@@ -403,7 +447,7 @@ impl Hub {
                     c.close(close_code::POLICY, "session revoked");
                 }
             }
-            (Topic::User(_), Event::Message { .. }) => {
+            (Topic::User(_), Event::Message { .. } | Event::MessageUpdated { .. }) => {
                 tracing::debug!("message event on a user topic ignored");
             }
         }

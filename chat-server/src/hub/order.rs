@@ -55,6 +55,15 @@ pub(crate) enum Offer {
     Duplicate,
 }
 
+/// What to do with an offered change to a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Update {
+    /// The message was forwarded before: send this as `message_updated`.
+    Forward(Message),
+    /// Not forwarded yet: treated as the message itself (see [`Offer`]).
+    AsMessage(Offer),
+}
+
 impl Line {
     /// A line that has forwarded everything up to `seq`.
     pub(crate) fn starting_at(seq: Seq) -> Line {
@@ -107,6 +116,21 @@ impl Line {
             out.push(m);
         }
         Offer::Deliver(out)
+    }
+
+    /// Offers the current state of a message that changed; see [`Update`].
+    pub(crate) fn update(&mut self, message: Message) -> Update {
+        let seq = message.seq;
+        if seq <= self.forwarded && !self.skipped.contains(&seq) {
+            return Update::Forward(message);
+        }
+        if let Some(held) = self.held.get_mut(&seq) {
+            if message.rev > held.rev {
+                *held = message;
+            }
+            return Update::AsMessage(Offer::Held { gap_opened: None });
+        }
+        Update::AsMessage(self.offer(message))
     }
 
     /// The missing range `(forwarded, first held)`, exclusive, if messages are held behind
@@ -220,6 +244,54 @@ mod tests {
         assert_eq!(line.offer(m(1)), Offer::Duplicate, "once");
         assert_eq!(seqs(line.offer(m(2))), vec![2]);
         assert_eq!(line.offer(m(3)), Offer::Duplicate);
+    }
+
+    fn changed(seq: i64, rev: i64) -> Message {
+        Message {
+            msg_text: format!("m{seq} edited"),
+            rev: chat_core::Rev(rev),
+            ..m(seq)
+        }
+    }
+
+    #[test]
+    fn a_change_never_reaches_a_connection_before_its_message() {
+        let mut line = Line::starting_at(Seq(0));
+        assert_eq!(seqs(line.offer(m(1))), vec![1]);
+        assert_eq!(
+            line.update(changed(1, 5)),
+            Update::Forward(changed(1, 5)),
+            "a change to a forwarded message goes out as an update"
+        );
+        assert!(matches!(line.offer(m(3)), Offer::Held { .. }));
+        assert_eq!(
+            line.update(changed(3, 6)),
+            Update::AsMessage(Offer::Held { gap_opened: None })
+        );
+        assert_eq!(
+            line.update(changed(3, 4)),
+            Update::AsMessage(Offer::Held { gap_opened: None }),
+            "an older state does not replace a newer one"
+        );
+        let out = match line.offer(m(2)) {
+            Offer::Deliver(ms) => ms,
+            other => panic!("expected a delivery, got {other:?}"),
+        };
+        assert_eq!(
+            out,
+            vec![m(2), changed(3, 6)],
+            "the held message goes out changed"
+        );
+        assert_eq!(
+            line.update(changed(4, 7)),
+            Update::AsMessage(Offer::Deliver(vec![changed(4, 7)])),
+            "a change to a message not heard of yet is the message itself"
+        );
+        assert_eq!(
+            line.offer(m(4)),
+            Offer::Duplicate,
+            "and its late event is dropped"
+        );
     }
 
     #[test]

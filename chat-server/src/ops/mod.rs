@@ -11,6 +11,7 @@
 //! **Invariant:** nothing is published before the store returned (see `send`).
 
 pub(crate) mod add_member;
+pub(crate) mod change;
 pub(crate) mod create_chat;
 pub(crate) mod fetch;
 pub(crate) mod list_chats;

@@ -23,6 +23,8 @@ pub(crate) struct SendInput {
     pub(crate) timestamp: Option<Millis>,
     /// Idempotency key.
     pub(crate) client_msg_id: Option<String>,
+    /// The message this one replies to (checked to exist with the membership).
+    pub(crate) reply_to_seq: Option<chat_core::Seq>,
     /// The client's address, for the per-address send limit (`None` when unknown).
     pub(crate) client_addr: Option<std::net::IpAddr>,
 }
@@ -40,6 +42,8 @@ pub(crate) struct Prepared {
     timestamp: Option<Millis>,
     /// Idempotency key.
     client_msg_id: Option<String>,
+    /// The message this one replies to.
+    pub(crate) reply_to_seq: Option<chat_core::Seq>,
     /// When the send was read, for the send→ack histogram.
     started: Instant,
 }
@@ -50,7 +54,7 @@ pub(crate) struct Prepared {
 /// could still be lost; a deduplicated retry is not published again.
 pub(crate) async fn run(state: &AppState, sender: UserId, input: SendInput) -> Result<Appended> {
     let prepared = prepare(state, sender, input)?;
-    super::require_member(state, prepared.chat_id, sender).await?;
+    admit(state, &prepared).await?;
     commit(state, prepared).await
 }
 
@@ -71,8 +75,19 @@ pub(crate) fn prepare(state: &AppState, sender: UserId, input: SendInput) -> Res
         msg_text,
         timestamp: input.timestamp,
         client_msg_id: input.client_msg_id,
+        reply_to_seq: input.reply_to_seq,
         started,
     })
+}
+
+/// The second part of a send, the checks that read the stores (concurrent across frames on a
+/// WebSocket): the sender is a member, and a reply's `reply_to_seq` exists.
+pub(crate) async fn admit(state: &AppState, prepared: &Prepared) -> Result<()> {
+    super::require_member(state, prepared.chat_id, prepared.sender).await?;
+    if let Some(reply_to) = prepared.reply_to_seq {
+        super::change::check_reply(state, prepared.chat_id, reply_to).await?;
+    }
+    Ok(())
 }
 
 /// The last part of a send, once the sender is known to be a member: appends, then publishes.
@@ -86,7 +101,7 @@ pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appen
     let appended = state
         .messages
         .append(NewMessage {
-            reply_to_seq: None,
+            reply_to_seq: prepared.reply_to_seq,
             chat_id,
             sender_id: prepared.sender,
             msg_text: prepared.msg_text,

@@ -70,12 +70,14 @@ pub(crate) fn begin(st: &AppState, user: UserId, text: &str, addr: Option<IpAddr
             msg_text,
             timestamp,
             client_msg_id,
+            reply_to_seq,
         } => {
             let input = SendInput {
                 chat_id,
                 msg_text,
                 timestamp,
                 client_msg_id: Some(client_msg_id.clone()),
+                reply_to_seq,
                 client_addr: addr,
             };
             match ops::send::prepare(st, user, input) {
@@ -86,15 +88,13 @@ pub(crate) fn begin(st: &AppState, user: UserId, text: &str, addr: Option<IpAddr
     }
 }
 
-/// Step 2: the authorization check.
+/// Step 2: the authorization check (and a reply's target).
 pub(crate) async fn check(st: &AppState, op: Op) -> Checked {
     match op {
-        Op::Send(prepared, client_msg_id) => {
-            match ops::require_member(st, prepared.chat_id, prepared.sender).await {
-                Ok(_) => Checked::Apply(Op::Send(prepared, client_msg_id)),
-                Err(e) => Checked::Reply(error_frame(e, Some(client_msg_id))),
-            }
-        }
+        Op::Send(prepared, client_msg_id) => match ops::send::admit(st, &prepared).await {
+            Ok(_) => Checked::Apply(Op::Send(prepared, client_msg_id)),
+            Err(e) => Checked::Reply(error_frame(e, Some(client_msg_id))),
+        },
     }
 }
 

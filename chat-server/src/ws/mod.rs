@@ -256,13 +256,18 @@ async fn setup(st: &AppState, conn: &Arc<Connection>, caller: &Caller) -> Result
     let chats = st.metadata.chats_of_user(caller.user_id).await?;
     let ids: Vec<ChatId> = chats.iter().map(|(c, _)| c.chat_id).collect();
     st.hub.set_user_chats(conn, &ids).await?;
-    let seqs = st.messages.last_seqs(&ids).await?;
+    let (seqs, revs) = tokio::join!(st.messages.last_seqs(&ids), st.messages.last_revs(&ids));
     let frame = ServerFrame::Ready {
         user_id: caller.user_id,
         chats: ids
             .into_iter()
-            .zip(seqs)
-            .map(|(chat_id, last_seq)| ChatCursor { chat_id, last_seq })
+            .zip(seqs?)
+            .zip(revs?)
+            .map(|((chat_id, last_seq), last_rev)| ChatCursor {
+                chat_id,
+                last_seq,
+                last_rev: Some(last_rev),
+            })
             .collect(),
     };
     serialize(&frame).ok_or_else(|| Error::Internal {

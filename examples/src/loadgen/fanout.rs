@@ -381,6 +381,7 @@ async fn schedule(
                 sched_nanos: u64::try_from((offset + sched).as_nanos()).unwrap_or(u64::MAX),
             };
             let frame = ClientFrame::Send {
+                reply_to_seq: None,
                 chat_id: chats[group],
                 msg_text: super::padded_text(&lg.head(), p.msg_bytes),
                 timestamp: Some(chat_core::ids::now_millis()),

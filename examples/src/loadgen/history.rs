@@ -249,6 +249,7 @@ async fn seed(
     let run = super::run_id();
     let frame = |i: u64| {
         serde_json::to_string(&ClientFrame::Send {
+            reply_to_seq: None,
             chat_id: chat,
             msg_text: super::padded_text(&format!("history {i} "), 100),
             timestamp: None,

@@ -284,6 +284,7 @@ async fn ws_sender(
             sched_nanos: u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
         };
         serde_json::to_string(&ClientFrame::Send {
+            reply_to_seq: None,
             chat_id: chat,
             msg_text: super::padded_text(&lg.head(), msg_bytes),
             timestamp: None,
@@ -362,6 +363,7 @@ async fn rest_sender(
     let mut n = 0u64;
     while Instant::now() < deadline {
         let req = SendRequest {
+            reply_to_seq: None,
             user_id: None,
             chat_id: chat,
             msg_text: super::padded_text(&format!("lg {n} 0 "), msg_bytes),
