@@ -411,6 +411,70 @@ async fn membership_changes_reach_other_nodes_within_the_bound() {
     assert!(e.is_unauthenticated(), "token still accepted on n2: {e}");
 }
 
+/// The next `MessageUpdated` of a stream (other events skipped).
+async fn update(sub: &mut chat_client::Subscription, who: &str) -> Message {
+    loop {
+        let ev = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no message_updated within {PATIENCE:?}"))
+            .unwrap_or_else(|| panic!("{who}: subscription ended"));
+        if let Event::MessageUpdated(m) = ev {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_and_reactions_through_one_node_reach_subscribers_on_the_others() {
+    let cluster = Cluster::start(2, LOCAL_TTL_MS).await;
+    let [n1, n2] = [0, 1].map(|i| cluster.nodes[i].url());
+    let lb = cluster.nginx.url();
+    let alice = user(&n1, "alice").await;
+    let bob = user(&n2, "bob").await;
+    let chat = alice
+        .create_chat("edits", &[bob.user_id().unwrap()])
+        .await
+        .unwrap()
+        .chat_id;
+    let mut alice_sub = alice.subscribe().await.unwrap();
+    connected(&mut alice_sub, "alice").await;
+    let mut bob_sub = bob.subscribe().await.unwrap();
+    connected(&mut bob_sub, "bob").await;
+
+    let sent = alice.send(chat, "teh plan").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_sub, chat, 1, "bob").await,
+        vec![sent.clone()]
+    );
+    // Edited through n1: Bob on n2 sees it.
+    let edited = alice.edit(chat, sent.seq, "the plan").await.unwrap();
+    assert_eq!(update(&mut bob_sub, "bob").await, edited);
+    // Reacted through n2: Alice on n1 sees it; through nginx: both do.
+    let reacted = bob.react(chat, sent.seq, "👍").await.unwrap();
+    assert_eq!(update(&mut alice_sub, "alice").await, reacted);
+    let via_lb = via(&bob, &lb).unreact(chat, sent.seq, "👍").await.unwrap();
+    assert_eq!(update(&mut alice_sub, "alice").await, via_lb);
+    assert_eq!(update(&mut bob_sub, "bob").await, reacted);
+    assert_eq!(update(&mut bob_sub, "bob").await, via_lb);
+    // A reply and a delete, and every node reads the same current state.
+    let reply = bob.reply(chat, sent.seq, "agreed").await.unwrap();
+    assert_eq!(reply.reply_to_seq, Some(sent.seq));
+    let gone = alice.delete_message(chat, sent.seq).await.unwrap();
+    assert_eq!(update(&mut bob_sub, "bob").await, gone);
+    for node in [&n1, &n2, &lb] {
+        let page = via(&bob, node)
+            .fetch(chat, FetchOptions::latest(10))
+            .await
+            .unwrap();
+        assert_eq!(page.messages, vec![gone.clone(), reply.clone()], "{node}");
+        let feed = via(&bob, node)
+            .changes(chat, chat_client::Rev::ZERO, 10)
+            .await
+            .unwrap();
+        assert_eq!(feed.messages, vec![reply.clone(), gone.clone()], "{node}");
+    }
+}
+
 /// The next event of a broker stream.
 async fn next(ev: &mut chat_core::BrokerStream) -> BrokerEvent {
     tokio::time::timeout(PATIENCE, ev.next())

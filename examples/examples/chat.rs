@@ -10,13 +10,17 @@
 //! /join CHAT_ID            make a chat current and print its latest messages
 //! /add USER_ID             add a user to the current chat
 //! /leave                   leave the current chat
+//! /reply SEQ TEXT          reply to message SEQ of the current chat
+//! /edit SEQ TEXT           change the text of your message SEQ
+//! /delete SEQ              delete message SEQ (yours, or any as the chat's owner or an admin)
+//! /react SEQ EMOJI         react to message SEQ (again with /unreact SEQ EMOJI to take it back)
 //! /me                      show who you are
 //! /quit                    exit
 //! //text                   send "/text" (e.g. `//time` asks the bot example for the time)
 //! ```
 
 use anyhow::Context as _;
-use chat_client::{ChatId, Client, Event, FetchOptions, Message, UserId};
+use chat_client::{ChatId, Client, Event, FetchOptions, Message, Seq, UserId};
 use clap::Parser;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -122,6 +126,7 @@ impl Session {
             "/quit" | "/exit" => return false,
             "/help" => {
                 println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit | //text sends /text");
+                println!("/reply SEQ TEXT | /edit SEQ TEXT | /delete SEQ | /react SEQ EMOJI | /unreact SEQ EMOJI");
                 Ok(())
             }
             "/chats" => {
@@ -156,6 +161,9 @@ impl Session {
                     .map_err(Into::into),
                 None => Err(anyhow::anyhow!("no current chat")),
             },
+            cmd @ ("/reply" | "/edit" | "/delete" | "/react" | "/unreact") => {
+                self.change(cmd, line).await
+            }
             cmd if cmd.starts_with("//") => self.say(&line[1..]),
             cmd if cmd.starts_with('/') => Err(anyhow::anyhow!("unknown command {cmd}; try /help")),
             _ => self.say(line),
@@ -174,6 +182,41 @@ impl Session {
         // The sender task only stops when the program does.
         let _ = self.outbox.send((chat, text.to_owned()));
         Ok(())
+    }
+
+    /// `/reply`, `/edit`, `/delete`, `/react` and `/unreact` on a message of the current chat.
+    /// The result shows up as a live event, like everyone else's changes.
+    async fn change(&self, cmd: &str, line: &str) -> anyhow::Result<()> {
+        let Some(chat) = self.current else {
+            anyhow::bail!("pick a chat first: /join CHAT_ID");
+        };
+        // The command, the seq, and the rest of the line as it was typed.
+        let rest = line[cmd.len()..].trim_start();
+        let (seq, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let seq = Seq(seq
+            .parse::<i64>()
+            .with_context(|| format!("usage: {cmd} SEQ ..."))?);
+        let arg = arg.trim();
+        let needs_arg = cmd != "/delete";
+        if needs_arg && arg.is_empty() {
+            anyhow::bail!(
+                "usage: {cmd} SEQ {}",
+                if cmd.ends_with("react") {
+                    "EMOJI"
+                } else {
+                    "TEXT"
+                }
+            );
+        }
+        let c = &self.client;
+        match cmd {
+            "/reply" => c.reply(chat, seq, arg).await.map(drop),
+            "/edit" => c.edit(chat, seq, arg).await.map(drop),
+            "/delete" => c.delete_message(chat, seq).await.map(drop),
+            "/react" => c.react(chat, seq, arg).await.map(drop),
+            _ => c.unreact(chat, seq, arg).await.map(drop),
+        }
+        .map_err(Into::into)
     }
 
     async fn list_chats(&self) {
@@ -234,6 +277,10 @@ impl Session {
     fn show(&self, event: Event) {
         match event {
             Event::Message(m) => self.print_message(&m),
+            Event::MessageUpdated(m) => {
+                print!("~ ");
+                self.print_message(&m);
+            }
             Event::ChatUpdated(chat) => println!(
                 "* chat {} ({}) now has {} members",
                 chat.chat_id,
@@ -267,6 +314,27 @@ impl Session {
         } else {
             format!("[chat {}] ", m.chat_id)
         };
-        println!("{here}#{} {who}: {}", m.seq, m.msg_text);
+        let reply = m
+            .reply_to_seq
+            .map(|r| format!("(re #{r}) "))
+            .unwrap_or_default();
+        let text = if m.deleted {
+            "(deleted)".to_owned()
+        } else if m.edited_at.is_some() {
+            format!("{} (edited)", m.msg_text)
+        } else {
+            m.msg_text.clone()
+        };
+        let reactions: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|r| format!("{} {}", r.emoji, r.count))
+            .collect();
+        let reactions = if reactions.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", reactions.join(", "))
+        };
+        println!("{here}#{} {who}: {reply}{text}{reactions}", m.seq);
     }
 }
