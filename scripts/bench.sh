@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh fanout        # fan-out latency and deliveries/s (open loop)
 #   scripts/bench.sh ack           # send->ack latency at 10,000 msg/s on SQLite
+#   scripts/bench.sh changes       # edits and reactions/s over REST, change->update latency
 #   scripts/bench.sh connections   # server RSS per idle WebSocket
 #   scripts/bench.sh history-seed  # write 10M messages into a fresh data dir (once)
 #   scripts/bench.sh history       # page back through them, latency per page
@@ -16,6 +17,8 @@
 # Each run starts its own server (`loadgen serve`: the chat-server library with the rate limits
 # off; see examples/src/loadgen/serve.rs) on 127.0.0.1:$BENCH_PORT with `ulimit -n` raised to
 # the hard limit, passes its PID to the generator (for CPU and RSS), and stops it afterwards.
+# BENCH_MESSAGES / BENCH_METADATA (e.g. a mysql:// or cassandra:// URL) put the server of the
+# fanout, ack, changes and writes scenarios on another backend than SQLite.
 # Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/). BENCH_LOADGEN=PATH uses
 # an already built load generator (e.g. another commit's) instead of building this tree.
 set -euo pipefail
@@ -76,6 +79,12 @@ lg() {
     --out "$OUT/$name.json" --plot "$OUT/$name.png"
 }
 
+# The server's stores: SQLite in the run's data directory unless BENCH_MESSAGES / BENCH_METADATA
+# say otherwise.
+STORES=()
+[ -n "${BENCH_MESSAGES:-}" ] && STORES+=(--messages "$BENCH_MESSAGES")
+[ -n "${BENCH_METADATA:-}" ] && STORES+=(--metadata "$BENCH_METADATA")
+
 scenario="${1:-}"; shift || true
 mkdir -p "$OUT"
 # flags DEFAULT...: the caller's flags if any were given, else the defaults.
@@ -84,15 +93,21 @@ flags() { if [ ${#EXTRA[@]} -gt 0 ]; then printf '%s\n' "${EXTRA[@]}"; else prin
 case "$scenario" in
   fanout)
     build
-    start_server "$(fresh_data fanout)" --fast-passwords
+    start_server "$(fresh_data fanout)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --users 2000 --groups 40 --group-size 50 --rate 2000 --duration 30)
     lg fanout fanout "${F[@]}"
     ;;
   ack)
     build
-    start_server "$(fresh_data ack)" --fast-passwords
+    start_server "$(fresh_data ack)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --users 1000 --groups 500 --group-size 2 --rate 10000 --duration 30)
     lg ack fanout "${F[@]}"
+    ;;
+  changes)
+    build
+    start_server "$(fresh_data changes)" --fast-passwords "${STORES[@]}"
+    mapfile -t F < <(flags --users 200 --groups 20 --group-size 10 --messages 50 --rate 1000 --duration 20)
+    lg changes changes "${F[@]}"
     ;;
   connections)
     build
@@ -118,13 +133,13 @@ case "$scenario" in
     ;;
   writes)
     build
-    start_server "$(fresh_data writes)" --fast-passwords
+    start_server "$(fresh_data writes)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --senders 64 --window 32 --duration 20)
     lg writes writes --via ws "${F[@]}"
     ;;
   writes-rest)
     build
-    start_server "$(fresh_data writes-rest)" --fast-passwords
+    start_server "$(fresh_data writes-rest)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --senders 64 --window 4 --duration 20)
     lg writes-rest writes --via rest "${F[@]}"
     ;;

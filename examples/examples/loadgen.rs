@@ -19,7 +19,8 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use examples::loadgen::{
-    api::Target, connections, fanout, history, plot, report::Report, serve, stats::Latency, writes,
+    api::Target, changes, connections, fanout, history, plot, report::Report, serve,
+    stats::Latency, writes,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -111,6 +112,36 @@ enum Scenario {
         /// Seconds to wait for outstanding acks and deliveries after the last send.
         #[arg(long, default_value_t = 10)]
         drain: u64,
+    },
+    /// Edits and reactions at R changes/s over REST; change->update latency on every
+    /// member's WebSocket.
+    Changes {
+        #[command(flatten)]
+        common: Common,
+        /// Users (U).
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Groups (G).
+        #[arg(long, default_value_t = 20)]
+        groups: usize,
+        /// Members per group (K).
+        #[arg(long, default_value_t = 10)]
+        group_size: usize,
+        /// Messages per group to change (M).
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Changes per second (R).
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Share of edits (the rest are reactions added and taken back), 0 to 1.
+        #[arg(long, default_value_t = 0.5)]
+        edit_share: f64,
+        /// Seconds of changing.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
     },
     /// N idle authenticated WebSockets; the server's RSS per connection.
     Connections {
@@ -315,6 +346,49 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                     ("send -> deliver", &hist.deliver),
                     ("send -> ack", &hist.ack),
                     ("generator lateness", &hist.lateness),
+                ],
+            )
+        }
+        Scenario::Changes {
+            common,
+            users,
+            groups,
+            group_size,
+            messages,
+            rate,
+            edit_share,
+            duration,
+            max_in_flight,
+        } => {
+            let target = Target::new(&common.server).await?;
+            let params = changes::ChangesParams {
+                users,
+                groups,
+                group_size,
+                messages,
+                rate,
+                edit_share,
+                duration: Duration::from_secs(duration),
+                max_in_flight,
+                server_pid: common.server_pid,
+                password: common.password.clone(),
+                progress: !common.no_progress,
+                ..changes::ChangesParams::default()
+            };
+            let (result, hist) = changes::run(&target, &params).await?;
+            let title = format!(
+                "changes: {rate} edits/reactions per s in {groups} groups of {group_size}, {:.0} answered/s",
+                result.changes_per_sec
+            );
+            finish(
+                "changes",
+                &result,
+                &common.out,
+                &common.plot,
+                &title,
+                &[
+                    ("change -> update (edits)", &hist.update),
+                    ("change -> answer", &hist.answer),
                 ],
             )
         }

@@ -11,7 +11,7 @@ use chat_server::config::AbuseLimits;
 use chat_server::{Config, PasswordHashing, Server, ServerHandle};
 use chat_storage::sqlite::SqliteStore;
 use examples::loadgen::api::Target;
-use examples::loadgen::{connections, fanout, history, writes};
+use examples::loadgen::{changes, connections, fanout, history, writes};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,5 +241,40 @@ async fn seeded_store_is_read_back_through_the_server() {
     assert_eq!(h.chat_id, chat);
     assert_eq!(h.last_seq, 1000);
     assert_eq!((h.pages, h.messages, h.broken_pages), (20, 1000, 0));
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_member_and_none_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, _store, target) = server(dir.path()).await;
+    let params = changes::ChangesParams {
+        users: 6,
+        groups: 2,
+        group_size: 3,
+        messages: 4,
+        rate: 200.0,
+        edit_share: 0.3,
+        duration: Duration::from_secs(1),
+        progress: false,
+        ..changes::ChangesParams::default()
+    };
+    let (result, hist) = changes::run(&target, &params).await.unwrap();
+    assert_eq!(result.scheduled, 200);
+    assert_eq!(result.errors, 0, "{:?}", result.first_error);
+    assert_eq!(result.changed, 200);
+    assert!(
+        result.edits > 0 && result.edits < 200,
+        "a mix: {}",
+        result.edits
+    );
+    // Every change took a revision and reached each of the group's three members.
+    assert_eq!(result.expected_updates, 600);
+    assert_eq!(result.updates, 600);
+    assert_eq!(
+        hist.update.count(),
+        result.edits * 3,
+        "every edit timed on every member"
+    );
     handle.shutdown().await.unwrap();
 }

@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context as _};
 use chat_core::protocol::{
-    ChatList, ChatSummary, ChatView, CreateChatRequest, FetchResponse, LoginRequest,
+    ChatList, ChatSummary, ChatView, CreateChatRequest, EditRequest, FetchResponse, LoginRequest,
     RegisterRequest, SendRequest, SessionView,
 };
-use chat_core::{ChatId, Message, UserId};
+use chat_core::{ChatId, Message, Seq, UserId};
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use std::net::SocketAddr;
@@ -190,6 +190,51 @@ impl Api {
             .await
             .context("POST /v1/send")?;
         Ok(check(resp, "POST /v1/send").await?.json().await?)
+    }
+}
+
+impl Api {
+    /// `PATCH /v1/chats/{chat}/messages/{seq}`.
+    pub async fn edit(
+        &self,
+        who: &Account,
+        chat: ChatId,
+        seq: Seq,
+        req: &EditRequest,
+    ) -> anyhow::Result<()> {
+        let what = "PATCH /v1/chats/{chat_id}/messages/{seq}";
+        let resp = self
+            .http
+            .patch(self.url(&format!("/v1/chats/{chat}/messages/{seq}")))
+            .bearer_auth(&who.token)
+            .json(req)
+            .send()
+            .await
+            .context(what)?;
+        check(resp, what).await.map(drop)
+    }
+
+    /// `PUT` (`add`) or `DELETE` `/v1/chats/{chat}/messages/{seq}/reactions/{emoji}`, with
+    /// `emoji` already percent-encoded.
+    pub async fn react(
+        &self,
+        who: &Account,
+        chat: ChatId,
+        seq: Seq,
+        emoji: &str,
+        add: bool,
+    ) -> anyhow::Result<()> {
+        let what = "PUT/DELETE /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}";
+        let url = self.url(&format!(
+            "/v1/chats/{chat}/messages/{seq}/reactions/{emoji}"
+        ));
+        let rb = if add {
+            self.http.put(url)
+        } else {
+            self.http.delete(url)
+        };
+        let resp = rb.bearer_auth(&who.token).send().await.context(what)?;
+        check(resp, what).await.map(drop)
     }
 }
 

@@ -472,7 +472,7 @@ async fn read_loop(
                             first.get_or_insert_with(|| raw.to_owned());
                         }
                     }
-                    Frame::Other => {}
+                    Frame::Updated(_) | Frame::Other => {}
                 }
             }
             Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {

@@ -11,6 +11,8 @@
 //! - [`sysmon`]: a process's CPU time and RSS from `/proc` (the server's, by PID, and our own).
 //! - [`fanout`]: U users in G groups of K, open-loop sends at a fixed rate, send→deliver and
 //!   send→ack latency.
+//! - [`changes`]: edits and reactions at a fixed rate over REST, change→update latency on
+//!   every member's WebSocket.
 //! - [`connections`]: N idle authenticated WebSockets; the server's RSS per connection.
 //! - [`history`]: paging back through a long chat; latency per page.
 //! - [`writes`]: sustained acked appends per second, through the server or straight into a store
@@ -21,6 +23,7 @@
 //! - [`serve`]: the server library configured for load tests (`loadgen serve`).
 
 pub mod api;
+pub mod changes;
 pub mod connections;
 pub mod fanout;
 pub mod history;

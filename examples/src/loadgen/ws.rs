@@ -101,6 +101,9 @@ pub enum Frame<'a> {
     Message(LgText),
     /// An `ack` of a load-generator send.
     Ack(LgText),
+    /// A `message_updated` frame, with the load-generator fields when its text has them (an
+    /// edit by the generator).
+    Updated(Option<LgText>),
     /// An `error` frame (the raw JSON).
     Error(&'a str),
     /// Anything else (`ready`, `pong`, `chat_updated`, foreign messages).
@@ -133,6 +136,8 @@ pub fn classify(text: &str) -> Frame<'_> {
         0
     } else if text.starts_with(r#"{"type":"ack""#) {
         1
+    } else if text.starts_with(r#"{"type":"message_updated""#) {
+        return Frame::Updated(parse_lg(text));
     } else if text.starts_with(r#"{"type":"error""#) {
         return Frame::Error(text);
     } else {
@@ -204,6 +209,11 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(classify(&e), Frame::Error(_)));
+        let u = serde_json::to_string(&ServerFrame::MessageUpdated {
+            message: msg(&text),
+        })
+        .unwrap();
+        assert_eq!(classify(&u), Frame::Updated(Some(lg)));
         assert_eq!(classify(r#"{"type":"pong"}"#), Frame::Other);
         let foreign = serde_json::to_string(&ServerFrame::Message {
             message: msg("hello"),
