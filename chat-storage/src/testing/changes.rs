@@ -308,7 +308,10 @@ pub async fn a_reply_keeps_what_it_replies_to<S: MessageStore>(store: S) {
     assert_eq!(first.message.reply_to_seq, Some(Seq(2)));
     let again = store.append(reply).await.expect("retry the reply");
     assert!(!again.created, "a retry stores no second copy");
-    assert_eq!(again.message, first.message, "a retry returns the stored reply");
+    assert_eq!(
+        again.message, first.message,
+        "a retry returns the stored reply"
+    );
     let read = history(&store, chat).await;
     assert_eq!(read.len(), 4);
     assert_eq!(read[3].reply_to_seq, Some(Seq(2)));
@@ -317,7 +320,11 @@ pub async fn a_reply_keeps_what_it_replies_to<S: MessageStore>(store: S) {
         .change(chat, Seq(4), edit("answering two, edited"))
         .await
         .expect("edit the reply");
-    assert_eq!(edited.reply_to_seq, Some(Seq(2)), "an edit keeps the reference");
+    assert_eq!(
+        edited.reply_to_seq,
+        Some(Seq(2)),
+        "an edit keeps the reference"
+    );
     let fed = feed(&store, chat, Rev(0), 10).await;
     assert_eq!(fed.last(), Some(&edited), "the feed shows the edited reply");
 }
