@@ -167,6 +167,7 @@ macro_rules! message_change_conformance {
             repeated_changes_take_no_revision,
             concurrent_changes_converge_and_the_feed_has_every_one,
             a_reply_keeps_what_it_replies_to,
+            appends_after_changes_answer_what_they_stored,
         );
     };
 }
