@@ -51,6 +51,7 @@ async fn fresh_store(with_replica: bool) -> Guarded<MysqlStore, DropDatabase> {
 
 chat_storage::metadata_store_conformance!(fresh_store(false));
 chat_storage::message_store_conformance!(fresh_store(false));
+chat_storage::message_change_conformance!(fresh_store(false));
 
 /// The same suite with reads routed to the replica where the replication rule allows.
 mod with_replica {
@@ -58,6 +59,7 @@ mod with_replica {
 
     chat_storage::metadata_store_conformance!(fresh_store(true));
     chat_storage::message_store_conformance!(fresh_store(true));
+    chat_storage::message_change_conformance!(fresh_store(true));
 }
 
 /// The store runs as a least-privilege user (rows only: `SELECT, INSERT, UPDATE, DELETE`) once
@@ -119,4 +121,93 @@ async fn a_least_privilege_user_runs_a_migrated_schema_and_is_told_when_it_canno
         .await
         .expect("append");
     assert_eq!(appended.message.seq.get(), 1);
+}
+
+/// A database migrated by a build before messages could change (schema version 1) is migrated
+/// to version 2 on open: its messages get `rev = seq` and its chats `last_rev = last_seq`, so
+/// the next append takes `rev = seq` and the next change the revision after it.
+#[tokio::test]
+async fn a_version_1_schema_is_migrated_with_rev_equal_to_seq() {
+    use chat_core::ids::now_millis;
+    use chat_core::{ChatId, FetchQuery, MessageChange, MessageStore as _, NewMessage, Rev, Seq};
+    use mysql_async::prelude::Queryable;
+    let base = url_from_env(PRIMARY_URL_ENV).unwrap_or_else(|e| panic!("{e}"));
+    let url = fresh_database(&base).await.expect("create a test database");
+    let _cleanup = DropDatabase(url.clone());
+    // The message tables as version 1 left them, with two messages of chat 7.
+    let mut conn = mysql_async::Conn::from_url(url.clone())
+        .await
+        .expect("connect");
+    for sql in [
+        "CREATE TABLE schema_migrations (version INT NOT NULL PRIMARY KEY, \
+         name VARCHAR(255) NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        "INSERT INTO schema_migrations (version, name) VALUES (1, 'version 1')",
+        "CREATE TABLE chat_seq (chat_id BIGINT NOT NULL, last_seq BIGINT NOT NULL, \
+         PRIMARY KEY (chat_id)) ENGINE=InnoDB",
+        "CREATE TABLE messages (chat_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
+         sender_id BIGINT NOT NULL, msg_text MEDIUMTEXT NOT NULL, sent_at BIGINT NOT NULL, \
+         timestamp BIGINT NULL, client_msg_id VARBINARY(8192) NULL, \
+         client_msg_hash BINARY(32) AS (UNHEX(SHA2(client_msg_id, 256))) STORED, \
+         PRIMARY KEY (chat_id, seq), \
+         UNIQUE KEY messages_dedupe (chat_id, sender_id, client_msg_hash)) ENGINE=InnoDB",
+        "INSERT INTO chat_seq (chat_id, last_seq) VALUES (7, 2)",
+        "INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at) \
+         VALUES (7, 1, 1, 'one', 1), (7, 2, 1, 'two', 2)",
+    ] {
+        conn.query_drop(sql).await.expect(sql);
+    }
+    conn.disconnect().await.expect("disconnect");
+
+    let store = MysqlStore::connect(MysqlConfig::new(url.clone(), Vec::new()))
+        .await
+        .expect("open and migrate");
+    let chat = ChatId(7);
+    let old = store
+        .fetch(
+            chat,
+            FetchQuery::After {
+                after: Seq::ZERO,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("fetch");
+    let revs: Vec<(i64, i64, bool)> = old
+        .iter()
+        .map(|m| {
+            (
+                m.seq.get(),
+                m.rev.get(),
+                m.reactions.is_empty() && !m.deleted,
+            )
+        })
+        .collect();
+    assert_eq!(revs, vec![(1, 1, true), (2, 2, true)]);
+    let third = store
+        .append(NewMessage {
+            reply_to_seq: Some(Seq(1)),
+            chat_id: chat,
+            sender_id: chat_core::UserId(1),
+            msg_text: "three".into(),
+            sent_at: now_millis(),
+            timestamp: None,
+            client_msg_id: None,
+        })
+        .await
+        .expect("append");
+    assert_eq!((third.message.seq, third.message.rev), (Seq(3), Rev(3)));
+    let edited = store
+        .change(
+            chat,
+            Seq(1),
+            MessageChange::Edit {
+                msg_text: "one, edited".into(),
+                edited_at: now_millis(),
+            },
+        )
+        .await
+        .expect("edit a message stored before the migration");
+    assert_eq!(edited.rev, Rev(4));
+    let feed = store.changes(chat, Rev(2), 10).await.expect("feed");
+    assert_eq!(feed, vec![third.message, edited]);
 }

@@ -4,14 +4,15 @@
 //!
 //! Needs `CHAT_TEST_MYSQL_URL` and `CHAT_TEST_MYSQL_REPLICA_URL`
 //! (`scripts/mariadb.sh start && eval "$(scripts/mariadb.sh env)"`); fails without them.
-//! The lag test stops the replica's SQL thread for a while (and restarts it even when it fails):
-//! other tests running at the same time stay correct, their replica reads just go to the primary.
+//! The lag tests stop the replica's SQL thread for a while (one at a time, and restart it even
+//! when they fail): other tests running at the same time stay correct, their replica reads just
+//! go to the primary.
 #![cfg(all(feature = "mysql", feature = "testing"))]
 
 use chat_core::ids::now_millis;
 use chat_core::{
-    FetchQuery, Member, MessageStore, MetadataStore, NewChat, NewMessage, NewUser, Role, Seq,
-    UserId,
+    FetchQuery, Member, MessageChange, MessageStore, MetadataStore, NewChat, NewMessage, NewUser,
+    Rev, Role, Seq, UserId,
 };
 use chat_storage::mysql::testing::{
     drop_database, fresh_database, url_from_env, with_database, PRIMARY_URL_ENV, REPLICA_URL_ENV,
@@ -92,6 +93,10 @@ async fn wait_for_replica(conn: &mut mysql_async::Conn, sql: &str, want: i64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Held by every test that stops the replica's SQL thread: two of them at once would start it
+/// again under each other's feet.
+static REPLICA_PAUSE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Restarts the replica's SQL thread when dropped, so a failing test does not leave it stopped.
 struct RestartSlave(String);
@@ -203,6 +208,7 @@ async fn replica_serves_reads_but_never_stale_ones() {
     );
 
     // 2. The replica lags: its SQL thread stops applying what the primary writes.
+    let _pause = REPLICA_PAUSE.lock().await;
     replica
         .query_drop("STOP SLAVE SQL_THREAD")
         .await
@@ -340,6 +346,146 @@ async fn replica_serves_reads_but_never_stale_ones() {
         before.replica_reads + 1,
         "a converged replica answers"
     );
+
+    drop(replica);
+    store.close().await.expect("close");
+    drop_database(&url).await.expect("drop the test database");
+}
+
+/// A history page read right after an edit, a delete or a reaction shows it, although the
+/// replica holds every row of the page (in its old state): the page comes from the replica only
+/// when the replica has the chat's current `rev`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_is_read_back_at_once_while_the_replica_lags() {
+    let (store, url) = setup().await;
+    let db = url.rsplit('/').next().expect("db").to_owned();
+    let mut replica = replica_conn().await;
+    let alice = store.create_user(new_user("alice")).await.expect("user");
+    let (chat, _) = store
+        .create_chat(NewChat {
+            chat_name: "edited".to_owned(),
+            owner_id: alice.user_id,
+            member_ids: vec![],
+            created_at: now_millis(),
+        })
+        .await
+        .expect("chat");
+    for i in 1..=5 {
+        store
+            .append(message(chat.chat_id, alice.user_id, &format!("e{i}")))
+            .await
+            .expect("append");
+    }
+    let rev_sql = format!(
+        "SELECT COALESCE(MAX(last_rev), 0) FROM `{db}`.chat_seq WHERE chat_id = {}",
+        chat.chat_id
+    );
+    wait_for_replica(&mut replica, &rev_sql, 5).await;
+    let page_query = FetchQuery::Before {
+        before: Seq(6),
+        limit: 5,
+    };
+
+    // A caught-up replica answers the page.
+    let before = store.replica_stats();
+    let page = store.fetch(chat.chat_id, page_query).await.expect("page");
+    assert_eq!(page.len(), 5);
+    assert_eq!(
+        store.replica_stats().replica_reads,
+        before.replica_reads + 1,
+        "a replica at the chat's revision answers the page"
+    );
+
+    // The replica stops applying; the message changes on the primary.
+    let _pause = REPLICA_PAUSE.lock().await;
+    replica
+        .query_drop("STOP SLAVE SQL_THREAD")
+        .await
+        .expect("stop the replica's SQL thread");
+    let _restart = RestartSlave(url_from_env(REPLICA_URL_ENV).unwrap_or_else(|e| panic!("{e}")));
+    let edited = store
+        .change(
+            chat.chat_id,
+            Seq(3),
+            MessageChange::Edit {
+                msg_text: "e3, edited".to_owned(),
+                edited_at: now_millis(),
+            },
+        )
+        .await
+        .expect("edit");
+    assert_eq!(edited.rev, Rev(6));
+    let deleted = store
+        .change(chat.chat_id, Seq(4), MessageChange::Delete)
+        .await
+        .expect("delete");
+    let reacted = store
+        .change(
+            chat.chat_id,
+            Seq(5),
+            MessageChange::React {
+                user_id: alice.user_id,
+                emoji: "👍".to_owned(),
+                add: true,
+            },
+        )
+        .await
+        .expect("react");
+    assert_eq!(
+        replica_count(&mut replica, &rev_sql).await,
+        5,
+        "the replica lags"
+    );
+    let old_text_sql = format!(
+        "SELECT COUNT(*) FROM `{db}`.messages WHERE chat_id = {} AND msg_text IN ('e3', 'e4')",
+        chat.chat_id
+    );
+    assert_eq!(
+        replica_count(&mut replica, &old_text_sql).await,
+        2,
+        "the replica still has the old texts"
+    );
+
+    // Yet the page shows every change at once: the primary answers it.
+    let fallbacks = store.replica_stats().primary_fallbacks;
+    let page = store.fetch(chat.chat_id, page_query).await.expect("page");
+    assert_eq!(page[2], edited, "an edit is read back at once");
+    assert_eq!(page[3], deleted, "a deleted text never comes back");
+    assert!(page[3].msg_text.is_empty());
+    assert_eq!(page[4], reacted, "a reaction is read back at once");
+    assert!(
+        store.replica_stats().primary_fallbacks > fallbacks,
+        "the lagging replica's page was refused"
+    );
+    let feed = store
+        .changes(chat.chat_id, Rev(5), 10)
+        .await
+        .expect("change feed");
+    assert_eq!(feed, vec![edited.clone(), deleted.clone(), reacted.clone()]);
+
+    // Caught up, the replica answers again, with the current state.
+    replica
+        .query_drop("START SLAVE SQL_THREAD")
+        .await
+        .expect("start the replica's SQL thread");
+    wait_for_replica(&mut replica, &rev_sql, 8).await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let stats = store.replica_stats();
+        let page = store.fetch(chat.chat_id, page_query).await.expect("page");
+        assert_eq!(
+            &page[2..],
+            &[edited.clone(), deleted.clone(), reacted.clone()]
+        );
+        if store.replica_stats().replica_reads > stats.replica_reads {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never read from the caught-up replica again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     drop(replica);
     store.close().await.expect("close");

@@ -1,46 +1,64 @@
-//! [`MessageStore`] on MySQL: the append transaction over `chat_seq` and `messages`, and paging.
+//! [`MessageStore`] on MySQL: the append transaction over `chat_seq` and `messages`, the change
+//! transaction and the change feed, and paging.
 //!
 //! See the module doc of [`crate::mysql`] for why the counter is its own table and how the row
-//! lock keeps `seq` dense; history pages (`FetchQuery::Before`) may be answered by a replica when
-//! the page proves itself complete.
+//! lock keeps `seq` and `rev` dense; history pages (`FetchQuery::Before`) may be answered by a
+//! replica when the replica has applied the chat's current revision and the page proves itself
+//! complete.
 
 use super::error::{bad_row, Failure};
 use super::routing::Freshness;
-use super::{decode, MysqlStore};
+use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, FetchQuery, Message, MessageStore, NewMessage, Result, Seq, UserId,
+    Appended, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Reaction,
+    Result, Rev, Seq, UserId,
 };
-use mysql_async::prelude::Queryable;
+use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Row, Transaction, TxOpts};
 use std::collections::HashMap;
+use tokio::sync::OwnedMutexGuard;
 
 /// Columns of a [`Message`], in the order [`message_from`] reads them.
-const MESSAGE_COLS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id";
+const MESSAGE_COLS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id, \
+     reply_to_seq, edited_at, deleted, reactions, rev";
+/// How many columns [`MESSAGE_COLS`] has: a column after them is at this index.
+const MESSAGE_COL_COUNT: usize = 12;
 /// Chat ids per `IN (...)` in `last_seqs`.
 const LAST_SEQS_CHUNK: usize = 500;
 /// How many times an append whose dedupe key collided looks for the stored message (it can
 /// only be missing if it was deleted in between, which this store never does).
 const DEDUPE_ATTEMPTS: u32 = 3;
 
-/// A message row.
-fn message_from(row: Row) -> Result<Message, Failure> {
-    type Cols = (i64, i64, i64, String, i64, Option<i64>, Option<String>);
-    let (chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id): Cols =
-        decode("messages", row)?;
+/// Column `i` of `row`, taken out and decoded without panicking (a missing column or a value of
+/// another type is an error naming `what`).
+fn take<T: FromValue>(row: &mut Row, i: usize, what: &str) -> Result<T, Failure> {
+    match row.take_opt::<T, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(bad_row(what, format!("column {i}: {e}"))),
+        None => Err(bad_row(what, format!("column {i} missing"))),
+    }
+}
+
+/// A message from the first [`MESSAGE_COL_COUNT`] columns of a row (later columns are left).
+fn message_from(mut row: Row) -> Result<Message, Failure> {
+    const W: &str = "messages";
+    let reactions: String = take(&mut row, 10, W)?;
+    let reactions: Vec<Reaction> = serde_json::from_str(&reactions)
+        .map_err(|e| bad_row(W, format_args!("reactions are not valid JSON: {e}")))?;
     Ok(Message {
-        chat_id: ChatId(chat_id),
-        seq: Seq(seq),
-        sender_id: UserId(sender_id),
-        msg_text,
-        sent_at,
-        timestamp,
-        client_msg_id,
-        reply_to_seq: None,
-        edited_at: None,
-        deleted: false,
-        reactions: Vec::new(),
-        rev: chat_core::Rev(seq),
+        chat_id: ChatId(take(&mut row, 0, W)?),
+        seq: Seq(take(&mut row, 1, W)?),
+        sender_id: UserId(take(&mut row, 2, W)?),
+        msg_text: take(&mut row, 3, W)?,
+        sent_at: take(&mut row, 4, W)?,
+        timestamp: take(&mut row, 5, W)?,
+        client_msg_id: take(&mut row, 6, W)?,
+        reply_to_seq: take::<Option<i64>>(&mut row, 7, W)?.map(Seq),
+        edited_at: take(&mut row, 8, W)?,
+        deleted: take(&mut row, 9, W)?,
+        reactions,
+        rev: Rev(take(&mut row, 11, W)?),
     })
 }
 
@@ -49,36 +67,50 @@ fn messages_from(rows: Vec<Row>) -> Result<Vec<Message>, Failure> {
     rows.into_iter().map(message_from).collect()
 }
 
-/// Allocates the next `seq` of the chat and inserts the message, inside `tx`. Returns the `seq`.
-async fn append_in(tx: &mut Transaction<'_>, m: &NewMessage) -> Result<Seq, Failure> {
-    // Creates the counter at 1 or increments it, holding the row's exclusive lock until the
-    // transaction ends: the next append to this chat waits here. LAST_INSERT_ID(expr) hands the
-    // new value back in the OK packet, saving a SELECT.
+/// A positive counter value reported in an OK packet (`LAST_INSERT_ID(expr)`), if the server
+/// reported one.
+fn reported(tx: &Transaction<'_>) -> Option<i64> {
+    tx.last_insert_id()
+        .and_then(|v| i64::try_from(v).ok())
+        .filter(|&v| v > 0)
+}
+
+/// One column of the chat's counter row, read inside `tx` (which holds the row's lock): the
+/// fallback for a server that does not report `LAST_INSERT_ID(expr)` in its OK packet.
+async fn read_counter(
+    tx: &mut Transaction<'_>,
+    chat: ChatId,
+    column: &str,
+) -> Result<i64, Failure> {
+    let sql = format!("SELECT {column} FROM chat_seq WHERE chat_id = ?");
+    let row: Option<Row> = tx.exec_first(sql, (chat.get(),)).await?;
+    scalar::<i64>("chat_seq", row)?.ok_or_else(|| bad_row("chat_seq", "counter row missing"))
+}
+
+/// Allocates the next `seq` and the next `rev` of the chat and inserts the message, inside
+/// `tx`. Returns both.
+///
+/// Same round trips as an append that took only a `seq`: the upsert hands the new `seq` back
+/// through `LAST_INSERT_ID(expr)` in its OK packet, and the message's `INSERT ... SELECT` reads
+/// `last_rev` from the counter row this transaction just incremented and locked, handing it
+/// back the same way.
+async fn append_in(tx: &mut Transaction<'_>, m: &NewMessage) -> Result<(Seq, Rev), Failure> {
+    // Creates the counter at 1 or increments both columns, holding the row's exclusive lock until
+    // the transaction ends: the next append or change of this chat waits here.
     tx.exec_drop(
-        "INSERT INTO chat_seq (chat_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) \
-         ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
+        "INSERT INTO chat_seq (chat_id, last_seq, last_rev) VALUES (?, LAST_INSERT_ID(1), 1) \
+         ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1), last_rev = last_rev + 1",
         (m.chat_id.get(),),
     )
     .await?;
-    let seq = match tx.last_insert_id().and_then(|v| i64::try_from(v).ok()) {
-        Some(seq) if seq > 0 => seq,
-        // A server that does not report it: read the counter (our own locked row).
-        _ => {
-            let row: Option<Row> = tx
-                .exec_first(
-                    "SELECT last_seq FROM chat_seq WHERE chat_id = ?",
-                    (m.chat_id.get(),),
-                )
-                .await?;
-            let row = row.ok_or_else(|| bad_row("chat_seq", "counter row missing"))?;
-            let (seq,): (i64,) = decode("chat_seq", row)?;
-            seq
-        }
+    let seq = match reported(tx) {
+        Some(seq) => seq,
+        None => read_counter(tx, m.chat_id, "last_seq").await?,
     };
     tx.exec_drop(
         "INSERT INTO messages \
-         (chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         (chat_id, seq, sender_id, msg_text, sent_at, timestamp, client_msg_id, reply_to_seq, rev) \
+         SELECT ?, ?, ?, ?, ?, ?, ?, ?, LAST_INSERT_ID(last_rev) FROM chat_seq WHERE chat_id = ?",
         (
             m.chat_id.get(),
             seq,
@@ -87,13 +119,25 @@ async fn append_in(tx: &mut Transaction<'_>, m: &NewMessage) -> Result<Seq, Fail
             m.sent_at,
             m.timestamp,
             m.client_msg_id.as_deref(),
+            m.reply_to_seq.map(Seq::get),
+            m.chat_id.get(),
         ),
     )
     .await?;
-    Ok(Seq(seq))
+    if tx.affected_rows() != 1 {
+        return Err(bad_row(
+            "chat_seq",
+            "counter row missing after taking the next seq",
+        ));
+    }
+    let rev = match reported(tx) {
+        Some(rev) => rev,
+        None => read_counter(tx, m.chat_id, "last_rev").await?,
+    };
+    Ok((Seq(seq), Rev(rev)))
 }
 
-/// The message stored under the dedupe key of `m`, if any.
+/// The message stored under the dedupe key of `m`, if any, in its current state.
 async fn find_duplicate(
     conn: &mut mysql_async::Conn,
     m: &NewMessage,
@@ -120,51 +164,208 @@ async fn find_duplicate(
 
 /// What one append transaction did.
 enum Outcome {
-    /// Stored at this `seq`.
-    Stored(Seq),
+    /// Stored at this `seq` with this `rev`.
+    Stored(Seq, Rev),
     /// A message with the same dedupe key was already stored (returned).
     Duplicate(Message),
 }
 
-/// Whether a `Before` page read on a replica is complete: messages are immutable and a chat's
-/// `seq`s reach a replica in order (a prefix `1..=k`), so the page is the primary's answer iff it
-/// ends at `before - 1` and holds `min(limit, before - 1)` messages. An empty page below `seq` 1
-/// is complete too.
+/// What one change transaction found.
+enum Changed {
+    /// The change took the chat's next revision: the message in its new state.
+    Yes(Message),
+    /// The change changes nothing: the message as it is, and no revision taken.
+    No(Message),
+}
+
+/// Applies `change` to message `seq` of `chat` inside `tx`: locks the chat's counter row (the
+/// lock every append of the chat takes, so changes and appends of one chat are serialised and
+/// `rev` stays dense), then the message row, computes the new state with
+/// [`chat_core::apply_change`] and, if it differs, writes it with the next `rev`.
+async fn change_in(
+    tx: &mut Transaction<'_>,
+    chat: ChatId,
+    seq: Seq,
+    change: &MessageChange,
+) -> Result<Changed, Failure> {
+    let not_found = || {
+        Failure::Domain(chat_core::Error::NotFound(format!(
+            "message {seq} of chat {chat}"
+        )))
+    };
+    let row: Option<Row> = tx
+        .exec_first(
+            "SELECT last_rev FROM chat_seq WHERE chat_id = ? FOR UPDATE",
+            (chat.get(),),
+        )
+        .await?;
+    // No counter: the chat has no messages.
+    let last_rev = scalar::<i64>("chat_seq", row)?.ok_or_else(not_found)?;
+    let sql =
+        format!("SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND seq = ? FOR UPDATE");
+    let row: Option<Row> = tx.exec_first(sql, (chat.get(), seq.get())).await?;
+    let current = row.map(message_from).transpose()?.ok_or_else(not_found)?;
+    let Some(next) = chat_core::apply_change(&current, change)? else {
+        return Ok(Changed::No(current));
+    };
+    let rev = last_rev
+        .checked_add(1)
+        .ok_or_else(|| bad_row("chat_seq", "last_rev overflows"))?;
+    let reactions = serde_json::to_string(&next.reactions)
+        .map_err(|e| Failure::Domain(chat_core::Error::internal("mysql: encode reactions", e)))?;
+    tx.exec_drop(
+        "UPDATE chat_seq SET last_rev = ? WHERE chat_id = ?",
+        (rev, chat.get()),
+    )
+    .await?;
+    tx.exec_drop(
+        "UPDATE messages SET msg_text = ?, edited_at = ?, deleted = ?, reactions = ?, rev = ? \
+         WHERE chat_id = ? AND seq = ?",
+        (
+            &next.msg_text,
+            next.edited_at,
+            next.deleted,
+            reactions,
+            rev,
+            chat.get(),
+            seq.get(),
+        ),
+    )
+    .await?;
+    Ok(Changed::Yes(Message {
+        rev: Rev(rev),
+        ..next
+    }))
+}
+
+/// Whether a `Before` page read on a replica is complete: a chat's `seq`s reach a replica in
+/// order (a prefix `1..=k`), so the page holds every message the primary's would iff it ends at
+/// `before - 1` and holds `min(limit, before - 1)` messages. An empty page below `seq` 1 is
+/// complete too. (Whether those messages are in their current state is the `rev` check of
+/// [`replica_page_is_current`].)
 fn before_page_is_complete(before: Seq, limit: u32, page: &[Message]) -> bool {
     let want = i64::from(limit).min(before.get() - 1).max(0);
     let len = i64::try_from(page.len()).unwrap_or(i64::MAX);
     len == want && (want == 0 || page.last().map(|m| m.seq.get()) == Some(before.get() - 1))
 }
 
+/// Whether a `Before` page read on a replica may stand for the primary's: it is complete, and
+/// the replica's `last_rev` of the chat, read in the same statement (so the same snapshot) as
+/// the page, is at least `primary_rev`, the primary's `last_rev` read before the replica was
+/// asked. Every append and change of the chat acknowledged before the read began has a `rev` at
+/// or below `primary_rev`, and a chat's changes commit in `rev` order (the counter row lock)
+/// and reach the replica in commit order, so that replica snapshot holds all of them: the page
+/// shows every edit, delete and reaction the reader could know of. An empty complete page asks
+/// for nothing and needs no check.
+fn replica_page_is_current(
+    before: Seq,
+    limit: u32,
+    primary_rev: i64,
+    replica_rev: Option<i64>,
+    page: &[Message],
+) -> bool {
+    before_page_is_complete(before, limit, page)
+        && (page.is_empty() || replica_rev.is_some_and(|r| r >= primary_rev))
+}
+
+impl MysqlStore {
+    /// A history page (`seq < before`, newest `limit`, ascending). With a replica configured
+    /// and healthy, the primary's `last_rev` of the chat is read first (one primary-key row),
+    /// then the replica's page is used only if [`replica_page_is_current`]; otherwise (and
+    /// without replicas) the primary answers.
+    async fn fetch_before(&self, chat_id: ChatId, before: Seq, limit: u32) -> Result<Vec<Message>> {
+        let chat = chat_id.get();
+        if !self.pools.replica_ready() {
+            let sql = format!(
+                "SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND seq < ? \
+                 ORDER BY seq DESC LIMIT ?"
+            );
+            let sql = sql.as_str();
+            return self
+                .pools
+                .on_primary("fetch before", |mut conn| async move {
+                    let rows: Vec<Row> = conn.exec(sql, (chat, before.get(), limit)).await?;
+                    let mut page = messages_from(rows)?;
+                    page.reverse();
+                    Ok(page)
+                })
+                .await;
+        }
+        // Every change of the chat acknowledged before this point has a rev at or below this.
+        let primary_rev = self
+            .pools
+            .on_primary("fetch before: the chat's revision", |mut conn| async move {
+                let row: Option<Row> = conn
+                    .exec_first("SELECT last_rev FROM chat_seq WHERE chat_id = ?", (chat,))
+                    .await?;
+                Ok(scalar::<i64>("chat_seq", row)?.unwrap_or(0))
+            })
+            .await?;
+        // The chat's last_rev rides along in the page's own statement, so it is read in the
+        // same snapshot as the page (an uncorrelated subquery, evaluated once).
+        let sql = format!(
+            "SELECT {MESSAGE_COLS}, (SELECT last_rev FROM chat_seq WHERE chat_id = ?) \
+             FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        let sql = sql.as_str();
+        let current = move |(replica_rev, page): &(Option<i64>, Vec<Message>)| {
+            replica_page_is_current(before, limit, primary_rev, *replica_rev, page)
+        };
+        let (_, page) = self
+            .pools
+            .on_replica(
+                "fetch before",
+                Freshness::SelfEvident(&current),
+                |mut conn| async move {
+                    let rows: Vec<Row> = conn.exec(sql, (chat, chat, before.get(), limit)).await?;
+                    let mut rev = None;
+                    let mut page = Vec::with_capacity(rows.len());
+                    for mut row in rows {
+                        rev = take::<Option<i64>>(&mut row, MESSAGE_COL_COUNT, "chat_seq")?;
+                        page.push(message_from(row)?);
+                    }
+                    page.reverse();
+                    Ok((rev, page))
+                },
+            )
+            .await?;
+        Ok(page)
+    }
+
+    /// Waits for `chat`'s turn on this node (see `gate`) before an append or a change takes a
+    /// connection, no longer than a connection may take: a chat whose writes cannot keep up
+    /// answers `Unavailable` (503, retryable).
+    async fn chat_turn(&self, chat: ChatId, what: &str) -> Result<OwnedMutexGuard<()>> {
+        let wait = self.pools.acquire_timeout();
+        tokio::time::timeout(wait, self.append_gates.enter(chat))
+            .await
+            .map_err(|_| chat_core::Error::Unavailable {
+                message: format!(
+                    "mysql: {what} to chat {chat} are backed up (waited {wait:?} for a turn)"
+                ),
+                source: None,
+            })
+    }
+}
+
 #[async_trait]
 impl MessageStore for MysqlStore {
     async fn append(&self, message: NewMessage) -> Result<Appended> {
         let m = &message;
-        // Wait for this chat's turn before taking a connection (see `gate`), no longer than a
-        // connection may take: a chat whose appends cannot keep up answers 503, retryable.
-        let wait = self.pools.acquire_timeout();
-        let _turn = tokio::time::timeout(wait, self.append_gates.enter(m.chat_id))
-            .await
-            .map_err(|_| chat_core::Error::Unavailable {
-                message: format!(
-                    "mysql: appends to chat {} are backed up (waited {wait:?} for a turn)",
-                    m.chat_id
-                ),
-                source: None,
-            })?;
+        let _turn = self.chat_turn(m.chat_id, "appends").await?;
         for _ in 0..DEDUPE_ATTEMPTS {
             let outcome = self
                 .pools
                 .on_primary("append", |mut conn| async move {
                     let mut tx = conn.start_transaction(TxOpts::default()).await?;
                     match append_in(&mut tx, m).await {
-                        Ok(seq) => {
+                        Ok((seq, rev)) => {
                             // Acked only after COMMIT returned: the message is durable.
                             tx.commit().await?;
-                            Ok(Some(Outcome::Stored(seq)))
+                            Ok(Some(Outcome::Stored(seq, rev)))
                         }
                         Err(f) => {
-                            // Undo the counter increment with the failed insert: no hole.
+                            // Undo the counter increments with the failed insert: no hole.
                             let _ = tx.rollback().await;
                             let Some(cmid) = m.client_msg_id.as_deref() else {
                                 return Err(f);
@@ -173,7 +374,7 @@ impl MessageStore for MysqlStore {
                                 return Err(f);
                             }
                             // A retry of a stored message (possibly racing its twin, which
-                            // committed first): answer with the stored one.
+                            // committed first): answer with the stored one, as it is now.
                             Ok(find_duplicate(&mut conn, m, cmid)
                                 .await?
                                 .map(Outcome::Duplicate))
@@ -182,10 +383,9 @@ impl MessageStore for MysqlStore {
                 })
                 .await?;
             match outcome {
-                Some(Outcome::Stored(seq)) => {
+                Some(Outcome::Stored(seq, rev)) => {
                     return Ok(Appended {
-                        // Messages here never change yet: an append's rev is its seq.
-                        message: m.clone().stored(seq, chat_core::Rev(seq.get())),
+                        message: m.clone().stored(seq, rev),
                         created: true,
                     });
                 }
@@ -242,29 +442,54 @@ impl MessageStore for MysqlStore {
                     })
                     .await
             }
-            FetchQuery::Before { before, limit } => {
-                let sql = format!(
-                    "SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND seq < ? \
-                     ORDER BY seq DESC LIMIT ?"
-                );
-                let sql = sql.as_str();
-                let complete =
-                    move |page: &Vec<Message>| before_page_is_complete(before, limit, page);
-                self.pools
-                    .on_replica(
-                        "fetch before",
-                        Freshness::SelfEvident(&complete),
-                        |mut conn| async move {
-                            let rows: Vec<Row> =
-                                conn.exec(sql, (chat, before.get(), limit)).await?;
-                            let mut page = messages_from(rows)?;
-                            page.reverse();
-                            Ok(page)
-                        },
-                    )
-                    .await
-            }
+            FetchQuery::Before { before, limit } => self.fetch_before(chat_id, before, limit).await,
         }
+    }
+
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        let change = &change;
+        // The same turn as an append: a burst of reactions to a hot chat waits here, not on the
+        // counter row's lock while holding a pooled connection.
+        let _turn = self.chat_turn(chat_id, "changes").await?;
+        self.pools
+            .on_primary("change", |mut conn| async move {
+                let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                match change_in(&mut tx, chat_id, seq, change).await {
+                    Ok(Changed::Yes(message)) => {
+                        // Answered only after COMMIT returned: the change is durable.
+                        tx.commit().await?;
+                        Ok(message)
+                    }
+                    Ok(Changed::No(message)) => {
+                        // Nothing was written; release the locks.
+                        tx.rollback().await?;
+                        Ok(message)
+                    }
+                    Err(f) => {
+                        let _ = tx.rollback().await;
+                        Err(f)
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND rev > ? \
+             ORDER BY rev ASC LIMIT ?"
+        );
+        let sql = sql.as_str();
+        // Primary: the feed is how a client catches up, so it must reach the newest change.
+        self.pools
+            .on_primary("changes", |mut conn| async move {
+                let rows: Vec<Row> = conn.exec(sql, (chat_id.get(), after.get(), limit)).await?;
+                messages_from(rows)
+            })
+            .await
     }
 
     async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
@@ -286,17 +511,47 @@ impl MessageStore for MysqlStore {
     }
 
     async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
+        let seqs = self.counters(chat_ids, Counter::Seq).await?;
+        Ok(seqs.into_iter().map(Seq).collect())
+    }
+
+    async fn last_revs(&self, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+        let revs = self.counters(chat_ids, Counter::Rev).await?;
+        Ok(revs.into_iter().map(Rev).collect())
+    }
+
+    async fn health(&self) -> Result<()> {
+        // The same primary ping as the metadata side.
+        chat_core::MetadataStore::health(self).await
+    }
+}
+
+/// A per-chat counter of the `chat_seq` row.
+#[derive(Clone, Copy)]
+enum Counter {
+    Seq,
+    Rev,
+}
+
+impl MysqlStore {
+    /// One counter of several chats, in the order asked (0 for a chat without messages), read
+    /// on the primary in chunks of `LAST_SEQS_CHUNK`.
+    async fn counters(&self, chat_ids: &[ChatId], counter: Counter) -> Result<Vec<i64>> {
+        let column = match counter {
+            Counter::Seq => "last_seq",
+            Counter::Rev => "last_rev",
+        };
         let mut known: HashMap<i64, i64> = HashMap::with_capacity(chat_ids.len());
         for chunk in chat_ids.chunks(LAST_SEQS_CHUNK) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
             let sql =
-                format!("SELECT chat_id, last_seq FROM chat_seq WHERE chat_id IN ({placeholders})");
+                format!("SELECT chat_id, {column} FROM chat_seq WHERE chat_id IN ({placeholders})");
             let sql = sql.as_str();
             let ids: Vec<i64> = chunk.iter().map(|c| c.get()).collect();
             let ids = &ids;
             let rows = self
                 .pools
-                .on_primary("last_seqs", |mut conn| async move {
+                .on_primary(column, |mut conn| async move {
                     let rows: Vec<Row> = conn.exec(sql, ids.clone()).await?;
                     rows.into_iter()
                         .map(|row| decode::<(i64, i64)>("chat_seq", row))
@@ -307,13 +562,8 @@ impl MessageStore for MysqlStore {
         }
         Ok(chat_ids
             .iter()
-            .map(|c| Seq(known.get(&c.get()).copied().unwrap_or(0)))
+            .map(|c| known.get(&c.get()).copied().unwrap_or(0))
             .collect())
-    }
-
-    async fn health(&self) -> Result<()> {
-        // The same primary ping as the metadata side.
-        chat_core::MetadataStore::health(self).await
     }
 }
 
@@ -355,5 +605,26 @@ mod tests {
         assert!(!before_page_is_complete(Seq(5), 10, &page(&[])));
         // Limit 0 asks for nothing.
         assert!(before_page_is_complete(Seq(5), 0, &page(&[])));
+    }
+
+    #[test]
+    fn replica_pages_must_have_the_chats_revision() {
+        let full = page(&[8, 9, 10]);
+        // The replica has applied the chat's revision (or a later one): current.
+        assert!(replica_page_is_current(Seq(11), 3, 14, Some(14), &full));
+        assert!(replica_page_is_current(Seq(11), 3, 14, Some(15), &full));
+        // Every row is there but a change is missing (an edit, a delete, a reaction).
+        assert!(!replica_page_is_current(Seq(11), 3, 14, Some(13), &full));
+        assert!(!replica_page_is_current(Seq(11), 3, 14, None, &full));
+        // Current revision, incomplete page.
+        assert!(!replica_page_is_current(
+            Seq(11),
+            3,
+            14,
+            Some(14),
+            &page(&[7, 8, 9])
+        ));
+        // Nothing asked for: nothing can be stale.
+        assert!(replica_page_is_current(Seq(1), 10, 14, None, &page(&[])));
     }
 }

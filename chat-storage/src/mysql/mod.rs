@@ -31,6 +31,19 @@
 //! lock-wait timeouts are retried. Durability is InnoDB's with `innodb_flush_log_at_trx_commit=1`
 //! and `sync_binlog=1` (what `scripts/mariadb.sh` configures): an acked message is on disk.
 //!
+//! # Revisions come from the same row
+//! `chat_seq` also holds the chat's `last_rev`. The append's upsert increments `last_seq` and
+//! `last_rev` together, and the message row's `INSERT ... SELECT` takes its `rev` from that
+//! locked row (both values come back in OK packets via `LAST_INSERT_ID(expr)`, so an append
+//! costs no extra round trip). A change (edit, delete, reaction) runs on the primary in one
+//! transaction: `SELECT last_rev ... FOR UPDATE` on the counter row (the lock every append of the
+//! chat takes), then the message row `FOR UPDATE`, [`chat_core::apply_change`], and, if it
+//! changed anything, the new state with `rev = last_rev + 1` and the bumped counter, `COMMIT`. A
+//! change that changes nothing writes nothing and takes no `rev`. Appends and changes of a chat
+//! also take the same per-node turn (`gate`). So `rev`, like `seq`, is dense and a chat's
+//! revisions commit in order. The change feed (`rev > after ORDER BY rev`, index
+//! `messages_by_rev`) is read on the primary.
+//!
 //! # Replication rule: which reads may a replica answer
 //! Writes always go to the primary. A read goes to a replica only when its answer is provably as
 //! current as the primary's at the moment the read began; otherwise it goes to the primary. No
@@ -42,7 +55,8 @@
 //! | `session`, `role`, `members`, `user_credentials` | primary | authorization and login: a logout or a removal must take effect at once, a member just added must be able to read, a user just registered must be able to log in |
 //! | `fetch` latest / `after_seq`, `last_seq(s)` | primary | a fetch right after a send must see it; catch-up reads must see the newest messages |
 //! | `user`, `chat` | replica, self-evident | users and chats are never changed or deleted, so a row the replica has is current; a miss may be lag and is asked again on the primary |
-//! | `fetch` before a `seq` (history pages) | replica, self-evident | messages are immutable and a chat's `seq`s reach a replica in order, so a page whose newest message is `before - 1` (and holds `min(limit, before - 1)` messages) is complete; anything else is asked again on the primary |
+//! | `fetch` before a `seq` (history pages) | replica, checked against the chat's `rev` | messages change (edits, deletes, reactions), so the store first reads the chat's `last_rev` on the primary (one primary-key row; skipped when no replica would be asked), then reads the page on the replica together with the replica's `last_rev` in the same statement; the page is used only if the replica's `last_rev` is at least the primary's (every append and change acked before the read is then in that snapshot: a chat's revisions commit in order and replicate in commit order) and the page is complete (its newest message is `before - 1` and it holds `min(limit, before - 1)` messages); anything else is asked again on the primary |
+//! | `changes` (the change feed) | primary | catch-up must reach the newest change |
 //! | `chats_of_user` | replica, causal | the store reads the primary's `@@gtid_binlog_pos` (every acked commit is at or below it), waits with `MASTER_GTID_WAIT(pos, replica_wait)` on the replica, then reads there; on timeout the primary answers |
 //!
 //! A replica that is down, times out or lags beyond `replica_wait` is skipped for

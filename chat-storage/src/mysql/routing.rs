@@ -29,8 +29,9 @@ pub(crate) enum Freshness<'a, T> {
     /// primary had written when the read began (its `@@gtid_binlog_pos`).
     Causal,
     /// Read at once; the answer is used only if this returns `true` for it (the answer proves
-    /// itself complete, e.g. an immutable row that was found, or a page of dense `seq`s with
-    /// nothing missing). Otherwise the primary answers.
+    /// itself current, e.g. an immutable row that was found, or a page of dense `seq`s with
+    /// nothing missing read together with the chat's `last_rev`, checked against the primary's
+    /// read before). Otherwise the primary answers.
     SelfEvident(&'a (dyn Fn(&T) -> bool + Send + Sync)),
 }
 
@@ -281,6 +282,16 @@ impl Pools {
         .map_err(|_| Failure::Timeout("reading the primary's GTID position"))??;
         let pos: Option<Option<String>> = super::scalar("gtid_binlog_pos", pos)?;
         Ok(pos.flatten().unwrap_or_default())
+    }
+
+    /// Whether a replica may be asked now (one is configured and not in its cooldown): a read
+    /// that needs a value from the primary to check a replica's answer skips that step when no
+    /// replica would be asked.
+    pub(crate) fn replica_ready(&self) -> bool {
+        let now = self.now_ms();
+        self.replicas
+            .iter()
+            .any(|r| r.down_until_ms.load(Ordering::Relaxed) <= now)
     }
 
     /// The next healthy replica, round robin.

@@ -19,6 +19,13 @@
 //!   module doc of [`crate::mysql`] for why it is not a column of `chats`). `client_msg_id` can
 //!   be longer than an index allows, so the dedupe key indexes its SHA-256 in a stored generated
 //!   column; lookups compare the id itself too.
+//! - Messages that change (migration 2): `chat_seq.last_rev` is each chat's revision counter,
+//!   next to `last_seq`; a message row carries `reply_to_seq`, `edited_at`, `deleted`,
+//!   `reactions` (JSON text: `[{"emoji", "count", "user_ids"}]`, ordered by first use) and `rev`
+//!   (the revision of its latest change), and `messages_by_rev (chat_id, rev)` serves the change
+//!   feed. Existing rows get `rev = seq` and `last_rev = last_seq`. Nodes of a build before
+//!   migration 2 must not append once it ran (their rows would miss a `rev`): upgrade them
+//!   together.
 
 use super::error::{bad_row, Failure};
 use mysql_async::prelude::Queryable;
@@ -35,11 +42,12 @@ struct Migration {
 }
 
 /// Every migration, oldest first.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, chats, user_chat, sessions, messages, chat_seq",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS users (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, chats, user_chat, sessions, messages, chat_seq",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS users (
             user_id BIGINT NOT NULL AUTO_INCREMENT,
             email VARBINARY(1024) NOT NULL,
             pw_hash VARCHAR(1024) NOT NULL,
@@ -48,7 +56,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (user_id),
             UNIQUE KEY users_email (email)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS chats (
+            "CREATE TABLE IF NOT EXISTS chats (
             chat_id BIGINT NOT NULL AUTO_INCREMENT,
             chat_name VARCHAR(512) NOT NULL,
             owner_id BIGINT NOT NULL,
@@ -57,7 +65,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             KEY chats_owner (owner_id),
             CONSTRAINT chats_owner_fk FOREIGN KEY (owner_id) REFERENCES users (user_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS user_chat (
+            "CREATE TABLE IF NOT EXISTS user_chat (
             chat_id BIGINT NOT NULL,
             user_id BIGINT NOT NULL,
             role VARCHAR(16) NOT NULL,
@@ -67,7 +75,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             CONSTRAINT user_chat_chat_fk FOREIGN KEY (chat_id) REFERENCES chats (chat_id),
             CONSTRAINT user_chat_user_fk FOREIGN KEY (user_id) REFERENCES users (user_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS sessions (
+            "CREATE TABLE IF NOT EXISTS sessions (
             token_hash BINARY(32) NOT NULL,
             user_id BIGINT NOT NULL,
             created_at BIGINT NOT NULL,
@@ -77,14 +85,14 @@ const MIGRATIONS: &[Migration] = &[Migration {
             KEY sessions_user (user_id),
             CONSTRAINT sessions_user_fk FOREIGN KEY (user_id) REFERENCES users (user_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        // No foreign keys from here on: the message tables may live in another database than
-        // the users and chats (metadata in SQLite, messages in MySQL).
-        "CREATE TABLE IF NOT EXISTS chat_seq (
+            // No foreign keys from here on: the message tables may live in another database than
+            // the users and chats (metadata in SQLite, messages in MySQL).
+            "CREATE TABLE IF NOT EXISTS chat_seq (
             chat_id BIGINT NOT NULL,
             last_seq BIGINT NOT NULL,
             PRIMARY KEY (chat_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS messages (
+            "CREATE TABLE IF NOT EXISTS messages (
             chat_id BIGINT NOT NULL,
             seq BIGINT NOT NULL,
             sender_id BIGINT NOT NULL,
@@ -96,11 +104,33 @@ const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (chat_id, seq),
             UNIQUE KEY messages_dedupe (chat_id, sender_id, client_msg_hash)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "messages that change: chat_seq.last_rev; replies, edits, deletes, reactions, rev",
+        // A chat none of whose messages changed has `rev == seq` for every message (each
+        // append takes the next of both), so existing messages get `rev = seq` and each chat
+        // `last_rev = last_seq`. The UPDATEs only touch rows still at the column default (0),
+        // so running them again after a node died half-way is harmless. `IF NOT EXISTS` on
+        // columns and indexes is MariaDB's (the store already relies on MariaDB for replicas).
+        statements: &[
+            "ALTER TABLE chat_seq ADD COLUMN IF NOT EXISTS last_rev BIGINT NOT NULL DEFAULT 0",
+            "UPDATE chat_seq SET last_rev = last_seq WHERE last_rev = 0",
+            "ALTER TABLE messages \
+             ADD COLUMN IF NOT EXISTS reply_to_seq BIGINT NULL, \
+             ADD COLUMN IF NOT EXISTS edited_at BIGINT NULL, \
+             ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT FALSE, \
+             ADD COLUMN IF NOT EXISTS reactions MEDIUMTEXT NOT NULL DEFAULT '[]', \
+             ADD COLUMN IF NOT EXISTS rev BIGINT NOT NULL DEFAULT 0",
+            "UPDATE messages SET rev = seq WHERE rev = 0",
+            "CREATE INDEX IF NOT EXISTS messages_by_rev ON messages (chat_id, rev)",
+        ],
+    },
+];
 
 /// The newest schema version this code knows.
-pub(crate) const LATEST_VERSION: u32 = 1;
+pub(crate) const LATEST_VERSION: u32 = 2;
 
 /// How long a node waits for another node's migration before giving up (seconds).
 const LOCK_WAIT_SECS: u32 = 30;

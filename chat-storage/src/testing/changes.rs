@@ -355,3 +355,51 @@ pub async fn last_revs_follow_appends_and_changes<S: MessageStore>(store: S) {
         "the feed ends at last_rev"
     );
 }
+
+/// An append after changes takes the revision after them and answers with exactly the message
+/// it stored; a retried send of a message that changed since answers with its current state.
+pub async fn appends_after_changes_answer_what_they_stored<S: MessageStore>(store: S) {
+    let chat = fresh_chat();
+    append_n(&store, chat, 2).await;
+    store
+        .change(chat, Seq(1), edit("changed"))
+        .await
+        .expect("edit");
+    store
+        .change(chat, Seq(2), react(5, "👀", true))
+        .await
+        .expect("react");
+    let send = NewMessage {
+        reply_to_seq: None,
+        chat_id: chat,
+        sender_id: UserId(3),
+        msg_text: "after the changes".to_owned(),
+        sent_at: now_millis(),
+        timestamp: None,
+        client_msg_id: Some("after-changes".to_owned()),
+    };
+    let appended = store.append(send.clone()).await.expect("append");
+    assert!(appended.created);
+    assert_eq!(
+        (appended.message.seq, appended.message.rev),
+        (Seq(3), Rev(5)),
+        "2 appends and 2 changes came before"
+    );
+    let read = history(&store, chat).await;
+    assert_eq!(
+        read.get(2),
+        Some(&appended.message),
+        "the answer is what was stored"
+    );
+    let edited = store
+        .change(chat, Seq(3), edit("after the changes, edited"))
+        .await
+        .expect("edit the new message");
+    assert_eq!(edited.rev, Rev(6));
+    let retried = store.append(send).await.expect("retry the send");
+    assert!(!retried.created, "a retry stores no second copy");
+    assert_eq!(
+        retried.message, edited,
+        "a retry answers with the message as it is now"
+    );
+}

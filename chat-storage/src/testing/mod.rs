@@ -168,6 +168,7 @@ macro_rules! message_change_conformance {
             concurrent_changes_converge_and_the_feed_has_every_one,
             a_reply_keeps_what_it_replies_to,
             last_revs_follow_appends_and_changes,
+            appends_after_changes_answer_what_they_stored,
         );
     };
 }
