@@ -104,13 +104,15 @@ mod schema;
 pub mod testing;
 
 mod append;
+mod change;
 mod head;
 
 pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, Error, FetchQuery, Message, MessageStore, NewMessage, Result, Seq, UserId,
+    Appended, ChatId, Error, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Result,
+    Rev, Seq, UserId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -164,12 +166,25 @@ struct Inner {
 struct Statements {
     /// `INSERT INTO chat_heads ... IF NOT EXISTS`: claims the first seqs of an empty chat.
     head_first: PreparedStatement,
-    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: claims the next seqs.
+    /// `UPDATE chat_heads ... IF last_seq = ? AND last_rev = ? AND claim = ?`: the next claim.
     head_next: PreparedStatement,
+    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: the first claim of this schema
+    /// version on a head that version 1 wrote (sets `pending` to null).
+    head_upgrade: PreparedStatement,
     /// The head row at the configured consistency.
     head_read: PreparedStatement,
-    /// Upserts one message row (idempotent).
+    /// Upserts one appended message row with its write timestamp (idempotent).
     message_write: PreparedStatement,
+    /// Writes a changed message's new state with its write timestamp (idempotent).
+    message_change: PreparedStatement,
+    /// One message with `WRITETIME(msg_text)`: the base of a change.
+    message_read_for_change: PreparedStatement,
+    /// Messages of one bucket by a list of seqs.
+    messages_in: PreparedStatement,
+    /// Upserts one change feed row `rev -> seq` (idempotent).
+    feed_write: PreparedStatement,
+    /// Feed rows of one bucket with `? < rev <= ?`, ascending, limited.
+    feed_page: PreparedStatement,
     /// Upserts one dedupe row (idempotent).
     dedupe_write: PreparedStatement,
     /// The seq stored for a dedupe key.
@@ -185,7 +200,8 @@ struct Statements {
 }
 
 /// The columns every message read selects, in the order [`rows_to_messages`] decodes them.
-const MESSAGE_COLUMNS: &str = "seq, sender_id, msg_text, sent_at, timestamp, client_msg_id";
+const MESSAGE_COLUMNS: &str = "seq, sender_id, msg_text, sent_at, timestamp, client_msg_id, \
+    reply_to_seq, edited_at, deleted, reactions, rev";
 
 impl Statements {
     async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Self> {
@@ -204,8 +220,8 @@ impl Statements {
             head_first: prepare(
                 "head_first",
                 format!(
-                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, ?, ?) \
-                     IF NOT EXISTS"
+                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, last_rev, claim, \
+                     implicit_revs) VALUES (?, ?, ?, ?, 0) IF NOT EXISTS"
                 ),
                 false,
             )
@@ -213,7 +229,17 @@ impl Statements {
             head_next: prepare(
                 "head_next",
                 format!(
-                    "UPDATE {ks}.chat_heads SET last_seq = ?, pending = ? WHERE chat_id = ? \
+                    "UPDATE {ks}.chat_heads SET last_seq = ?, last_rev = ?, claim = ? \
+                     WHERE chat_id = ? IF last_seq = ? AND last_rev = ? AND claim = ?"
+                ),
+                false,
+            )
+            .await?,
+            head_upgrade: prepare(
+                "head_upgrade",
+                format!(
+                    "UPDATE {ks}.chat_heads SET last_seq = ?, last_rev = ?, claim = ?, \
+                     implicit_revs = ?, pending = null WHERE chat_id = ? \
                      IF last_seq = ? AND pending = ?"
                 ),
                 false,
@@ -221,15 +247,65 @@ impl Statements {
             .await?,
             head_read: prepare(
                 "head_read",
-                format!("SELECT last_seq, pending FROM {ks}.chat_heads WHERE chat_id = ?"),
+                format!(
+                    "SELECT last_seq, last_rev, claim, implicit_revs, pending \
+                     FROM {ks}.chat_heads WHERE chat_id = ?"
+                ),
                 true,
             )
             .await?,
             message_write: prepare(
                 "message_write",
                 format!(
-                    "INSERT INTO {ks}.messages (chat_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.messages (chat_id, bucket, seq, sender_id, msg_text, \
+                     sent_at, timestamp, client_msg_id, reply_to_seq, rev) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            message_change: prepare(
+                "message_change",
+                format!(
+                    "UPDATE {ks}.messages USING TIMESTAMP ? SET msg_text = ?, edited_at = ?, \
+                     deleted = ?, reactions = ?, rev = ? \
+                     WHERE chat_id = ? AND bucket = ? AND seq = ?"
+                ),
+                true,
+            )
+            .await?,
+            message_read_for_change: prepare(
+                "message_read_for_change",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS}, WRITETIME(msg_text) FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq = ?"
+                ),
+                true,
+            )
+            .await?,
+            messages_in: prepare(
+                "messages_in",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq IN ?"
+                ),
+                true,
+            )
+            .await?,
+            feed_write: prepare(
+                "feed_write",
+                format!(
+                    "INSERT INTO {ks}.message_revs (chat_id, bucket, rev, seq) \
+                     VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            feed_page: prepare(
+                "feed_page",
+                format!(
+                    "SELECT rev, seq FROM {ks}.message_revs WHERE chat_id = ? AND bucket = ? \
+                     AND rev > ? AND rev <= ? ORDER BY rev ASC LIMIT ?"
                 ),
                 true,
             )
@@ -373,24 +449,16 @@ impl Inner {
         seq.div_euclid(self.bucket_size)
     }
 
-    /// The head row: `(last_seq, pending)`, `(0, None)` for a chat without messages.
+    /// The head row; [`Head::empty`](head::Head::empty) for a chat without messages.
     async fn read_head(&self, chat_id: ChatId) -> Result<head::Head> {
-        let rows = self
+        let result = self
             .exec(
                 "reading a chat head",
                 &self.stmts.head_read,
                 (chat_id.get(),),
             )
-            .await?
-            .into_rows_result()
-            .map_err(|e| error::rows("chat_heads", e))?;
-        let row = rows
-            .maybe_first_row::<(Option<i64>, Option<Vec<head::PendingTuple>>)>()
-            .map_err(|e| error::rows("chat_heads", e))?;
-        match row {
-            None => Ok(head::Head::empty()),
-            Some((last_seq, pending)) => head::Head::from_columns(chat_id, last_seq, pending),
-        }
+            .await?;
+        head::read_result(chat_id, result)
     }
 
     /// The message at `seq`, if it is in `messages`.
@@ -415,24 +483,30 @@ impl Inner {
         // The last claim's messages are written bucket by bucket in ascending order, each
         // bucket atomically: if its last message is there, all of them are.
         if self.read_message(chat_id, head.last_seq).await?.is_none() {
-            self.materialize(chat_id, head.first_pending_seq(), &head.pending)
-                .await?;
+            self.materialize(chat_id, &head).await?;
         }
         Ok(Seq(head.last_seq))
     }
 }
 
+/// One message row as selected by [`MESSAGE_COLUMNS`].
+type RawMessage = (
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+    Option<Vec<(Option<String>, Option<Vec<i64>>)>>,
+    Option<i64>,
+);
+
 /// Decodes message rows (selected as [`MESSAGE_COLUMNS`]); a missing column is `Internal` with
 /// the chat and seq, never a panic.
 fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>> {
-    type RawMessage = (
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    );
     let rows = result
         .into_rows_result()
         .map_err(|e| error::rows("messages", e))?;
@@ -441,28 +515,57 @@ fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>
         .map_err(|e| error::rows("messages", e))?;
     let mut out = Vec::with_capacity(rows.rows_num());
     for row in iter {
-        let (seq, sender_id, msg_text, sent_at, timestamp, client_msg_id) =
-            row.map_err(|e| error::rows("messages", e))?;
-        let seq =
-            seq.ok_or_else(|| error::bad_row(format!("chat {chat_id}: message without seq")))?;
-        let missing =
-            |col: &str| error::bad_row(format!("chat {chat_id} seq {seq}: {col} is null"));
-        out.push(Message {
+        out.push(raw_to_message(
             chat_id,
-            seq: Seq(seq),
-            sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
-            msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
-            sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
-            timestamp,
-            client_msg_id,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
-        });
+            row.map_err(|e| error::rows("messages", e))?,
+        )?);
     }
     Ok(out)
+}
+
+/// One decoded message row. A null `rev` is a message stored before revisions existed: its
+/// `rev` is its `seq`; a null `deleted` is `false`, null `reactions` none.
+fn raw_to_message(chat_id: ChatId, raw: RawMessage) -> Result<Message> {
+    let (
+        seq,
+        sender_id,
+        msg_text,
+        sent_at,
+        timestamp,
+        client_msg_id,
+        reply_to_seq,
+        edited_at,
+        deleted,
+        reactions,
+        rev,
+    ) = raw;
+    let seq = seq.ok_or_else(|| error::bad_row(format!("chat {chat_id}: message without seq")))?;
+    let missing = |col: &str| error::bad_row(format!("chat {chat_id} seq {seq}: {col} is null"));
+    let reactions = reactions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(emoji, users)| {
+            head::reaction(
+                emoji.ok_or_else(|| missing("a reaction's emoji"))?,
+                users.unwrap_or_default().into_iter().map(UserId).collect(),
+            )
+            .ok_or_else(|| missing("a reaction's users"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Message {
+        chat_id,
+        seq: Seq(seq),
+        sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
+        msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
+        sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
+        timestamp,
+        client_msg_id,
+        reply_to_seq: reply_to_seq.map(Seq),
+        edited_at,
+        deleted: deleted.unwrap_or(false),
+        reactions,
+        rev: Rev(rev.unwrap_or(seq)),
+    })
 }
 
 #[async_trait]
@@ -477,6 +580,14 @@ impl MessageStore for CassandraMessageStore {
 
     async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
         self.inner.last_seq(chat_id).await
+    }
+
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        self.inner.change(chat_id, seq, change).await
+    }
+
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        self.inner.changes(chat_id, after, limit).await
     }
 
     async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
