@@ -8,3 +8,7 @@ use chat_storage::cassandra::testing::{fresh_store, url_from_env};
 chat_storage::message_store_conformance!(async {
     fresh_store(&url_from_env("CHAT_TEST_CASSANDRA_URL")).await
 });
+
+chat_storage::message_change_conformance!(async {
+    fresh_store(&url_from_env("CHAT_TEST_CASSANDRA_URL")).await
+});

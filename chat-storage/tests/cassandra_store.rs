@@ -1,10 +1,13 @@
 //! Cassandra-specific behaviour beyond the conformance suite, against a real node
 //! (`CHAT_TEST_CASSANDRA_URL`, see `scripts/cassandra.sh`): paging across partition buckets, the
-//! bucket size pinned per keyspace, a claimer that died between its claim and its message write,
-//! and a cluster that cannot be reached.
+//! bucket size pinned per keyspace, a claimer (of appends or of a change) that died between its
+//! claim and its writes, data written before revisions existed, and a cluster that cannot be
+//! reached.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
-use chat_core::{ChatId, Error, FetchQuery, Message, MessageStore, NewMessage, Seq, UserId};
+use chat_core::{
+    ChatId, Error, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Rev, Seq, UserId,
+};
 use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
 use chat_storage::cassandra::{CassandraConfig, CassandraMessageStore};
 use scylla::client::session_builder::SessionBuilder;
@@ -218,30 +221,25 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
         .expect("append 1");
 
     // Play the dead claimer: move the head to 2 with its message, write nothing else.
-    let config = CassandraConfig::from_url(&url).expect("url");
-    let session = SessionBuilder::new()
-        .known_nodes(&config.nodes)
-        .build()
-        .await
-        .expect("session");
+    let session = raw_session(&url).await;
     let ks = store.keyspace();
-    let pending: Vec<PendingRow<'_>> = vec![(7, "orphan", 1_700_000_000_500, Some(5), Some("c2"))];
-    let result = session
-        .query_unpaged(
-            format!(
-                "UPDATE {ks}.chat_heads SET last_seq = 2, pending = ? WHERE chat_id = ? \
-                 IF last_seq = 1"
-            ),
-            (pending, chat.get()),
-        )
-        .await
-        .expect("claim seq 2 by hand");
-    let (applied,): (bool,) = result
-        .into_rows_result()
-        .expect("rows")
-        .first_row::<(bool,)>()
-        .expect("applied");
-    assert!(applied);
+    let claim = appended(vec![(
+        7,
+        "orphan",
+        1_700_000_000_500,
+        Some(5),
+        Some("c2"),
+        None,
+    )]);
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_seq = 2, last_rev = 2, claim = ? WHERE chat_id = ? \
+             IF last_rev = 1"
+        ),
+        (claim, chat.get()),
+    )
+    .await;
 
     // A fresh process (no cached head) sees seq 2 as last_seq, and then it is readable.
     let other = open(&url).await;
@@ -259,6 +257,7 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
     assert_eq!(seqs(&page), vec![1, 2]);
     assert_eq!(page[1].msg_text, "orphan");
     assert_eq!(page[1].timestamp, Some(5));
+    assert_eq!(page[1].rev, Rev(2));
 
     // The sender's retry gets the stored message, not a second one.
     let retry = store
@@ -271,40 +270,28 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
         .append(msg(chat, 1, "three", None))
         .await
         .expect("append 3");
-    assert_eq!(next.message.seq, Seq(3));
+    assert_eq!((next.message.seq, next.message.rev), (Seq(3), Rev(3)));
 
     // Same again, but this time the next append (not last_seq) has to complete the claim.
     // This claim carries two messages (4 and 5), like a batch of a process that died.
-    let pending: Vec<PendingRow<'_>> = vec![
-        (8, "orphan 4", 1_700_000_000_900, None, None),
-        (9, "orphan 5", 1_700_000_000_901, None, Some("c5")),
-    ];
-    let current = store
-        .fetch(chat, FetchQuery::Latest { limit: 1 })
-        .await
-        .expect("latest");
-    let p3: Vec<PendingRow<'_>> = vec![(1, "three", current[0].sent_at, None, None)];
-    let result = session
-        .query_unpaged(
-            format!(
-                "UPDATE {ks}.chat_heads SET last_seq = 5, pending = ? WHERE chat_id = ? \
-                 IF last_seq = 3 AND pending = ?"
-            ),
-            (pending, chat.get(), p3),
-        )
-        .await
-        .expect("claim seqs 4 and 5 by hand");
-    let (applied,): (bool,) = result
-        .into_rows_result()
-        .expect("rows")
-        .first_row::<(bool,)>()
-        .expect("applied");
-    assert!(applied);
+    let claim = appended(vec![
+        (8, "orphan 4", 1_700_000_000_900, None, None, None),
+        (9, "orphan 5", 1_700_000_000_901, None, Some("c5"), Some(4)),
+    ]);
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_seq = 5, last_rev = 5, claim = ? WHERE chat_id = ? \
+             IF last_rev = 3"
+        ),
+        (claim, chat.get()),
+    )
+    .await;
     let six = other
         .append(msg(chat, 2, "six", None))
         .await
         .expect("append 6");
-    assert_eq!(six.message.seq, Seq(6));
+    assert_eq!((six.message.seq, six.message.rev), (Seq(6), Rev(6)));
     let page = store
         .fetch(
             chat,
@@ -318,6 +305,7 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
     assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(page[3].msg_text, "orphan 4");
     assert_eq!(page[4].msg_text, "orphan 5");
+    assert_eq!(page[4].reply_to_seq, Some(Seq(4)));
     // The dead claim's dedupe keys were written too.
     let retry = store
         .append(msg(chat, 9, "orphan 5 again", Some("c5")))
@@ -325,6 +313,272 @@ async fn a_claim_whose_writer_died_is_completed_by_others() {
         .expect("retry 5");
     assert!(!retry.created);
     assert_eq!(retry.message.seq, Seq(5));
+    // And its feed rows: the feed has every message, by rev.
+    let fed = store.changes(chat, Rev(0), 100).await.expect("feed");
+    assert_eq!(
+        fed, page,
+        "the feed of a chat that never changed is its history"
+    );
+}
+
+/// A process that won the LWT for a change and died before writing it out: the change is
+/// not lost. The feed completes it, and the next change (of any process) writes it first, so
+/// a change of the same message builds on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_writer_died_is_completed_by_others() {
+    let url = fresh_keyspace_url(&base());
+    let store = open(&url).await;
+    let chat = ChatId(4343);
+    for i in 1..=2 {
+        store
+            .append(msg(chat, 1, &format!("m{i}"), None))
+            .await
+            .expect("append");
+    }
+    let session = raw_session(&url).await;
+    let ks = store.keyspace();
+    // The dead claimer: rev 3 edits message 1, and nothing is written out.
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_rev = 3, claim = ? WHERE chat_id = ? \
+             IF last_rev = 2"
+        ),
+        (changed(1, "edited by the dead", Some(123), &[]), chat.get()),
+    )
+    .await;
+    // The feed of another process finds rev 3 missing and writes it out.
+    let other = open(&url).await;
+    let fed = other.changes(chat, Rev(2), 10).await.expect("feed");
+    assert_eq!(fed.len(), 1);
+    assert_eq!(
+        (
+            fed[0].seq,
+            fed[0].rev,
+            fed[0].msg_text.as_str(),
+            fed[0].edited_at
+        ),
+        (Seq(1), Rev(3), "edited by the dead", Some(123))
+    );
+
+    // Again (rev 4 reacts to message 1), and this time a change of the same message by a
+    // process whose cached head is older has to build on it.
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_rev = 4, claim = ? WHERE chat_id = ? \
+             IF last_rev = 3"
+        ),
+        (
+            changed(1, "edited by the dead", Some(123), &[("👍", &[5])]),
+            chat.get(),
+        ),
+    )
+    .await;
+    let reacted = store
+        .change(
+            chat,
+            Seq(1),
+            MessageChange::React {
+                user_id: UserId(6),
+                emoji: "👍".to_owned(),
+                add: true,
+            },
+        )
+        .await
+        .expect("react");
+    assert_eq!(reacted.rev, Rev(5));
+    assert_eq!(reacted.msg_text, "edited by the dead");
+    assert_eq!(reacted.reactions.len(), 1);
+    assert_eq!(reacted.reactions[0].user_ids, vec![UserId(5), UserId(6)]);
+    let fed = other.changes(chat, Rev(0), 10).await.expect("feed");
+    assert_eq!(
+        fed.iter()
+            .map(|m| (m.seq.get(), m.rev.get()))
+            .collect::<Vec<_>>(),
+        vec![(2, 2), (1, 5)]
+    );
+    assert_eq!(fed[1], reacted);
+}
+
+/// Data written before revisions existed (schema version 1: messages without `rev`, a head
+/// with `pending` and no `last_rev`) reads as `rev = seq`, is in the feed, and goes on: the
+/// next append and the next change take revisions after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_from_before_revisions_reads_as_rev_equal_to_seq() {
+    let url = fresh_keyspace_url(&base());
+    let store = open(&url).await;
+    let ks = store.keyspace().to_owned();
+    let session = raw_session(&url).await;
+    // Two chats as version 1 left them: messages 1..=2 written, message 3 only in the head's
+    // pending claim (its claimer died).
+    let old = |chat: ChatId| {
+        let session = &session;
+        let ks = ks.clone();
+        async move {
+            for seq in 1..=2_i64 {
+                session
+                    .query_unpaged(
+                        format!(
+                            "INSERT INTO {ks}.messages (chat_id, bucket, seq, sender_id, \
+                             msg_text, sent_at, timestamp, client_msg_id) \
+                             VALUES (?, 0, ?, 1, ?, 1700000000000, null, ?)"
+                        ),
+                        (chat.get(), seq, format!("old {seq}"), format!("old-{seq}")),
+                    )
+                    .await
+                    .expect("v1 message");
+                session
+                    .query_unpaged(
+                        format!(
+                            "INSERT INTO {ks}.message_dedupe (chat_id, sender_id, \
+                             client_msg_id, seq) VALUES (?, 1, ?, ?)"
+                        ),
+                        (chat.get(), format!("old-{seq}"), seq),
+                    )
+                    .await
+                    .expect("v1 dedupe");
+            }
+            let pending: Vec<PendingRow<'_>> =
+                vec![(2, "old 3", 1_700_000_000_003, None, Some("old-3"))];
+            session
+                .query_unpaged(
+                    format!(
+                        "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, 3, ?)"
+                    ),
+                    (chat.get(), pending),
+                )
+                .await
+                .expect("v1 head");
+        }
+    };
+    let (a, b) = (ChatId(501), ChatId(502));
+    old(a).await;
+    old(b).await;
+
+    // Chat a: read as it is, then an append, then a change.
+    let fed = store.changes(a, Rev(0), 10).await.expect("feed");
+    assert_eq!(seqs(&fed), vec![1, 2, 3]);
+    assert!(fed.iter().all(|m| m.rev.get() == m.seq.get() && !m.deleted));
+    assert_eq!(fed[2].msg_text, "old 3");
+    let retry = store
+        .append(msg(a, 2, "old 3 again", Some("old-3")))
+        .await
+        .expect("retry");
+    assert!(!retry.created);
+    assert_eq!(retry.message, fed[2]);
+    let four = store
+        .append(msg(a, 1, "new 4", None))
+        .await
+        .expect("append");
+    assert_eq!((four.message.seq, four.message.rev), (Seq(4), Rev(4)));
+    let edited = store
+        .change(
+            a,
+            Seq(2),
+            MessageChange::Edit {
+                msg_text: "old 2, edited".to_owned(),
+                edited_at: 1_800_000_000_000,
+            },
+        )
+        .await
+        .expect("edit");
+    assert_eq!(edited.rev, Rev(5));
+    let fed = store.changes(a, Rev(0), 10).await.expect("feed");
+    assert_eq!(
+        fed.iter()
+            .map(|m| (m.seq.get(), m.rev.get()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (3, 3), (4, 4), (2, 5)]
+    );
+    assert_eq!(fed[3], edited);
+    let page = store
+        .changes(a, Rev(1), 2)
+        .await
+        .expect("a page of the feed");
+    assert_eq!(seqs(&page), vec![3, 4]);
+
+    // Chat b: its first claim of this version is a change (of the message only in pending).
+    let deleted = store
+        .change(b, Seq(3), MessageChange::Delete)
+        .await
+        .expect("delete");
+    assert_eq!((deleted.rev, deleted.deleted), (Rev(4), true));
+    let five = store.append(msg(b, 1, "new", None)).await.expect("append");
+    assert_eq!((five.message.seq, five.message.rev), (Seq(4), Rev(5)));
+    let fed = store.changes(b, Rev(0), 10).await.expect("feed");
+    assert_eq!(
+        fed.iter()
+            .map(|m| (m.seq.get(), m.rev.get()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2), (3, 4), (4, 5)]
+    );
+}
+
+/// A plain session to play other processes with.
+async fn raw_session(url: &str) -> scylla::client::session::Session {
+    let config = CassandraConfig::from_url(url).expect("url");
+    SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .build()
+        .await
+        .expect("session")
+}
+
+/// Runs an LWT by hand and asserts that it applied.
+async fn lwt(
+    session: &scylla::client::session::Session,
+    cql: String,
+    values: impl scylla::serialize::row::SerializeRow,
+) {
+    let result = session.query_unpaged(cql, values).await.expect("lwt");
+    let (applied,): (bool,) = result
+        .into_rows_result()
+        .expect("rows")
+        .first_row::<(bool,)>()
+        .expect("applied");
+    assert!(applied, "the hand-made claim did not apply");
+}
+
+/// One message of a version-2 append claim: (sender_id, msg_text, sent_at, timestamp,
+/// client_msg_id, reply_to_seq).
+type ClaimedRow<'a> = (i64, &'a str, i64, Option<i64>, Option<&'a str>, Option<i64>);
+
+/// A changed state in a claim: (msg_text, edited_at, deleted, reactions).
+type StateRow<'a> = (&'a str, Option<i64>, bool, Vec<(&'a str, Vec<i64>)>);
+
+/// The `claim` column: (wts, appended messages, changed seq, new state).
+type ClaimValue<'a> = (
+    i64,
+    Option<Vec<ClaimedRow<'a>>>,
+    Option<i64>,
+    Option<StateRow<'a>>,
+);
+
+/// The write timestamp a hand-made claim uses: now, in µs.
+fn now_micros() -> i64 {
+    chat_core::ids::now_millis() * 1000
+}
+
+/// An append claim.
+fn appended(msgs: Vec<ClaimedRow<'_>>) -> ClaimValue<'_> {
+    (now_micros(), Some(msgs), None, None)
+}
+
+/// A change claim of `seq`.
+fn changed<'a>(
+    seq: i64,
+    text: &'a str,
+    edited_at: Option<i64>,
+    reactions: &[(&'a str, &[i64])],
+) -> ClaimValue<'a> {
+    let reactions = reactions.iter().map(|(e, u)| (*e, u.to_vec())).collect();
+    (
+        now_micros(),
+        None,
+        Some(seq),
+        Some((text, edited_at, false, reactions)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

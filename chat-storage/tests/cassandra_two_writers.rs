@@ -1,13 +1,21 @@
 //! Two independent stores (separate driver sessions and in-process state, standing in for two
 //! server nodes) append to the same chat at once through a real Cassandra
 //! (`CHAT_TEST_CASSANDRA_URL`): dense seq, no duplicates, every ack present in history, and a
-//! send retried through the *other* node returns the first one's message.
+//! send retried through the *other* node returns the first one's message. And both change the
+//! same messages while appending and while a third reader follows the change feed: every
+//! revision handed out once, none skipped, no change lost, and the feed (read live or from
+//! zero) ends in exactly the history's state.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
-use chat_core::{Appended, ChatId, FetchQuery, Message, MessageStore, NewMessage, Seq, UserId};
+use chat_core::{
+    Appended, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Rev, Seq,
+    UserId,
+};
 use chat_storage::cassandra::testing::{fresh_keyspace_url, url_from_env};
 use chat_storage::cassandra::{CassandraConfig, CassandraMessageStore};
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,5 +147,258 @@ async fn two_nodes_append_to_one_chat_concurrently() {
             reader.last_seq(chat).await.expect("last_seq"),
             Seq(i64::try_from(total).expect("small"))
         );
+    }
+}
+
+const CHANGE_TASKS_PER_NODE: i64 = 3;
+const CHANGES_PER_TASK: i64 = 24;
+const SEEDED: i64 = 6;
+
+/// What one writer task did and was told.
+#[derive(Default)]
+struct Done {
+    /// Revisions acknowledged for changes and appends that were not retried.
+    revs: Vec<Rev>,
+    /// Whether any operation had to be retried (its first attempt's outcome is unknown).
+    retried: bool,
+    /// (seq, user, emoji) of every reaction added.
+    reactions: Vec<(Seq, UserId, String)>,
+    /// (seq, rev, text) of every edit.
+    edits: Vec<(Seq, Rev, String)>,
+    /// Messages appended.
+    appended: Vec<Message>,
+}
+
+/// Changes like a client: a retryable error is retried (every change here is idempotent).
+async fn change_until_acked(
+    store: &CassandraMessageStore,
+    chat: ChatId,
+    seq: Seq,
+    change: &MessageChange,
+) -> (Message, bool) {
+    let mut retried = false;
+    for _ in 0..100 {
+        match store.change(chat, seq, change.clone()).await {
+            Ok(m) => return (m, retried),
+            Err(e) if e.is_retryable() => {
+                eprintln!("change of {seq}: {e}; retrying");
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("change failed with a non-retryable error: {e:?}"),
+        }
+    }
+    panic!("change of {seq} never succeeded")
+}
+
+/// The whole feed from `after`, in pages of `page`.
+async fn feed(store: &CassandraMessageStore, chat: ChatId, after: Rev, page: u32) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::new();
+    let mut after = after;
+    loop {
+        let got = store.changes(chat, after, page).await.expect("changes");
+        if got.is_empty() {
+            return out;
+        }
+        after = got.last().map_or(after, |m| m.rev);
+        out.extend(got);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_change_the_same_messages_while_appending() {
+    let url = fresh_keyspace_url(&url_from_env("CHAT_TEST_CASSANDRA_URL"));
+    let (node_a, node_b) = tokio::join!(open(&url), open(&url));
+    let reader = open(&url).await;
+    let nodes = [Arc::clone(&node_a), Arc::clone(&node_b)];
+    let chat = ChatId(9_000_002);
+    for i in 0..SEEDED {
+        let m = NewMessage {
+            reply_to_seq: None,
+            chat_id: chat,
+            sender_id: UserId(1),
+            msg_text: format!("seed {i}"),
+            sent_at: chat_core::ids::now_millis(),
+            timestamp: None,
+            client_msg_id: None,
+        };
+        node_a.append(m).await.expect("seed");
+    }
+
+    // A client following the feed live: it keeps its cursor and the latest state per seq, and
+    // checks that no page ever shows a revision at or below one it already passed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let stop = Arc::clone(&stop);
+        let reader = Arc::clone(&reader);
+        tokio::spawn(async move {
+            let mut cursor = Rev::ZERO;
+            let mut state: BTreeMap<Seq, Message> = BTreeMap::new();
+            let mut pages = 0;
+            loop {
+                let done = stop.load(Ordering::SeqCst);
+                let page = reader.changes(chat, cursor, 7).await.expect("follow");
+                for m in &page {
+                    assert!(
+                        m.rev > cursor,
+                        "the feed went back: {} after {cursor}",
+                        m.rev
+                    );
+                    cursor = m.rev;
+                    state.insert(m.seq, m.clone());
+                }
+                pages += 1;
+                if page.is_empty() {
+                    if done {
+                        return (state, pages);
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        })
+    };
+
+    let mut handles = Vec::new();
+    for (node_index, node) in nodes.iter().enumerate() {
+        for task in 0..CHANGE_TASKS_PER_NODE {
+            let node = Arc::clone(node);
+            let me = i64::try_from(node_index).expect("small") * 100 + task + 10;
+            handles.push(tokio::spawn(async move {
+                let mut done = Done::default();
+                for round in 0..CHANGES_PER_TASK {
+                    // Everybody works on the same few messages.
+                    let seq = Seq(1 + (me + round) % SEEDED);
+                    if round % 6 == 5 {
+                        let cmid = format!("a{me}-{round}");
+                        let m = NewMessage {
+                            reply_to_seq: Some(seq),
+                            chat_id: chat,
+                            sender_id: UserId(me),
+                            msg_text: cmid.clone(),
+                            sent_at: chat_core::ids::now_millis(),
+                            timestamp: None,
+                            client_msg_id: Some(cmid),
+                        };
+                        let (a, retried) = send_until_acked(&node, &m).await;
+                        done.retried |= retried;
+                        if !retried {
+                            done.revs.push(a.message.rev);
+                        }
+                        done.appended.push(a.message);
+                        continue;
+                    }
+                    let change = if round % 4 == 3 {
+                        MessageChange::Edit {
+                            msg_text: format!("edit by {me} in round {round}"),
+                            edited_at: chat_core::ids::now_millis(),
+                        }
+                    } else {
+                        MessageChange::React {
+                            user_id: UserId(me),
+                            // A task comes back to the same message every SEEDED rounds:
+                            // with another emoji each time, so no reaction is a repeat.
+                            emoji: format!("e{}", round / SEEDED),
+                            add: true,
+                        }
+                    };
+                    let (m, retried) = change_until_acked(&node, chat, seq, &change).await;
+                    assert_eq!(m.seq, seq);
+                    done.retried |= retried;
+                    if !retried {
+                        done.revs.push(m.rev);
+                    }
+                    match change {
+                        MessageChange::Edit { msg_text, .. } => {
+                            assert_eq!(m.msg_text, msg_text);
+                            done.edits.push((seq, m.rev, msg_text));
+                        }
+                        MessageChange::React { user_id, emoji, .. } => {
+                            done.reactions.push((seq, user_id, emoji));
+                        }
+                        _ => unreachable!("only edits and reactions here"),
+                    }
+                }
+                done
+            }));
+        }
+    }
+    let mut all = Done::default();
+    for h in handles {
+        let d = h.await.expect("writer task");
+        all.revs.extend(d.revs);
+        all.retried |= d.retried;
+        all.reactions.extend(d.reactions);
+        all.edits.extend(d.edits);
+        all.appended.extend(d.appended);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (followed, pages) = follower.await.expect("follower");
+    eprintln!("the follower read {pages} pages");
+
+    // Every acknowledged revision was handed out once; with no retries they are exactly the
+    // revisions after the seeds (every change here changes something, so each took one).
+    let operations = 2 * CHANGE_TASKS_PER_NODE * CHANGES_PER_TASK;
+    let distinct: HashSet<Rev> = all.revs.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        all.revs.len(),
+        "a revision handed out twice"
+    );
+    if !all.retried {
+        let want: HashSet<Rev> = (SEEDED + 1..=SEEDED + operations).map(Rev).collect();
+        assert_eq!(distinct, want, "revisions are dense and none is skipped");
+    }
+
+    for store in [&node_a, &node_b] {
+        let current = history(store, chat).await;
+        let by_seq: HashMap<Seq, &Message> = current.iter().map(|m| (m.seq, m)).collect();
+        assert_eq!(
+            current.len(),
+            usize::try_from(SEEDED).expect("small") + all.appended.len()
+        );
+        // No reaction lost.
+        for (seq, user, emoji) in &all.reactions {
+            let m = by_seq[seq];
+            let r = m.reactions.iter().find(|r| &r.emoji == emoji);
+            assert!(
+                r.is_some_and(|r| r.user_ids.contains(user)),
+                "reaction {emoji} of {user} on {seq} lost"
+            );
+        }
+        // Each message's text is that of its latest edit.
+        let mut latest: HashMap<Seq, (Rev, &str)> = HashMap::new();
+        for (seq, rev, text) in &all.edits {
+            let e = latest.entry(*seq).or_insert((*rev, text));
+            if *rev > e.0 {
+                *e = (*rev, text);
+            }
+        }
+        for (seq, (_, text)) in &latest {
+            assert_eq!(by_seq[seq].msg_text, *text, "the latest edit of {seq} lost");
+        }
+        // Appends are there, with what they reply to.
+        for a in &all.appended {
+            assert_eq!(by_seq[&a.seq].reply_to_seq, a.reply_to_seq);
+            assert_eq!(by_seq[&a.seq].msg_text, a.msg_text);
+        }
+
+        // The feed from zero, in small pages: strictly increasing revisions, each message once,
+        // ending at the last revision, in exactly the history's state.
+        let fed = feed(store, chat, Rev::ZERO, 5).await;
+        assert!(
+            fed.windows(2).all(|w| w[0].rev < w[1].rev),
+            "feed revisions not strictly increasing"
+        );
+        let max_rev = current.iter().map(|m| m.rev).max().expect("messages");
+        assert_eq!(fed.last().map(|m| m.rev), Some(max_rev));
+        if !all.retried {
+            assert_eq!(max_rev, Rev(SEEDED + operations));
+        }
+        let mut fed_by_seq = fed;
+        fed_by_seq.sort_by_key(|m| m.seq);
+        assert_eq!(fed_by_seq, current, "the feed and the history disagree");
+        // The live follower ended in the same state.
+        let followed: Vec<Message> = followed.values().cloned().collect();
+        assert_eq!(followed, current, "the live follower missed a change");
     }
 }

@@ -1,9 +1,10 @@
 //! `append`: a claim on the chat head that carries its messages (see the module doc of
 //! [`cassandra`](super) for the reasoning), the in-process per-chat queue and head cache
 //! (group commit: one lightweight transaction claims every message waiting for that chat), and
-//! writing claimed messages into `messages` ("materializing" them).
+//! writing a claim out into `messages`, `message_dedupe` and `message_revs` ("materializing"
+//! it; a change claim of `change` is materialized here too).
 
-use super::head::{claim_result, tuples, Claim, Head, Pending};
+use super::head::{claim_result, Changed, Claim, Claimed, Head, Pending};
 use super::{error, Inner};
 use chat_core::{Appended, ChatId, Error, Message, NewMessage, Result};
 use scylla::statement::batch::{Batch, BatchType};
@@ -14,7 +15,7 @@ use tokio::sync::{oneshot, Mutex};
 
 /// How many times one batch tries to claim seqs before it reports `Unavailable`. Each failed
 /// try means another process won seqs of the chat, so the chat made progress meanwhile.
-const MAX_CLAIM_ATTEMPTS: u32 = 200;
+pub(super) const MAX_CLAIM_ATTEMPTS: u32 = 200;
 
 /// Chats whose head this process remembers before it forgets idle ones.
 const MAX_CACHED_HEADS: usize = 50_000;
@@ -31,14 +32,14 @@ struct Waiting {
 pub(crate) struct ChatSlot {
     /// FIFO of appends not yet taken by a claimer. A std mutex: held only to push or drain.
     queue: StdMutex<Vec<Waiting>>,
-    /// Held by the one task claiming for this chat; `None` when the head is unknown (cold, or
-    /// after an error).
-    head: Arc<Mutex<Option<Head>>>,
+    /// Held by the one task claiming (appends or a change) for this chat; `None` when the head
+    /// is unknown (cold, or after an error).
+    pub(super) head: Arc<Mutex<Option<Head>>>,
 }
 
 impl Inner {
     /// The per-chat slot.
-    fn chat_slot(&self, chat_id: ChatId) -> Arc<ChatSlot> {
+    pub(super) fn chat_slot(&self, chat_id: ChatId) -> Arc<ChatSlot> {
         // A poisoned map only means a panic elsewhere while inserting; the map itself is fine.
         let mut slots = self
             .heads
@@ -163,36 +164,49 @@ impl Inner {
                     source: None,
                 });
             }
-            if attempt >= 2 {
-                // Another process keeps winning: back off a little so Paxos rounds stop
-                // colliding (Cassandra's own contention handling is slower than this).
-                let ms = u64::from(attempt.min(20)) + jitter(attempt);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
+            backoff(attempt).await;
             attempt += 1;
 
             let Some(mut cur) = head.take() else {
                 // Cold: an empty chat has no messages and so nothing to dedupe against.
                 let new: Vec<Pending> = open.iter().map(|&i| Pending::of(&msgs[i])).collect();
-                match self.claim_first(chat_id, &new).await? {
+                let k = as_i64(new.len());
+                let claim = Claimed::Appended {
+                    wts: next_wts(0),
+                    msgs: new,
+                };
+                match self.claim_first(chat_id, k, &claim).await? {
                     Claim::Won => {
-                        self.materialize(chat_id, 1, &new).await?;
+                        let mut won = Head::claimed(k, k, claim, Some(0));
+                        self.materialize(chat_id, &won).await?;
+                        won.materialized = true;
                         for (k, &i) in open.iter().enumerate() {
-                            decided[i] = Some(created(&new[k], chat_id, 1 + as_i64(k)));
+                            let at = 1 + as_i64(k);
+                            decided[i] = Some(created(&won.claim.messages()[k], chat_id, at, at));
                         }
-                        *head = Some(Head::claimed(as_i64(new.len()), new));
+                        *head = Some(won);
                     }
-                    Claim::Lost(now) => *head = Some(now),
+                    Claim::Lost(now) => *head = now,
                 }
                 continue;
             };
 
             // Dedupe against the last claim's messages (maybe only in the head so far) ...
             let first_seq = cur.first_pending_seq();
+            let first_rev = if cur.is_legacy() {
+                first_seq
+            } else {
+                cur.first_pending_rev()
+            };
             for &i in &open {
-                if let Some(pos) = cur.pending.iter().position(|p| p.same_key(&msgs[i])) {
+                let pending = cur.claim.messages();
+                if let Some(pos) = pending.iter().position(|p| p.same_key(&msgs[i])) {
                     decided[i] = Some(Appended {
-                        message: cur.pending[pos].message(chat_id, first_seq + as_i64(pos)),
+                        message: pending[pos].message(
+                            chat_id,
+                            first_seq + as_i64(pos),
+                            first_rev + as_i64(pos),
+                        ),
                         created: false,
                     });
                 }
@@ -220,7 +234,7 @@ impl Inner {
             // The invariant: the last claim's messages are in `messages` before the head moves
             // past them (and before a duplicate found among them is answered).
             if !cur.materialized {
-                self.materialize(chat_id, first_seq, &cur.pending).await?;
+                self.materialize(chat_id, &cur).await?;
                 cur.materialized = true;
             }
             let new_idx: Vec<usize> = (0..msgs.len())
@@ -231,19 +245,27 @@ impl Inner {
                 break;
             }
             let new: Vec<Pending> = new_idx.iter().map(|&i| Pending::of(&msgs[i])).collect();
-            let n = cur.last_seq;
+            let (n, r, k) = (cur.last_seq, cur.last_rev, as_i64(new.len()));
+            let claim = Claimed::Appended {
+                wts: next_wts(cur.claim.wts()),
+                msgs: new,
+            };
             match self
-                .claim_next(chat_id, n, &cur.pending, n + as_i64(new.len()), &new)
+                .claim_after(chat_id, &cur, n + k, r + k, &claim)
                 .await?
             {
                 Claim::Won => {
-                    self.materialize(chat_id, n + 1, &new).await?;
+                    let mut won = Head::claimed(n + k, r + k, claim, cur.next_implicit_revs());
+                    self.materialize(chat_id, &won).await?;
+                    won.materialized = true;
                     for (k, &i) in new_idx.iter().enumerate() {
-                        decided[i] = Some(created(&new[k], chat_id, n + 1 + as_i64(k)));
+                        let p = &won.claim.messages()[k];
+                        decided[i] =
+                            Some(created(p, chat_id, n + 1 + as_i64(k), r + 1 + as_i64(k)));
                     }
-                    *head = Some(Head::claimed(n + as_i64(new.len()), new));
+                    *head = Some(won);
                 }
-                Claim::Lost(now) => *head = Some(now),
+                Claim::Lost(now) => *head = now,
             }
         }
         let mut out = Vec::with_capacity(msgs.len());
@@ -292,16 +314,46 @@ impl Inner {
         Ok(Some(stored))
     }
 
-    /// Writes messages `first_seq ..` (and their dedupe rows) at the configured consistency.
-    /// Idempotent: every writer of one seq writes the same values.
+    /// Writes the head's last claim out at the configured consistency: an append claim's
+    /// message rows, dedupe rows and (version 2) feed rows; a change claim's new state and its
+    /// feed row. Idempotent: every writer of one claim writes the same values with the same
+    /// write timestamp, so any number of processes may do it, in any order, late or not.
+    pub(crate) async fn materialize(&self, chat_id: ChatId, head: &Head) -> Result<()> {
+        match &head.claim {
+            Claimed::Nothing => Ok(()),
+            Claimed::Legacy(msgs) => {
+                self.write_appended(chat_id, head.first_pending_seq(), None, msgs)
+                    .await
+            }
+            Claimed::Appended { wts, msgs } => {
+                self.write_appended(
+                    chat_id,
+                    head.first_pending_seq(),
+                    Some((head.first_pending_rev(), *wts)),
+                    msgs,
+                )
+                .await
+            }
+            Claimed::Changed { wts, change } => {
+                self.write_change(chat_id, head.last_rev, *wts, change)
+                    .await
+            }
+        }
+    }
+
+    /// Messages `first_seq ..` of an append claim, their dedupe rows and their feed rows.
+    /// `revs` is `(first rev, write timestamp)`; `None` for a claim of schema version 1, whose
+    /// messages have `rev = seq`, no feed rows (the feed reads them from `messages`) and the
+    /// write timestamp `sent_at` (in µs: the same for every writer).
     ///
     /// The message rows of one bucket go in one single-partition batch, which every replica
     /// applies atomically, and buckets are written in ascending order; so a reader never sees a
     /// later message of the claim without the earlier ones, even if this writer dies half-way.
-    pub(crate) async fn materialize(
+    async fn write_appended(
         &self,
         chat_id: ChatId,
         first_seq: i64,
+        revs: Option<(i64, i64)>,
         msgs: &[Pending],
     ) -> Result<()> {
         let rows = async {
@@ -312,13 +364,8 @@ impl Inner {
                 while end < msgs.len() && self.bucket(first_seq + as_i64(end)) == bucket {
                     end += 1;
                 }
-                self.write_bucket(
-                    chat_id,
-                    bucket,
-                    first_seq + as_i64(start),
-                    &msgs[start..end],
-                )
-                .await?;
+                self.write_bucket(chat_id, bucket, first_seq, revs, msgs, start..end)
+                    .await?;
                 start = end;
             }
             Ok::<_, Error>(())
@@ -334,42 +381,110 @@ impl Inner {
                         .map(|c| (chat_id.get(), p.sender_id, c, first_seq + as_i64(k)))
                 })
                 .collect();
-            match values.as_slice() {
-                [] => {}
-                [one] => {
-                    self.exec("writing a dedupe key", &self.stmts.dedupe_write, one)
-                        .await?;
-                }
-                _ => {
-                    // One round trip for all of them; the rows need no atomicity, only to be
-                    // complete before the append is acknowledged, which the batch gives.
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    for _ in &values {
-                        batch.append_statement(self.stmts.dedupe_write.clone());
-                    }
-                    batch.set_is_idempotent(true);
-                    let _permit = self.permit().await?;
-                    self.session
-                        .batch(&batch, values)
-                        .await
-                        .map_err(|e| error::execution("writing dedupe keys", e))?;
-                }
-            }
-            Ok::<_, Error>(())
+            self.write_rows("writing dedupe keys", &self.stmts.dedupe_write, values)
+                .await
         };
-        let (r, d) = tokio::join!(rows, dedupe);
+        let feed = async {
+            let Some((first_rev, wts)) = revs else {
+                return Ok(());
+            };
+            let rows: Vec<FeedRow> = (0..msgs.len())
+                .map(|k| {
+                    let rev = first_rev + as_i64(k);
+                    (
+                        chat_id.get(),
+                        self.bucket(rev),
+                        rev,
+                        first_seq + as_i64(k),
+                        wts,
+                    )
+                })
+                .collect();
+            self.write_feed(rows).await
+        };
+        let (r, d, f) = tokio::join!(rows, dedupe, feed);
         r?;
-        d
+        d?;
+        f
     }
 
-    /// Message rows `first_seq ..` of one bucket, in one statement or one unlogged
-    /// single-partition batch.
+    /// A change claim: the message's new state (with its revision) and its feed row, both with
+    /// the claim's write timestamp, so a late copy of an older change never overwrites it.
+    async fn write_change(&self, chat_id: ChatId, rev: i64, wts: i64, c: &Changed) -> Result<()> {
+        let state = self.exec(
+            "writing a changed message",
+            &self.stmts.message_change,
+            (
+                wts,
+                c.msg_text.as_str(),
+                c.edited_at,
+                c.deleted,
+                c.reaction_rows(),
+                rev,
+                chat_id.get(),
+                self.bucket(c.seq),
+                c.seq,
+            ),
+        );
+        let feed = self.write_feed(vec![(chat_id.get(), self.bucket(rev), rev, c.seq, wts)]);
+        let (s, f) = tokio::join!(state, feed);
+        s?;
+        f
+    }
+
+    /// Feed rows (ascending), one batch per bucket of revisions, buckets in ascending order.
+    async fn write_feed(&self, rows: Vec<FeedRow>) -> Result<()> {
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let bucket = first.1;
+            let mut same = vec![first];
+            while let Some(next) = rows.next_if(|r| r.1 == bucket) {
+                same.push(next);
+            }
+            self.write_rows("writing the change feed", &self.stmts.feed_write, same)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Rows of one statement in one request: the statement alone, or an unlogged batch (one
+    /// round trip; the rows need no atomicity across partitions, only to be complete before the
+    /// operation is acknowledged, which the batch gives; within one partition it is atomic).
+    async fn write_rows<R: scylla::serialize::row::SerializeRow>(
+        &self,
+        context: &str,
+        stmt: &scylla::statement::prepared::PreparedStatement,
+        values: Vec<R>,
+    ) -> Result<()> {
+        match values.as_slice() {
+            [] => Ok(()),
+            [one] => self.exec(context, stmt, one).await.map(|_| ()),
+            _ => {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in &values {
+                    batch.append_statement(stmt.clone());
+                }
+                batch.set_is_idempotent(true);
+                let _permit = self.permit().await?;
+                self.session
+                    .batch(&batch, values)
+                    .await
+                    .map_err(|e| error::execution(context, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Message rows `range` of a claim starting at `first_seq`, all in `bucket`, in one
+    /// statement or one unlogged single-partition batch.
     async fn write_bucket(
         &self,
         chat_id: ChatId,
         bucket: i64,
         first_seq: i64,
+        revs: Option<(i64, i64)>,
         msgs: &[Pending],
+        range: std::ops::Range<usize>,
     ) -> Result<()> {
         type MessageRow<'a> = (
             i64,
@@ -380,83 +495,137 @@ impl Inner {
             i64,
             Option<i64>,
             Option<&'a str>,
+            Option<i64>,
+            i64,
+            i64,
         );
-        let values: Vec<MessageRow<'_>> = msgs
-            .iter()
-            .enumerate()
-            .map(|(k, p)| {
+        let values: Vec<MessageRow<'_>> = range
+            .map(|k| {
+                let p = &msgs[k];
+                let seq = first_seq + as_i64(k);
+                let (rev, wts) = match revs {
+                    Some((first_rev, wts)) => (first_rev + as_i64(k), wts),
+                    None => (seq, p.sent_at.saturating_mul(1000)),
+                };
                 (
                     chat_id.get(),
                     bucket,
-                    first_seq + as_i64(k),
+                    seq,
                     p.sender_id,
                     p.msg_text.as_str(),
                     p.sent_at,
                     p.timestamp,
                     p.client_msg_id.as_deref(),
+                    p.reply_to_seq,
+                    rev,
+                    wts,
                 )
             })
             .collect();
-        if let [one] = values.as_slice() {
-            self.exec("writing a message", &self.stmts.message_write, one)
-                .await?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        for _ in &values {
-            batch.append_statement(self.stmts.message_write.clone());
-        }
-        batch.set_is_idempotent(true);
-        let _permit = self.permit().await?;
-        self.session
-            .batch(&batch, values)
+        self.write_rows("writing messages", &self.stmts.message_write, values)
             .await
-            .map_err(|e| error::execution("writing messages", e))?;
-        Ok(())
     }
 
-    /// `INSERT ... IF NOT EXISTS` of the head with the first messages of the chat.
-    async fn claim_first(&self, chat_id: ChatId, new: &[Pending]) -> Result<Claim> {
+    /// `INSERT ... IF NOT EXISTS` of the head with the first `k` messages of the chat.
+    async fn claim_first(&self, chat_id: ChatId, k: i64, claim: &Claimed) -> Result<Claim> {
         let result = self
             .exec(
                 "claiming the first seqs",
                 &self.stmts.head_first,
-                (chat_id.get(), as_i64(new.len()), tuples(new)),
+                (chat_id.get(), k, k, claim.to_cql()),
             )
             .await?;
         claim_result(chat_id, result)
     }
 
-    /// `UPDATE ... IF last_seq = n AND pending = <current>` to `last` and the new messages.
-    async fn claim_next(
+    /// Moves the head from `cur` (as observed) to `last_seq`, `last_rev` and `claim`, if it is
+    /// still `cur`: `UPDATE ... IF last_seq = .. AND last_rev = .. AND claim = ..`, or for a
+    /// head of schema version 1 `IF last_seq = .. AND pending = ..` (taking it over).
+    pub(super) async fn claim_after(
         &self,
         chat_id: ChatId,
-        n: i64,
-        current: &[Pending],
-        last: i64,
-        new: &[Pending],
+        cur: &Head,
+        last_seq: i64,
+        last_rev: i64,
+        claim: &Claimed,
     ) -> Result<Claim> {
-        let result = self
-            .exec(
-                "claiming the next seqs",
-                &self.stmts.head_next,
-                (last, tuples(new), chat_id.get(), n, tuples(current)),
-            )
-            .await?;
+        let result = match cur.claim {
+            Claimed::Nothing => {
+                return Err(error::bad_row(format!(
+                    "chat {chat_id}: a claim after an empty head"
+                )))
+            }
+            Claimed::Legacy(_) => {
+                self.exec(
+                    "claiming the next seqs",
+                    &self.stmts.head_upgrade,
+                    (
+                        last_seq,
+                        last_rev,
+                        claim.to_cql(),
+                        cur.last_seq,
+                        chat_id.get(),
+                        cur.last_seq,
+                        cur.raw_claim.clone(),
+                    ),
+                )
+                .await?
+            }
+            Claimed::Appended { .. } | Claimed::Changed { .. } => {
+                self.exec(
+                    "claiming the next seqs",
+                    &self.stmts.head_next,
+                    (
+                        last_seq,
+                        last_rev,
+                        claim.to_cql(),
+                        chat_id.get(),
+                        cur.last_seq,
+                        cur.last_rev,
+                        cur.raw_claim.clone(),
+                    ),
+                )
+                .await?
+            }
+        };
         claim_result(chat_id, result)
     }
 }
 
+/// One feed row with its write timestamp: `(chat_id, bucket, rev, seq, wts)`.
+type FeedRow = (i64, i64, i64, i64, i64);
+
+/// A write timestamp (µs) for the next claim: the clock, but always above `above`, the last
+/// claim's, so the write timestamps of a chat's claims increase with their revisions even when
+/// the clocks of the processes that make them disagree.
+pub(super) fn next_wts(above: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    now.max(above.saturating_add(1))
+}
+
+/// Waits a little before claim attempt `attempt` (from the third on): another process keeps
+/// winning, so Paxos rounds should stop colliding (Cassandra's own contention handling is
+/// slower than this).
+pub(super) async fn backoff(attempt: u32) {
+    if attempt >= 2 {
+        let ms = u64::from(attempt.min(20)) + jitter(attempt);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 /// A newly created message's result.
-fn created(p: &Pending, chat_id: ChatId, seq: i64) -> Appended {
+fn created(p: &Pending, chat_id: ChatId, seq: i64, rev: i64) -> Appended {
     Appended {
-        message: p.message(chat_id, seq),
+        message: p.message(chat_id, seq, rev),
         created: true,
     }
 }
 
 /// An index or length as i64 (claims are at most `MAX_CLAIM` long).
-fn as_i64(n: usize) -> i64 {
+pub(super) fn as_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -469,7 +638,7 @@ fn interrupted() -> Error {
 }
 
 /// One batch error, handed to every append of the batch (the source goes to logs once).
-fn share(e: &Error) -> Error {
+pub(super) fn share(e: &Error) -> Error {
     match e {
         Error::Unavailable { message, .. } => Error::Unavailable {
             message: message.clone(),

@@ -103,7 +103,12 @@ impl Inner {
     }
 
     /// The oldest `limit` messages with `seq >= from`, bucket by bucket upward.
-    async fn walk_forward(&self, chat_id: ChatId, from: i64, limit: u32) -> Result<Vec<Message>> {
+    pub(super) async fn walk_forward(
+        &self,
+        chat_id: ChatId,
+        from: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
         let want = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut rows: Vec<Message> = Vec::new();
         let mut start = from;

@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`config`]: [`CassandraConfig`] and the `cassandra://` URL.
 //! - `schema`: keyspace, tables and versioned migrations (`schema_migrations`).
-//! - `append`: how messages get their `seq` (below).
+//! - `append`: how messages get their `seq` (below), and writing claims out.
+//! - `change`: edits, deletes and reactions, and the change feed (below).
 //! - `fetch`: pages, walking buckets backward and forward.
 //! - `error`: driver errors to [`chat_core::Error`].
 //! - `testing` (features `cassandra` + `testing`): a unique keyspace per test, the test URL.
@@ -14,37 +15,46 @@
 //! - `messages ((chat_id, bucket), seq)` with `bucket = seq / bucket_size`: a partition holds at
 //!   most `bucket_size` messages (default 10 000, fixed per keyspace in `store_settings`), and
 //!   the partition of any `seq` is known without a lookup.
+//!   A message row also holds what changes (`msg_text`, `edited_at`, `deleted`, `reactions`)
+//!   and `rev`, the revision of its latest change (null: stored before revisions, `rev = seq`).
 //! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
-//! - `chat_heads (chat_id) -> last_seq, pending`: the last `seq` handed out and *the messages
-//!   of the claim that handed it out*. Written only by lightweight transactions (LWT); the two
-//!   tables above are written only by plain writes, never mixed with LWTs on the same rows.
+//! - `message_revs ((chat_id, bucket), rev) -> seq` with `bucket = rev / bucket_size`: the change
+//!   feed, one row per revision handed out since schema version 2.
+//! - `chat_heads (chat_id) -> last_seq, last_rev, claim, implicit_revs`: the last `seq` and the
+//!   last revision handed out and *the claim that handed them out* (its messages, or its
+//!   change). Written only by lightweight transactions (LWT); the tables above are written only
+//!   by plain writes, never mixed with LWTs on the same rows. (Version 1 kept the claim's
+//!   messages in `pending`; see "Revisions" for how such a head is taken over.)
 //!
 //! # How `seq` stays dense: a claim that carries its messages
 //! Appends to one chat queue up in the process; whoever holds the chat's in-process lock takes
 //! everything queued (up to `max_claim`, default 64: group commit) and, on a task of its own:
-//! 1. Knows a state `(n, pending_n)` of the chat's head, observed linearizably: from its own
-//!    last LWT on that chat, or from the current values a failed LWT returns. A cold process
+//! 1. Knows a state `(n, r, claim_n)` of the chat's head, observed linearizably: from its own
+//!    last LWT on that chat, or from the current values a failed LWT returns (`pending_n`
+//!    below: the messages of `claim_n`, none if it is a change). A cold process
 //!    first tries `INSERT ... IF NOT EXISTS` with `last_seq = k` and its `k` messages, which
 //!    succeeds only for a chat without messages and otherwise returns the current head.
 //! 2. Dedupe: a message whose `(sender, client_msg_id)` is in `pending_n` gets that one back;
 //!    else a QUORUM read of `message_dedupe` finds any older one (the invariant below says why
 //!    it must). Repeats inside the batch follow their first occurrence.
-//! 3. Materializes `pending_n`: writes its messages to `messages` (one single-partition batch
+//! 3. Materializes `claim_n`: writes its messages to `messages` (one single-partition batch
 //!    per bucket, buckets in ascending order, so a reader never sees a later one without the
-//!    earlier ones) and their dedupe rows, at QUORUM, unless this process already did. These
-//!    writes are idempotent (same values), so any number of processes may do them, and they are
-//!    what lets a claimer that died never leave a hole.
-//! 4. Claims: `UPDATE chat_heads SET last_seq = n+k, pending = <the k new messages> IF last_seq
-//!    = n AND pending = pending_n`. If it applies, writes messages `n+1..=n+k` and their dedupe
-//!    rows the same way, then acks all k. If not, the LWT returned the current head: go to 2
-//!    with it (another process won those seqs).
+//!    earlier ones), their dedupe rows and their feed rows (or a change's new state and feed
+//!    row), at QUORUM, unless this process already did. These writes are idempotent (same
+//!    values, same write timestamp), so any number of processes may do them, and they are what
+//!    lets a claimer that died never leave a hole.
+//! 4. Claims: `UPDATE chat_heads SET last_seq = n+k, last_rev = r+k, claim = <the k new
+//!    messages> IF last_seq = n AND last_rev = r AND claim = claim_n`. If it applies, writes
+//!    messages `n+1..=n+k` (revisions `r+1..=r+k`), their dedupe rows and their feed rows the
+//!    same way, then acks all k. If not, the LWT returned the current head: go to 2 with it
+//!    (another process won those seqs).
 //!
 //! **Invariant:** the head only moves past `n` after the messages of the claim that ended at
 //! `n`, and their dedupe rows, are at QUORUM. Hence:
 //! - *No two messages with one seq:* seqs `n+1..=n+k` are handed out by exactly one successful
 //!   LWT (Paxos), and their contents are fixed by it (every later write copies them).
 //! - *No hole, ever:* the claim holds its messages; if its claimer dies before writing them,
-//!   the next claim (or a `last_seq`, or the sender's retry) writes them from `pending`. The head
+//!   the next claim (or a `last_seq`, or the sender's retry) writes them from the head. The head
 //!   never skips. Rows become visible in `seq` order: a claim's rows are written only after the
 //!   previous claim's rows completed at QUORUM, and within a claim in ascending atomic buckets.
 //!   Why not make the message row itself the claim (`INSERT INTO messages ... IF NOT EXISTS` at
@@ -68,11 +78,50 @@
 //! again with a little backoff. `docs/benchmarks-cassandra.md` has the numbers, and why a
 //! per-chat owner node that assigns `seq` in memory was not built.
 //!
+//! # Revisions: changes are claims too
+//! Every append and every change takes the chat's next revision from the same head row, in
+//! the same LWT that orders it, so revisions are dense and ordered exactly like seqs, and the
+//! invariant above covers them: the head moves past a claim only after that claim is written
+//! out at QUORUM.
+//! - `change(seq, c)`: under the chat's in-process lock (shared with appends), knowing a head
+//!   `(n, r, claim_r)`: write `claim_r` out if this process does not know it is (so the message
+//!   row now holds every change up to `r`), read message `seq` (with `WRITETIME(msg_text)`),
+//!   compute `apply_change`; nothing to change is answered from that read without a revision;
+//!   else claim `UPDATE chat_heads SET last_rev = r+1, claim = <seq, new state> IF last_seq = n
+//!   AND last_rev = r AND claim = claim_r`, write the new state and the feed row `r+1 -> seq`,
+//!   and answer. A lost LWT returns the current head: compute again from it. If the claim
+//!   applied, no claim came between `r` and `r+1`, so the base was the current state: no
+//!   change is ever lost or applied to a stale state, however many processes change at once.
+//! - Write timestamps: every row a claim writes carries `USING TIMESTAMP wts`, a value in the
+//!   claim itself, `max(clock, previous claim's wts + 1, the base's write time + 1)`. So all
+//!   writers of one claim write the same cells with the same timestamp (idempotent), and a late
+//!   or repeated write of an older change can never overwrite a newer one (the newer claim has
+//!   the larger timestamp, whichever write arrives last).
+//! - `changes(after)`: reads the head (QUORUM), then the feed rows `after < rev <= last_rev`
+//!   bucket by bucket and the messages they name; a row whose message has a newer `rev` is
+//!   skipped (it comes later, at that rev), so each message appears once, at its latest
+//!   change. A missing feed row, or a message older than its row, can only be the head's own
+//!   claim not written out yet: the reader writes it (idempotent) and reads again. So a feed
+//!   reader never sees a revision before every smaller one is readable, and a change acked
+//!   before the read began is in it.
+//! - Data from schema version 1: null `rev` reads as `seq`, a head without `last_rev` as
+//!   `last_rev = last_seq` with its claim in `pending`. Its first claim of version 2 is
+//!   `UPDATE ... SET ..., implicit_revs = n, pending = null IF last_seq = n AND pending =
+//!   pending_n`: revisions `1..=implicit_revs` have no feed rows (they are the old messages'
+//!   seqs, and the feed reads them from `messages`, keeping those no change has moved); and a
+//!   version-1 process can no longer claim (its condition on `pending` never holds again), so
+//!   old and new processes cannot interleave claims. Old messages' cells carry the
+//!   coordinator's clock, which the base's write time in `wts` stays above.
+//!
+//! An append costs what it did plus one more write, in parallel with the others: its feed
+//! rows (one batch per claim). A change is one Paxos round plus two QUORUM writes, after one
+//! QUORUM read of the message.
+//!
 //! # Reads
 //! - Reads use the configured consistency (default QUORUM). `last_seq` reads the head at QUORUM
 //!   (an LWT's result is visible to QUORUM reads once it completed) and, if message `last_seq`
-//!   is not yet in `messages` (an append in flight, or a claimer that died), writes it from
-//!   `pending` before answering, so a fetch after `last_seq` returned `n` sees `1..=n`.
+//!   is not yet in `messages` (an append in flight, or a claimer that died), writes the head's
+//!   claim before answering, so a fetch after `last_seq` returned `n` sees `1..=n`.
 //! - `Latest` reads the head to find the newest bucket; `Before`/`After` start from the bucket
 //!   of their bound. Pages walk buckets backward (`Latest`, `Before`) or forward (`After`); by
 //!   density a bucket that ends early is the end of the chat.
@@ -104,13 +153,15 @@ mod schema;
 pub mod testing;
 
 mod append;
+mod change;
 mod head;
 
 pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, Error, FetchQuery, Message, MessageStore, NewMessage, Result, Seq, UserId,
+    Appended, ChatId, Error, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Result,
+    Rev, Seq, UserId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -164,12 +215,25 @@ struct Inner {
 struct Statements {
     /// `INSERT INTO chat_heads ... IF NOT EXISTS`: claims the first seqs of an empty chat.
     head_first: PreparedStatement,
-    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: claims the next seqs.
+    /// `UPDATE chat_heads ... IF last_seq = ? AND last_rev = ? AND claim = ?`: the next claim.
     head_next: PreparedStatement,
+    /// `UPDATE chat_heads ... IF last_seq = ? AND pending = ?`: the first claim of this schema
+    /// version on a head that version 1 wrote (sets `pending` to null).
+    head_upgrade: PreparedStatement,
     /// The head row at the configured consistency.
     head_read: PreparedStatement,
-    /// Upserts one message row (idempotent).
+    /// Upserts one appended message row with its write timestamp (idempotent).
     message_write: PreparedStatement,
+    /// Writes a changed message's new state with its write timestamp (idempotent).
+    message_change: PreparedStatement,
+    /// One message with `WRITETIME(msg_text)`: the base of a change.
+    message_read_for_change: PreparedStatement,
+    /// Messages of one bucket by a list of seqs.
+    messages_in: PreparedStatement,
+    /// Upserts one change feed row `rev -> seq` (idempotent).
+    feed_write: PreparedStatement,
+    /// Feed rows of one bucket with `? < rev <= ?`, ascending, limited.
+    feed_page: PreparedStatement,
     /// Upserts one dedupe row (idempotent).
     dedupe_write: PreparedStatement,
     /// The seq stored for a dedupe key.
@@ -185,7 +249,8 @@ struct Statements {
 }
 
 /// The columns every message read selects, in the order [`rows_to_messages`] decodes them.
-const MESSAGE_COLUMNS: &str = "seq, sender_id, msg_text, sent_at, timestamp, client_msg_id";
+const MESSAGE_COLUMNS: &str = "seq, sender_id, msg_text, sent_at, timestamp, client_msg_id, \
+    reply_to_seq, edited_at, deleted, reactions, rev";
 
 impl Statements {
     async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Self> {
@@ -204,8 +269,8 @@ impl Statements {
             head_first: prepare(
                 "head_first",
                 format!(
-                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, pending) VALUES (?, ?, ?) \
-                     IF NOT EXISTS"
+                    "INSERT INTO {ks}.chat_heads (chat_id, last_seq, last_rev, claim, \
+                     implicit_revs) VALUES (?, ?, ?, ?, 0) IF NOT EXISTS"
                 ),
                 false,
             )
@@ -213,7 +278,17 @@ impl Statements {
             head_next: prepare(
                 "head_next",
                 format!(
-                    "UPDATE {ks}.chat_heads SET last_seq = ?, pending = ? WHERE chat_id = ? \
+                    "UPDATE {ks}.chat_heads SET last_seq = ?, last_rev = ?, claim = ? \
+                     WHERE chat_id = ? IF last_seq = ? AND last_rev = ? AND claim = ?"
+                ),
+                false,
+            )
+            .await?,
+            head_upgrade: prepare(
+                "head_upgrade",
+                format!(
+                    "UPDATE {ks}.chat_heads SET last_seq = ?, last_rev = ?, claim = ?, \
+                     implicit_revs = ?, pending = null WHERE chat_id = ? \
                      IF last_seq = ? AND pending = ?"
                 ),
                 false,
@@ -221,15 +296,65 @@ impl Statements {
             .await?,
             head_read: prepare(
                 "head_read",
-                format!("SELECT last_seq, pending FROM {ks}.chat_heads WHERE chat_id = ?"),
+                format!(
+                    "SELECT last_seq, last_rev, claim, implicit_revs, pending \
+                     FROM {ks}.chat_heads WHERE chat_id = ?"
+                ),
                 true,
             )
             .await?,
             message_write: prepare(
                 "message_write",
                 format!(
-                    "INSERT INTO {ks}.messages (chat_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.messages (chat_id, bucket, seq, sender_id, msg_text, \
+                     sent_at, timestamp, client_msg_id, reply_to_seq, rev) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            message_change: prepare(
+                "message_change",
+                format!(
+                    "UPDATE {ks}.messages USING TIMESTAMP ? SET msg_text = ?, edited_at = ?, \
+                     deleted = ?, reactions = ?, rev = ? \
+                     WHERE chat_id = ? AND bucket = ? AND seq = ?"
+                ),
+                true,
+            )
+            .await?,
+            message_read_for_change: prepare(
+                "message_read_for_change",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS}, WRITETIME(msg_text) FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq = ?"
+                ),
+                true,
+            )
+            .await?,
+            messages_in: prepare(
+                "messages_in",
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = ? AND seq IN ?"
+                ),
+                true,
+            )
+            .await?,
+            feed_write: prepare(
+                "feed_write",
+                format!(
+                    "INSERT INTO {ks}.message_revs (chat_id, bucket, rev, seq) \
+                     VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            feed_page: prepare(
+                "feed_page",
+                format!(
+                    "SELECT rev, seq FROM {ks}.message_revs WHERE chat_id = ? AND bucket = ? \
+                     AND rev > ? AND rev <= ? ORDER BY rev ASC LIMIT ?"
                 ),
                 true,
             )
@@ -373,24 +498,16 @@ impl Inner {
         seq.div_euclid(self.bucket_size)
     }
 
-    /// The head row: `(last_seq, pending)`, `(0, None)` for a chat without messages.
+    /// The head row; [`Head::empty`](head::Head::empty) for a chat without messages.
     async fn read_head(&self, chat_id: ChatId) -> Result<head::Head> {
-        let rows = self
+        let result = self
             .exec(
                 "reading a chat head",
                 &self.stmts.head_read,
                 (chat_id.get(),),
             )
-            .await?
-            .into_rows_result()
-            .map_err(|e| error::rows("chat_heads", e))?;
-        let row = rows
-            .maybe_first_row::<(Option<i64>, Option<Vec<head::PendingTuple>>)>()
-            .map_err(|e| error::rows("chat_heads", e))?;
-        match row {
-            None => Ok(head::Head::empty()),
-            Some((last_seq, pending)) => head::Head::from_columns(chat_id, last_seq, pending),
-        }
+            .await?;
+        head::read_result(chat_id, result)
     }
 
     /// The message at `seq`, if it is in `messages`.
@@ -405,7 +522,7 @@ impl Inner {
         Ok(rows_to_messages(chat_id, rows)?.into_iter().next())
     }
 
-    /// `last_seq` of one chat; writes the head's pending message first if it is not in
+    /// `last_seq` of one chat; writes the head's claim first if its last message is not in
     /// `messages` yet (see the module doc).
     async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
         let head = self.read_head(chat_id).await?;
@@ -415,24 +532,30 @@ impl Inner {
         // The last claim's messages are written bucket by bucket in ascending order, each
         // bucket atomically: if its last message is there, all of them are.
         if self.read_message(chat_id, head.last_seq).await?.is_none() {
-            self.materialize(chat_id, head.first_pending_seq(), &head.pending)
-                .await?;
+            self.materialize(chat_id, &head).await?;
         }
         Ok(Seq(head.last_seq))
     }
 }
 
+/// One message row as selected by [`MESSAGE_COLUMNS`].
+type RawMessage = (
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+    Option<Vec<(Option<String>, Option<Vec<i64>>)>>,
+    Option<i64>,
+);
+
 /// Decodes message rows (selected as [`MESSAGE_COLUMNS`]); a missing column is `Internal` with
 /// the chat and seq, never a panic.
 fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>> {
-    type RawMessage = (
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    );
     let rows = result
         .into_rows_result()
         .map_err(|e| error::rows("messages", e))?;
@@ -441,28 +564,57 @@ fn rows_to_messages(chat_id: ChatId, result: QueryResult) -> Result<Vec<Message>
         .map_err(|e| error::rows("messages", e))?;
     let mut out = Vec::with_capacity(rows.rows_num());
     for row in iter {
-        let (seq, sender_id, msg_text, sent_at, timestamp, client_msg_id) =
-            row.map_err(|e| error::rows("messages", e))?;
-        let seq =
-            seq.ok_or_else(|| error::bad_row(format!("chat {chat_id}: message without seq")))?;
-        let missing =
-            |col: &str| error::bad_row(format!("chat {chat_id} seq {seq}: {col} is null"));
-        out.push(Message {
+        out.push(raw_to_message(
             chat_id,
-            seq: Seq(seq),
-            sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
-            msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
-            sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
-            timestamp,
-            client_msg_id,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
-        });
+            row.map_err(|e| error::rows("messages", e))?,
+        )?);
     }
     Ok(out)
+}
+
+/// One decoded message row. A null `rev` is a message stored before revisions existed: its
+/// `rev` is its `seq`; a null `deleted` is `false`, null `reactions` none.
+fn raw_to_message(chat_id: ChatId, raw: RawMessage) -> Result<Message> {
+    let (
+        seq,
+        sender_id,
+        msg_text,
+        sent_at,
+        timestamp,
+        client_msg_id,
+        reply_to_seq,
+        edited_at,
+        deleted,
+        reactions,
+        rev,
+    ) = raw;
+    let seq = seq.ok_or_else(|| error::bad_row(format!("chat {chat_id}: message without seq")))?;
+    let missing = |col: &str| error::bad_row(format!("chat {chat_id} seq {seq}: {col} is null"));
+    let reactions = reactions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(emoji, users)| {
+            head::reaction(
+                emoji.ok_or_else(|| missing("a reaction's emoji"))?,
+                users.unwrap_or_default().into_iter().map(UserId).collect(),
+            )
+            .ok_or_else(|| missing("a reaction's users"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Message {
+        chat_id,
+        seq: Seq(seq),
+        sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
+        msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
+        sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
+        timestamp,
+        client_msg_id,
+        reply_to_seq: reply_to_seq.map(Seq),
+        edited_at,
+        deleted: deleted.unwrap_or(false),
+        reactions,
+        rev: Rev(rev.unwrap_or(seq)),
+    })
 }
 
 #[async_trait]
@@ -477,6 +629,14 @@ impl MessageStore for CassandraMessageStore {
 
     async fn last_seq(&self, chat_id: ChatId) -> Result<Seq> {
         self.inner.last_seq(chat_id).await
+    }
+
+    async fn change(&self, chat_id: ChatId, seq: Seq, change: MessageChange) -> Result<Message> {
+        self.inner.change(chat_id, seq, change).await
+    }
+
+    async fn changes(&self, chat_id: ChatId, after: Rev, limit: u32) -> Result<Vec<Message>> {
+        self.inner.changes(chat_id, after, limit).await
     }
 
     async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {

@@ -33,17 +33,18 @@ struct Migration {
 }
 
 /// Every migration, in order. Never edit one that has shipped; add a new version instead.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "messages by (chat_id, bucket), dedupe keys, chat heads, settings",
-    statements: &[
-        // Settings that must never change under existing data (the bucket size).
-        "CREATE TABLE IF NOT EXISTS {ks}.store_settings (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "messages by (chat_id, bucket), dedupe keys, chat heads, settings",
+        statements: &[
+            // Settings that must never change under existing data (the bucket size).
+            "CREATE TABLE IF NOT EXISTS {ks}.store_settings (
             name text PRIMARY KEY,
             value bigint)",
-        // The message table of the seed: one partition per (chat, bucket of BUCKET_SIZE seqs),
-        // so a partition stays bounded and the partition of any seq is known without a lookup.
-        "CREATE TABLE IF NOT EXISTS {ks}.messages (
+            // The message table of the seed: one partition per (chat, bucket of BUCKET_SIZE seqs),
+            // so a partition stays bounded and the partition of any seq is known without a lookup.
+            "CREATE TABLE IF NOT EXISTS {ks}.messages (
             chat_id bigint,
             bucket bigint,
             seq bigint,
@@ -54,23 +55,68 @@ const MIGRATIONS: &[Migration] = &[Migration {
             client_msg_id text,
             PRIMARY KEY ((chat_id, bucket), seq))
           WITH CLUSTERING ORDER BY (seq ASC)",
-        // (chat, sender, client_msg_id) -> seq of every stored message that has a client_msg_id.
-        "CREATE TABLE IF NOT EXISTS {ks}.message_dedupe (
+            // (chat, sender, client_msg_id) -> seq of every stored message that has a client_msg_id.
+            "CREATE TABLE IF NOT EXISTS {ks}.message_dedupe (
             chat_id bigint,
             sender_id bigint,
             client_msg_id text,
             seq bigint,
             PRIMARY KEY ((chat_id, sender_id, client_msg_id)))",
-        // One row per chat, written only by lightweight transactions: the last seq handed out
-        // and the messages of the claim that handed it out (each as sender_id, msg_text,
-        // sent_at, timestamp, client_msg_id; seqs last_seq - len + 1 ..= last_seq), kept until
-        // the next claim has made sure they are in `messages` (see the module doc).
-        "CREATE TABLE IF NOT EXISTS {ks}.chat_heads (
+            // One row per chat, written only by lightweight transactions: the last seq handed out
+            // and the messages of the claim that handed it out (each as sender_id, msg_text,
+            // sent_at, timestamp, client_msg_id; seqs last_seq - len + 1 ..= last_seq), kept until
+            // the next claim has made sure they are in `messages` (see the module doc).
+            "CREATE TABLE IF NOT EXISTS {ks}.chat_heads (
             chat_id bigint PRIMARY KEY,
             last_seq bigint,
             pending frozen<list<frozen<tuple<bigint, text, bigint, bigint, text>>>>)",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description:
+            "messages that change: replies, edits, deletes, reactions, revisions, the feed",
+        // `ADD IF NOT EXISTS` (Cassandra 4.1+): a migration that died half-way can run again.
+        // A null in a new column means what the data meant before: a message without `rev` has
+        // `rev = seq`, a head without `last_rev` has `last_rev = last_seq` (its `pending` is the
+        // last claim, as version 1 wrote it). See the module doc of `cassandra`.
+        statements: &[
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS reply_to_seq bigint",
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS edited_at bigint",
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS deleted boolean",
+            // (emoji, user ids in the order they reacted), ordered by first use; one cell, so a
+            // change replaces it whole and the write with the newer timestamp wins.
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS reactions \
+            frozen<list<frozen<tuple<text, frozen<list<bigint>>>>>>",
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS rev bigint",
+            // The revision counter next to last_seq (every append and every change takes the next).
+            "ALTER TABLE {ks}.chat_heads ADD IF NOT EXISTS last_rev bigint",
+            // The last claim, replacing `pending` (which this version sets to null, so a process of
+            // version 1 can no longer claim: its condition `pending = ...` never holds again):
+            // (write timestamp, appended messages as (sender_id, msg_text, sent_at, timestamp,
+            // client_msg_id, reply_to_seq), changed seq, its new state as (msg_text, edited_at,
+            // deleted, reactions)). Either the messages or the change is set.
+            "ALTER TABLE {ks}.chat_heads ADD IF NOT EXISTS claim frozen<tuple<
+            bigint,
+            frozen<list<frozen<tuple<bigint, text, bigint, bigint, text, bigint>>>>,
+            bigint,
+            frozen<tuple<text, bigint, boolean,
+                frozen<list<frozen<tuple<text, frozen<list<bigint>>>>>>>>>>",
+            // Revisions 1..=implicit_revs are those of messages stored before version 2 (rev = seq):
+            // the feed reads them from `messages`; every later one is in `message_revs`.
+            "ALTER TABLE {ks}.chat_heads ADD IF NOT EXISTS implicit_revs bigint",
+            // The change feed: revision -> seq, by (chat, bucket of revisions), written with the
+            // claim that took the revision.
+            "CREATE TABLE IF NOT EXISTS {ks}.message_revs (
+            chat_id bigint,
+            bucket bigint,
+            rev bigint,
+            seq bigint,
+            PRIMARY KEY ((chat_id, bucket), rev))
+          WITH CLUSTERING ORDER BY (rev ASC)",
+        ],
+    },
+];
 
 /// The current schema version this code expects.
 pub(crate) fn latest_version() -> i32 {
