@@ -24,7 +24,10 @@ CACHE="${CHAT_CACHE_DIR:-$ROOT/.cache}/cassandra"
 LIB="$CACHE/lib"
 SERVICES="$ROOT/.services/cassandra"
 START_TIMEOUT="${CASSANDRA_START_TIMEOUT:-180}"
-HEAP="${CASSANDRA_HEAP:-768m}"
+# Every test makes a keyspace (tables and their metadata stay on the heap until the node
+# stops), and the README's test command makes a few hundred: 768 MB ran out once the change
+# feed added a table per keyspace.
+HEAP="${CASSANDRA_HEAP:-1536m}"
 CQL_PORT=9042
 # Balanced Murmur3 tokens for a 3-node ring (a 1-node ring uses the first).
 TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)

@@ -451,6 +451,11 @@ async fn edits_and_reactions_through_one_node_reach_subscribers_on_the_others() 
     assert_eq!(update(&mut bob_sub, "bob").await, edited);
     // Reacted through n2: Alice on n1 sees it; through nginx: both do.
     let reacted = bob.react(chat, sent.seq, "👍").await.unwrap();
+    assert_eq!(
+        update(&mut alice_sub, "alice").await,
+        edited,
+        "her own edit first"
+    );
     assert_eq!(update(&mut alice_sub, "alice").await, reacted);
     let via_lb = via(&bob, &lb).unreact(chat, sent.seq, "👍").await.unwrap();
     assert_eq!(update(&mut alice_sub, "alice").await, via_lb);

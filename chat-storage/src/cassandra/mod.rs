@@ -617,6 +617,41 @@ fn raw_to_message(chat_id: ChatId, raw: RawMessage) -> Result<Message> {
     })
 }
 
+impl CassandraMessageStore {
+    /// `f` of every chat in `chat_ids`, in that order: one task per distinct chat, all at once
+    /// (the driver's in-flight bound limits the requests).
+    async fn per_chat<T, F, Fut>(&self, chat_ids: &[ChatId], f: F) -> Result<Vec<T>>
+    where
+        T: Copy + Send + 'static,
+        F: Fn(Arc<Inner>, ChatId) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut distinct: Vec<ChatId> = chat_ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for chat_id in distinct {
+            let work = f(Arc::clone(&self.inner), chat_id);
+            tasks.spawn(async move { (chat_id, work.await) });
+        }
+        let mut found = HashMap::with_capacity(tasks.len());
+        while let Some(joined) = tasks.join_next().await {
+            let (chat_id, value) =
+                joined.map_err(|e| Error::internal("cassandra: a per-chat read failed", e))?;
+            found.insert(chat_id, value?);
+        }
+        chat_ids
+            .iter()
+            .map(|c| {
+                found
+                    .get(c)
+                    .copied()
+                    .ok_or_else(|| error::bad_row(format!("a per-chat read lost chat {c}")))
+            })
+            .collect()
+    }
+}
+
 #[async_trait]
 impl MessageStore for CassandraMessageStore {
     async fn append(&self, message: NewMessage) -> Result<Appended> {
@@ -640,30 +675,19 @@ impl MessageStore for CassandraMessageStore {
     }
 
     async fn last_seqs(&self, chat_ids: &[ChatId]) -> Result<Vec<Seq>> {
-        // One task per distinct chat, all at once (the semaphore bounds the requests).
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut distinct: Vec<ChatId> = chat_ids.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        for chat_id in distinct {
-            let inner = Arc::clone(&self.inner);
-            tasks.spawn(async move { (chat_id, inner.last_seq(chat_id).await) });
-        }
-        let mut found = HashMap::with_capacity(tasks.len());
-        while let Some(joined) = tasks.join_next().await {
-            let (chat_id, seq) =
-                joined.map_err(|e| Error::internal("cassandra: last_seq task failed", e))?;
-            found.insert(chat_id, seq?);
-        }
-        chat_ids
-            .iter()
-            .map(|c| {
-                found
-                    .get(c)
-                    .copied()
-                    .ok_or_else(|| error::bad_row(format!("last_seqs lost chat {c}")))
-            })
-            .collect()
+        self.per_chat(chat_ids, |inner, chat_id| async move {
+            inner.last_seq(chat_id).await
+        })
+        .await
+    }
+
+    async fn last_revs(&self, chat_ids: &[ChatId]) -> Result<Vec<Rev>> {
+        // The head's `last_rev`, whether or not its last claim is written out yet: a reader
+        // of the feed up to it writes the claim itself.
+        self.per_chat(chat_ids, |inner, chat_id| async move {
+            Ok(Rev(inner.read_head(chat_id).await?.last_rev))
+        })
+        .await
     }
 
     async fn health(&self) -> Result<()> {
