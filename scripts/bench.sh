@@ -38,7 +38,10 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 build() {
   if [ -n "${BENCH_LOADGEN:-}" ]; then log "using $BENCH_LOADGEN"; return 0; fi
   log "building the load generator (release)"
-  (cd "$ROOT" && cargo build --release -q -p examples --example loadgen)
+  # A server on MySQL or Cassandra needs the store features.
+  local features=()
+  [ ${#STORES[@]} -gt 0 ] && features=(--features mysql,cassandra)
+  (cd "$ROOT" && cargo build --release -q -p examples --example loadgen "${features[@]}")
 }
 
 # start_server DATA_DIR [serve flags...]: starts `loadgen serve` and waits for /v1/health.
