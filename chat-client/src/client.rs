@@ -446,59 +446,51 @@ impl Client {
     /// returns it with `edited_at`. Editing to the same text changes nothing; a deleted message
     /// cannot be edited (409 `conflict`). Retried like a read: an edit is idempotent.
     pub async fn edit(&self, chat_id: ChatId, seq: Seq, text: &str) -> Result<Message> {
-        let path = format!("/v1/chats/{chat_id}/messages/{seq}");
         let body = EditRequest {
             msg_text: text.to_owned(),
         };
-        let m = self
-            .retrying(|| async {
-                let rb = self.request(Method::PATCH, &path, true)?.json(&body);
-                json::<Message>(execute(rb).await?).await
-            })
-            .await?;
-        same_message(chat_id, seq, m)
+        self.change(Method::PATCH, chat_id, seq, "", Some(&body))
+            .await
     }
 
     /// `DELETE /v1/chats/{chat_id}/messages/{seq}`: makes a message a tombstone (`deleted`,
     /// no text, no reactions; its `seq` stays). Its sender, the chat's owner or an admin may.
     /// Deleting twice is fine.
     pub async fn delete_message(&self, chat_id: ChatId, seq: Seq) -> Result<Message> {
-        let path = format!("/v1/chats/{chat_id}/messages/{seq}");
-        let m = self
-            .retrying(|| async {
-                let rb = self.request(Method::DELETE, &path, true)?;
-                json::<Message>(execute(rb).await?).await
-            })
-            .await?;
-        same_message(chat_id, seq, m)
+        self.change(Method::DELETE, chat_id, seq, "", None).await
     }
 
     /// `PUT /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: adds the caller's reaction
     /// (1 to 32 bytes; at most 20 distinct emoji per message). Idempotent.
     pub async fn react(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
-        self.reaction(Method::PUT, chat_id, seq, emoji).await
+        let tail = format!("/reactions/{}", percent_encode(emoji));
+        self.change(Method::PUT, chat_id, seq, &tail, None).await
     }
 
     /// `DELETE /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: takes the caller's
     /// reaction back. Idempotent.
     pub async fn unreact(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
-        self.reaction(Method::DELETE, chat_id, seq, emoji).await
+        let tail = format!("/reactions/{}", percent_encode(emoji));
+        self.change(Method::DELETE, chat_id, seq, &tail, None).await
     }
 
-    async fn reaction(
+    /// One change to message `seq` of `chat_id` (`tail` continues its path), retried (every
+    /// change is idempotent), checked to answer for that message.
+    async fn change(
         &self,
         method: Method,
         chat_id: ChatId,
         seq: Seq,
-        emoji: &str,
+        tail: &str,
+        body: Option<&EditRequest>,
     ) -> Result<Message> {
-        let path = format!(
-            "/v1/chats/{chat_id}/messages/{seq}/reactions/{}",
-            percent_encode(emoji)
-        );
+        let path = format!("/v1/chats/{chat_id}/messages/{seq}{tail}");
         let m = self
             .retrying(|| async {
-                let rb = self.request(method.clone(), &path, true)?;
+                let mut rb = self.request(method.clone(), &path, true)?;
+                if let Some(body) = body {
+                    rb = rb.json(body);
+                }
                 json::<Message>(execute(rb).await?).await
             })
             .await?;

@@ -10,9 +10,9 @@
 mod common;
 
 use chat_client::{
-    ChatId, Client, Error, ErrorCode, Event, Message, RetryPolicy, SendOptions, Seq, UserId,
+    ChatId, Client, ErrorCode, Event, Message, RetryPolicy, SendOptions, Seq, UserId,
 };
-use common::{assert_dense, messages_of, next_event, uid, TestServer, PATIENCE};
+use common::{assert_api_error, assert_dense, messages_of, next_event, uid, TestServer, PATIENCE};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -356,20 +356,6 @@ async fn a_restart_keeps_every_acked_message() {
         .await
         .expect("send after restart");
     assert_eq!(after.seq, Seq(TOTAL as i64 + 1));
-}
-
-/// Asserts that `result` failed with this status and code.
-fn assert_api_error<T: std::fmt::Debug>(
-    result: chat_client::Result<T>,
-    status: u16,
-    code: ErrorCode,
-) {
-    match result {
-        Err(Error::Api {
-            status: s, code: c, ..
-        }) => assert_eq!((s, c), (status, code)),
-        other => panic!("expected {status} {code}, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,23 +8,9 @@
 mod common;
 
 use chat_client::{ChatId, Client, Error, ErrorCode, Event, Message, Rev, Seq, Subscription};
-use common::{messages_of, next_event, uid, TestServer, PATIENCE};
+use common::{assert_api_error, messages_of, next_event, uid, TestServer, PATIENCE};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
-
-/// Asserts that `result` failed with this status and code.
-fn assert_api_error<T: std::fmt::Debug>(
-    result: chat_client::Result<T>,
-    status: u16,
-    code: ErrorCode,
-) {
-    match result {
-        Err(Error::Api {
-            status: s, code: c, ..
-        }) => assert_eq!((s, c), (status, code)),
-        other => panic!("expected {status} {code}, got {other:?}"),
-    }
-}
 
 /// The next `MessageUpdated` of the stream (other events skipped).
 async fn next_update(sub: &mut Subscription) -> Message {

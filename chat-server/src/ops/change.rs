@@ -130,15 +130,7 @@ impl ChangesInput {
     /// Parses `after_rev` and `limit`: not an integer is `bad_request`, out of range is
     /// `invalid_argument`.
     pub(crate) fn parse(q: &HashMap<String, String>, limits: &chat_core::Limits) -> Result<Self> {
-        let int = |name: &str| -> Result<Option<i64>> {
-            q.get(name)
-                .map(|v| {
-                    v.trim()
-                        .parse::<i64>()
-                        .map_err(|_| Error::BadRequest(format!("{name} must be an integer")))
-                })
-                .transpose()
-        };
+        let int = |name: &str| super::fetch::parse_int(q.get(name), name);
         let after = match int("after_rev")? {
             None => Rev::ZERO,
             Some(n) if n >= 0 => Rev(n),

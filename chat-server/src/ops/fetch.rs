@@ -133,7 +133,7 @@ fn position(
 }
 
 /// An integer query parameter; present but not an integer is `bad_request`.
-fn parse_int(value: Option<&String>, name: &str) -> Result<Option<i64>> {
+pub(crate) fn parse_int(value: Option<&String>, name: &str) -> Result<Option<i64>> {
     value
         .map(|v| {
             v.trim()

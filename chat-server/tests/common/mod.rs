@@ -8,7 +8,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
-use chat_client::{ChatId, Client, Event, Message, Seq, Subscription};
+use chat_client::{ChatId, Client, Error, ErrorCode, Event, Message, Seq, Subscription};
 use chat_core::Limits;
 use chat_server::broker::LocalBroker;
 use chat_server::{Config, PasswordHashing, Server, ServerHandle};
@@ -264,5 +264,19 @@ pub fn assert_dense(messages: &[Message], first: i64) {
     for (i, m) in messages.iter().enumerate() {
         let want = Seq(first + i as i64);
         assert_eq!(m.seq, want, "message {i} of the stream: {m:?}");
+    }
+}
+
+/// Asserts that `result` failed with this status and code.
+pub fn assert_api_error<T: std::fmt::Debug>(
+    result: chat_client::Result<T>,
+    status: u16,
+    code: ErrorCode,
+) {
+    match result {
+        Err(Error::Api {
+            status: s, code: c, ..
+        }) => assert_eq!((s, c), (status, code)),
+        other => panic!("expected {status} {code}, got {other:?}"),
     }
 }
