@@ -41,7 +41,7 @@
 use crate::client::{Client, FetchOptions};
 use crate::retry::Backoff;
 use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
-use chat_core::{ChatId, Message, Rev, Seq};
+use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
 use futures::{SinkExt, Stream, StreamExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -153,6 +153,36 @@ pub enum Event {
     ChatUpdated(ChatView),
     /// The user left or was removed from a chat; its messages stop.
     RemovedFromChat(ChatId),
+    /// A member's read marker moved (the user's own included, from another device): unread
+    /// counts and receipts follow from it.
+    Read {
+        /// The chat.
+        chat_id: ChatId,
+        /// The reader.
+        user_id: UserId,
+        /// Their marker now.
+        last_read_seq: Seq,
+    },
+    /// Another member is typing; show it until `until` (server time, ms) unless another
+    /// `Typing` extends it or their message arrives.
+    Typing {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who types.
+        user_id: UserId,
+        /// Until when.
+        until: Millis,
+    },
+    /// Someone who shares a chat with the user came online or went offline. Emitted only when
+    /// it changes what the SDK last reported for that user.
+    Presence {
+        /// The user.
+        user_id: UserId,
+        /// Online on any server node.
+        online: bool,
+        /// When last seen online.
+        last_seen: Option<Millis>,
+    },
 }
 
 /// The live event stream of one session; a [`futures::Stream`] of [`Event`]s.
@@ -197,6 +227,7 @@ impl Subscription {
             positions: positions.clone(),
             feed: feed.clone(),
             queued_events: 0,
+            presence: HashMap::new(),
             announced_down: false,
         };
         let task = runtime.spawn(worker.run());
@@ -327,6 +358,8 @@ struct Worker {
     feed: Arc<Mutex<FeedProgress>>,
     /// Events queued so far (`Disconnected` included), to place feed positions among them.
     queued_events: u64,
+    /// The presence last reported per user, so repeated frames are not events.
+    presence: HashMap<UserId, bool>,
     /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
     /// stays down produces one event, not one per attempt.
     announced_down: bool,
@@ -489,6 +522,45 @@ impl Worker {
                 }
             }
             ServerFrame::RemovedFromChat { chat_id } => self.left(chat_id).await?,
+            ServerFrame::Read {
+                chat_id,
+                user_id,
+                last_read_seq,
+            } => {
+                self.emit(Event::Read {
+                    chat_id,
+                    user_id,
+                    last_read_seq,
+                })
+                .await?
+            }
+            ServerFrame::Typing {
+                chat_id,
+                user_id,
+                until,
+            } => {
+                self.emit(Event::Typing {
+                    chat_id,
+                    user_id,
+                    until,
+                })
+                .await?
+            }
+            ServerFrame::Presence {
+                user_id,
+                online,
+                last_seen,
+            } => {
+                // The server sends one copy per shared chat; report changes only.
+                if self.presence.insert(user_id, online) != Some(online) {
+                    self.emit(Event::Presence {
+                        user_id,
+                        online,
+                        last_seen,
+                    })
+                    .await?
+                }
+            }
             ServerFrame::Error { code, message, .. } => {
                 tracing::debug!(%code, %message, "server error frame");
             }

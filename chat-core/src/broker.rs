@@ -6,7 +6,7 @@
 //! its connected clients up from the store.
 
 use crate::error::Result;
-use crate::ids::{ChatId, TokenHash, UserId};
+use crate::ids::{ChatId, Millis, Seq, TokenHash, UserId};
 use crate::model::Message;
 use crate::protocol::ChatView;
 use async_trait::async_trait;
@@ -52,6 +52,36 @@ pub enum Event {
         chat_id: ChatId,
         /// Who was removed.
         user_id: UserId,
+    },
+    /// A member's read marker moved (on `Topic::Chat`): every member's connections hear it.
+    Read {
+        /// The chat.
+        chat_id: ChatId,
+        /// The reader.
+        user_id: UserId,
+        /// The marker now.
+        last_read_seq: Seq,
+    },
+    /// A member is typing (on `Topic::Chat`); never stored. Delivered to the other members.
+    Typing {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who types.
+        user_id: UserId,
+        /// Until when to show it (server time).
+        until: Millis,
+    },
+    /// A user came online or went offline (on `Topic::Chat` of each chat of theirs, so every
+    /// node with a member of one of those chats hears it).
+    Presence {
+        /// The chat this copy is for.
+        chat_id: ChatId,
+        /// The user.
+        user_id: UserId,
+        /// Online on any node.
+        online: bool,
+        /// Last seen online.
+        last_seen: Option<Millis>,
     },
     /// A session was revoked (logout); connections using it must close (on `Topic::User`).
     SessionRevoked {

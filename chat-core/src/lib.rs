@@ -28,8 +28,9 @@ pub use error::{Error, ErrorCode, Result};
 pub use ids::{ChatId, Millis, Rev, Seq, TokenHash, UserId};
 pub use limits::Limits;
 pub use model::{
-    apply_change, apply_reaction, Appended, Chat, FetchQuery, Member, Message, MessageChange,
-    NewChat, NewMessage, NewSession, NewUser, Reaction, Role, Session, User, UserCredentials,
+    apply_change, apply_reaction, Appended, Chat, ChatActivity, ChatKind, FetchQuery, Member,
+    Message, MessageChange, NewChat, NewMessage, NewSession, NewUser, Reaction, ReadMarker, Role,
+    Session, User, UserChat, UserCredentials,
 };
 pub use page::PageToken;
 pub use store::{MessageStore, MetadataStore};

@@ -111,6 +111,77 @@ pub struct Chat {
     pub owner_id: UserId,
     /// When it was created.
     pub created_at: Millis,
+    /// A group chat, or the one direct chat of two people.
+    #[serde(default)]
+    pub kind: ChatKind,
+}
+
+/// What kind of chat a chat is (protocol "Additions": direct chats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// A chat of any number of members, created by `POST /v1/chats`.
+    #[default]
+    Group,
+    /// The one chat between two people (`POST /v1/direct`): exactly those two, no one added.
+    Direct,
+}
+
+impl ChatKind {
+    /// The kind's name as stored in databases and sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatKind::Group => "group",
+            ChatKind::Direct => "direct",
+        }
+    }
+
+    /// Parses a stored kind name.
+    pub fn parse(s: &str) -> Option<ChatKind> {
+        match s {
+            "group" => Some(ChatKind::Group),
+            "direct" => Some(ChatKind::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// Where one member has read a chat up to (protocol "Additions": read state). A member who
+/// never read it has `last_read_seq` 0 and no `read_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The reader.
+    pub user_id: UserId,
+    /// The highest `seq` the member has read; it only moves forward.
+    pub last_read_seq: Seq,
+    /// When the marker last moved (server time).
+    pub read_at: Option<Millis>,
+}
+
+/// One chat of a user, as the chat list needs it: the chat, the user's role and read marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserChat {
+    /// The chat.
+    pub chat: Chat,
+    /// The user's role in it.
+    pub role: Role,
+    /// The user's read marker in it (0 when never read).
+    pub last_read_seq: Seq,
+}
+
+/// Where one chat's messages stand, relative to a reader's marker: what the chat list shows.
+/// See [`MessageStore::activity`](crate::MessageStore::activity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatActivity {
+    /// The chat's newest `seq`.
+    pub last_seq: Seq,
+    /// The newest message in its current state (a tombstone if it was deleted), `None` when
+    /// the chat has no messages.
+    pub last_message: Option<Message>,
+    /// How many messages with `seq` above the reader's marker are tombstones.
+    pub deleted_after: u64,
 }
 
 /// One row of the UserChat table.

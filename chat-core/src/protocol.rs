@@ -6,7 +6,7 @@
 
 use crate::error::ErrorCode;
 use crate::ids::{ChatId, Millis, Rev, Seq, UserId};
-use crate::model::{Message, Role, User};
+use crate::model::{ChatKind, Message, Role, User};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/users` body.
@@ -89,6 +89,23 @@ pub struct ChatView {
     /// When it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Millis>,
+    /// `group` or `direct`.
+    #[serde(default)]
+    pub kind: ChatKind,
+    /// Every member with their display name and role, ordered by user id.
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+}
+
+/// A member as `GET /v1/chats/{chat_id}` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The member.
+    pub user_id: UserId,
+    /// Their display name.
+    pub display_name: String,
+    /// Their role in the chat.
+    pub role: Role,
 }
 
 /// One entry of `GET /v1/chats`.
@@ -103,6 +120,127 @@ pub struct ChatSummary {
     /// The caller's role in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// `group` or `direct`.
+    #[serde(default)]
+    pub kind: ChatKind,
+    /// The caller's read marker.
+    #[serde(default)]
+    pub last_read_seq: Seq,
+    /// Messages above the marker sent by others and not deleted: exact.
+    #[serde(default)]
+    pub unread_count: u64,
+    /// The newest message in its current state, or null for an empty chat.
+    #[serde(default)]
+    pub last_message: Option<Message>,
+}
+
+/// `POST /v1/chats/{chat_id}/read` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The `seq` read up to (at most the chat's `last_seq`).
+    pub seq: Seq,
+}
+
+/// `POST /v1/chats/{chat_id}/read` answer: the caller's marker as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The marker; it only moves forward.
+    pub last_read_seq: Seq,
+}
+
+/// One member's entry in `GET /v1/chats/{chat_id}/receipts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The member.
+    pub user_id: UserId,
+    /// Where they have read up to (0 when never).
+    pub last_read_seq: Seq,
+    /// When their marker last moved, null when never.
+    pub read_at: Option<Millis>,
+}
+
+/// `GET /v1/chats/{chat_id}/receipts` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptsResponse {
+    /// Every member's receipt, ordered by user id.
+    pub receipts: Vec<Receipt>,
+}
+
+/// One user's entry in `GET /v1/presence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceView {
+    /// The user.
+    pub user_id: UserId,
+    /// Whether any connection of theirs is open on any node.
+    pub online: bool,
+    /// When they were last seen online (null when never, since presence was kept).
+    pub last_seen: Option<Millis>,
+}
+
+/// `GET /v1/presence` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceResponse {
+    /// The asked users who share a chat with the caller, in the order asked.
+    pub presence: Vec<PresenceView>,
+}
+
+/// Another user as anyone signed in may see them (`GET /v1/users/{id}`): never the email.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicUser {
+    /// The user's id.
+    pub user_id: UserId,
+    /// Their display name.
+    pub display_name: String,
+}
+
+impl From<User> for PublicUser {
+    fn from(u: User) -> Self {
+        PublicUser {
+            user_id: u.user_id,
+            display_name: u.display_name,
+        }
+    }
+}
+
+/// `PATCH /v1/users/me` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateMeRequest {
+    /// The new display name.
+    pub display_name: String,
+}
+
+/// `PATCH /v1/chats/{chat_id}` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameChatRequest {
+    /// The new name (same limits as on creation).
+    pub chat_name: String,
+}
+
+/// `PUT /v1/chats/{chat_id}/members/{user_id}/role` body: `admin` or `member`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRoleRequest {
+    /// The role to give.
+    pub role: Role,
+}
+
+/// `PUT /v1/chats/{chat_id}/members/{user_id}/role` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleView {
+    /// The chat.
+    pub chat_id: ChatId,
+    /// The member.
+    pub user_id: UserId,
+    /// Their role now.
+    pub role: Role,
+}
+
+/// `POST /v1/direct` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectRequest {
+    /// The other person.
+    pub user_id: UserId,
 }
 
 /// `GET /v1/chats` answer.
@@ -246,6 +384,34 @@ pub enum ServerFrame {
         /// The chat.
         chat_id: ChatId,
     },
+    /// A member's read marker moved (to every member's connections, the reader's other
+    /// devices included).
+    Read {
+        /// The chat.
+        chat_id: ChatId,
+        /// The reader.
+        user_id: UserId,
+        /// Their marker now.
+        last_read_seq: Seq,
+    },
+    /// Another member is typing in a chat, until about `until` (server time).
+    Typing {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who is typing.
+        user_id: UserId,
+        /// Server time + 5 s: show "typing" until then unless another frame extends it.
+        until: Millis,
+    },
+    /// A user who shares a chat with you came online or went offline.
+    Presence {
+        /// The user.
+        user_id: UserId,
+        /// Whether any connection of theirs is open on any node.
+        online: bool,
+        /// When they were last seen online (null when never recorded).
+        last_seen: Option<Millis>,
+    },
     /// Answer to `ping`.
     Pong,
 }
@@ -268,6 +434,11 @@ pub enum ClientFrame {
         /// The `seq` of an existing message of the same chat this one replies to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to_seq: Option<Seq>,
+    },
+    /// The person is typing in a chat (members only; repeat every few seconds while typing).
+    Typing {
+        /// The chat.
+        chat_id: ChatId,
     },
     /// Keep-alive; answered with `pong`.
     Ping,

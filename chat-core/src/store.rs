@@ -9,8 +9,8 @@
 use crate::error::Result;
 use crate::ids::{ChatId, Millis, Rev, Seq, TokenHash, UserId};
 use crate::model::{
-    Appended, Chat, FetchQuery, Member, Message, MessageChange, NewChat, NewMessage, NewSession,
-    NewUser, Role, Session, User, UserCredentials,
+    Appended, Chat, ChatActivity, FetchQuery, Member, Message, MessageChange, NewChat, NewMessage,
+    NewSession, NewUser, ReadMarker, Role, Session, User, UserChat, UserCredentials,
 };
 use async_trait::async_trait;
 
@@ -60,15 +60,109 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Adds a member. Returns `false` if they already were one (their role is unchanged).
     /// Unknown chat or user is [`Error::NotFound`](crate::Error::NotFound); a chat that already
-    /// has `max_members` is [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    /// has `max_members` is [`Error::InvalidArgument`](crate::Error::InvalidArgument); a direct
+    /// chat is [`Error::Conflict`](crate::Error::Conflict) (it has exactly its two people).
     async fn add_member(&self, chat_id: ChatId, member: Member, max_members: usize)
         -> Result<bool>;
 
-    /// Removes a member. Returns whether they were one.
+    /// Removes a member. Returns whether they were one. Their read marker is kept, so someone
+    /// added back does not find their own old messages unread.
     async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool>;
 
     /// Checks that the database answers; for `GET /v1/health`.
     async fn health(&self) -> Result<()>;
+
+    // ---- People, chat management, direct chats and read state (protocol "Additions"). The
+    // defaults answer `NotImplemented`, so a store written before these compiles and serves
+    // everything else (the server then answers those routes with 501).
+
+    /// Several users by id, in no particular order; unknown ids are left out.
+    async fn users(&self, user_ids: &[UserId]) -> Result<Vec<User>> {
+        let mut out = Vec::with_capacity(user_ids.len());
+        for &u in user_ids {
+            if let Some(user) = self.user(u).await? {
+                out.push(user);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes a user's display name (already validated); `None` when there is no such user.
+    async fn set_display_name(&self, user_id: UserId, display_name: &str) -> Result<Option<User>> {
+        let _ = (user_id, display_name);
+        Err(not_implemented("display names"))
+    }
+
+    /// Renames a chat (the name already validated); `None` when there is no such chat.
+    async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<Option<Chat>> {
+        let _ = (chat_id, chat_name);
+        Err(not_implemented("renaming chats"))
+    }
+
+    /// Sets a member's role. Returns `false` when they are not a member. The owner's role is
+    /// never changed here (the caller refuses it).
+    async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<bool> {
+        let _ = (chat_id, user_id, role);
+        Err(not_implemented("roles"))
+    }
+
+    /// The one direct chat of `a` and `b` (`a != b`), created with both as members if it does
+    /// not exist yet; `true` when this call created it. Exactly one chat per unordered pair,
+    /// however many callers (and server nodes) ask at once: the store holds a unique key on the
+    /// ordered pair. `b` (or `a`) not being a user is [`Error::NotFound`](crate::Error::NotFound).
+    /// `chat.owner_id` is `a` when this call creates it; both members have the role member.
+    async fn direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+        chat_name: &str,
+        created_at: Millis,
+    ) -> Result<(Chat, bool)> {
+        let _ = (a, b, chat_name, created_at);
+        Err(not_implemented("direct chats"))
+    }
+
+    /// Every chat of the user with their role and read marker, ordered by chat id.
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        let _ = user_id;
+        Err(not_implemented("read state"))
+    }
+
+    /// Moves the member's read marker forward to `seq` (never back) and stamps `read_at` when
+    /// it moved. Returns the marker as it is afterwards, `None` when the user is not a member.
+    /// The caller checked `seq` against the chat's `last_seq`.
+    async fn mark_read(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        seq: Seq,
+        at: Millis,
+    ) -> Result<Option<ReadMarker>> {
+        let _ = (chat_id, user_id, seq, at);
+        Err(not_implemented("read state"))
+    }
+
+    /// Every member's read marker, ordered by user id (0 and no `read_at` for a member who
+    /// never read).
+    async fn read_markers(&self, chat_id: ChatId) -> Result<Vec<ReadMarker>> {
+        let _ = chat_id;
+        Err(not_implemented("read state"))
+    }
+
+    /// Those of `candidates` who share at least one chat with `user_id` (the user counts when
+    /// they are in any chat), in no particular order. Presence is shown only to them.
+    async fn shared_chat_users(
+        &self,
+        user_id: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        let _ = (user_id, candidates);
+        Err(not_implemented("presence"))
+    }
+}
+
+fn not_implemented(what: &str) -> crate::Error {
+    crate::Error::NotImplemented(format!("this metadata store has no {what}"))
 }
 
 /// The message table: append with a dense per-chat `seq`, fetch by page.
@@ -143,6 +237,40 @@ pub trait MessageStore: Send + Sync + 'static {
         Err(crate::Error::NotImplemented(
             "this message store has no change feed".into(),
         ))
+    }
+
+    /// Where each chat stands for a reader whose marker is the paired `Seq`: `last_seq`, the
+    /// newest message, and how many messages above the marker are tombstones, in the order
+    /// asked. The chat list needs this for every chat of a user, so backends answer it without
+    /// reading every chat's messages (one batched read each for the heads, the newest messages
+    /// and the tombstones). The default asks the other methods chat by chat, and counts
+    /// tombstones by reading the messages above the marker: right for any store, slow for
+    /// long unread runs.
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<ChatActivity>> {
+        let mut out = Vec::with_capacity(chats.len());
+        for &(chat_id, marker) in chats {
+            let last_seq = self.last_seq(chat_id).await?;
+            let last_message = self
+                .fetch(chat_id, FetchQuery::Latest { limit: 1 })
+                .await?
+                .pop();
+            let mut deleted_after = 0u64;
+            let mut after = marker;
+            while after < last_seq {
+                let page = self
+                    .fetch(chat_id, FetchQuery::After { after, limit: 500 })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                deleted_after += page.iter().filter(|m| m.deleted).count() as u64;
+            }
+            out.push(ChatActivity {
+                last_seq,
+                last_message,
+                deleted_after,
+            });
+        }
+        Ok(out)
     }
 
     /// Waits until everything acked is on disk and background work is done (graceful shutdown).

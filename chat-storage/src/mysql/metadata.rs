@@ -43,6 +43,7 @@ fn chat_from(chat_id: i64, chat_name: String, owner_id: i64, created_at: Millis)
         chat_name,
         owner_id: UserId(owner_id),
         created_at,
+        kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
     }
 }
 

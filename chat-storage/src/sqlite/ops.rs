@@ -449,6 +449,7 @@ pub(crate) fn create_chat(conn: &Connection, c: NewChat) -> Result<(Chat, Vec<Me
         chat_name: c.chat_name,
         owner_id: c.owner_id,
         created_at: c.created_at,
+        kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
     };
     let mut members: Vec<Member> = std::iter::once(Member {
         user_id: c.owner_id,
@@ -478,6 +479,7 @@ pub(crate) fn chat(conn: &Connection, chat_id: ChatId) -> Result<Option<Chat>> {
                 chat_name: r.get(1)?,
                 owner_id: UserId(r.get(2)?),
                 created_at: r.get(3)?,
+                kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
             })
         })
         .optional()
@@ -502,6 +504,7 @@ pub(crate) fn chats_of_user(conn: &Connection, user_id: UserId) -> Result<Vec<(C
                     chat_name: r.get(1)?,
                     owner_id: UserId(r.get(2)?),
                     created_at: r.get(3)?,
+                    kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
                 },
                 r.get::<_, String>(4)?,
             ))
