@@ -990,6 +990,8 @@ mod tests {
                     last_seq: Seq(1200),
                     owner_id: None,
                     created_at: None,
+                    kind: Default::default(),
+                    members: Vec::new(),
                 };
                 frame(&mut ws, ServerFrame::ChatUpdated { chat }).await;
                 frame(&mut ws, live(9)).await; // duplicate after a catch-up
@@ -1041,6 +1043,7 @@ mod tests {
                     got.push(format!("removed {c}"));
                     break;
                 }
+                other => panic!("unexpected event {other:?}"),
             }
         }
         assert_eq!(

@@ -24,7 +24,12 @@
 //!   **tombstone** (`SET`, overwriting) *before* deleting the row, so a logged-out token is
 //!   refused by every node as soon as the logout returned; if Redis cannot take the tombstone,
 //!   the logout fails with `unavailable` and changes nothing.
-//! - `user(id)`: users never change once created; in-process and in Redis with a TTL.
+//! - `user(id)` (and `users`): in-process and in Redis with a TTL. A display name change
+//!   overwrites the Redis entry after the commit and is broadcast, so other nodes drop their
+//!   in-process copy at once (at the latest after `local_ttl * 30` if the broadcast is lost).
+//! - `set_role`: written through and broadcast like an addition. A demotion (admin to member)
+//!   is seen by another node at once, or at the latest after `local_ttl`, like a removal's
+//!   in-process bound.
 //! - Not cached: `members`, `chats_of_user`, `chat`, credentials. They are read on membership
 //!   changes, connection setup and chat views, not on every message, and `members` feeds the
 //!   `chat_updated` events that the hub's delivery depends on, so it must be exact.
@@ -43,8 +48,8 @@
 use async_trait::async_trait;
 use chat_core::MetadataStore;
 use chat_core::{
-    Chat, ChatId, Error, Member, Millis, NewChat, NewSession, NewUser, Result, Role, Session,
-    TokenHash, User, UserCredentials, UserId,
+    Chat, ChatId, Error, Member, Millis, NewChat, NewSession, NewUser, ReadMarker, Result, Role,
+    Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -150,6 +155,9 @@ impl<K: Eq + Hash, V: Clone> Local<K, V> {
 struct Invalidation {
     chat_id: ChatId,
     user_ids: Vec<UserId>,
+    /// Users whose profile (display name) changed: their in-process entries go.
+    #[serde(default)]
+    profiles: Vec<UserId>,
 }
 
 /// The in-process maps, shared with the invalidation listener.
@@ -333,10 +341,19 @@ impl CachedMetadataStore {
     /// Tells every node to drop its in-process role entries for these members. Best effort:
     /// a lost broadcast is bounded by `local_ttl`.
     async fn broadcast(&self, chat_id: ChatId, user_ids: Vec<UserId>) {
+        self.publish_invalidation(Invalidation {
+            chat_id,
+            user_ids,
+            profiles: Vec::new(),
+        })
+        .await;
+    }
+
+    async fn publish_invalidation(&self, inv: Invalidation) {
         if self.redis_down() {
             return;
         }
-        let Ok(payload) = serde_json::to_string(&Invalidation { chat_id, user_ids }) else {
+        let Ok(payload) = serde_json::to_string(&inv) else {
             return;
         };
         let mut conn = self.redis.clone();
@@ -404,6 +421,9 @@ async fn listen_for_invalidations(client: redis::Client, channel: String, caches
                 Ok(inv) => {
                     for u in inv.user_ids {
                         c.roles.remove(&(inv.chat_id, u));
+                    }
+                    for u in inv.profiles {
+                        c.users.remove(&u);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "bad cache invalidation dropped"),
@@ -582,6 +602,98 @@ impl MetadataStore for CachedMetadataStore {
 
     async fn health(&self) -> Result<()> {
         self.inner.health().await
+    }
+
+    async fn users(&self, user_ids: &[UserId]) -> Result<Vec<User>> {
+        let mut found = Vec::with_capacity(user_ids.len());
+        let mut missing = Vec::new();
+        for &u in user_ids {
+            match self.caches.users.get(&u) {
+                Some(user) => found.push(user),
+                None => missing.push(u),
+            }
+        }
+        if !missing.is_empty() {
+            for user in self.inner.users(&missing).await? {
+                self.caches.users.put(user.user_id, user.clone());
+                found.push(user);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn set_display_name(&self, user_id: UserId, display_name: &str) -> Result<Option<User>> {
+        let user = self.inner.set_display_name(user_id, display_name).await?;
+        if let Some(u) = &user {
+            self.caches.users.put(user_id, u.clone());
+            self.redis_set(&self.user_key(user_id), u, self.config.redis_ttl, false)
+                .await;
+            self.publish_invalidation(Invalidation {
+                chat_id: ChatId(0),
+                user_ids: Vec::new(),
+                profiles: vec![user_id],
+            })
+            .await;
+        }
+        Ok(user)
+    }
+
+    async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<Option<Chat>> {
+        self.inner.rename_chat(chat_id, chat_name).await
+    }
+
+    async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<bool> {
+        let changed = self.inner.set_role(chat_id, user_id, role).await?;
+        if changed {
+            self.caches.roles.put((chat_id, user_id), Some(role));
+            self.write_role(chat_id, user_id, Some(role)).await;
+            self.broadcast(chat_id, vec![user_id]).await;
+        }
+        Ok(changed)
+    }
+
+    async fn direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+        chat_name: &str,
+        created_at: Millis,
+    ) -> Result<(Chat, bool)> {
+        let (chat, created) = self.inner.direct_chat(a, b, chat_name, created_at).await?;
+        if created {
+            for u in [a, b] {
+                self.caches.roles.put((chat.chat_id, u), Some(Role::Member));
+                self.write_role(chat.chat_id, u, Some(Role::Member)).await;
+            }
+            self.broadcast(chat.chat_id, vec![a, b]).await;
+        }
+        Ok((chat, created))
+    }
+
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        self.inner.user_chats(user_id).await
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        seq: Seq,
+        at: Millis,
+    ) -> Result<Option<ReadMarker>> {
+        self.inner.mark_read(chat_id, user_id, seq, at).await
+    }
+
+    async fn read_markers(&self, chat_id: ChatId) -> Result<Vec<ReadMarker>> {
+        self.inner.read_markers(chat_id).await
+    }
+
+    async fn shared_chat_users(
+        &self,
+        user_id: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        self.inner.shared_chat_users(user_id, candidates).await
     }
 }
 

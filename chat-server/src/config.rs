@@ -52,6 +52,13 @@ pub struct Config {
     /// from the store (live delivery is in `seq` order per chat on every connection). Only a
     /// message that arrives ahead of its predecessor waits; in-order messages never do.
     pub live_order_hold: Duration,
+    /// Where presence is kept: `None` for this process alone (one node); a cluster shares one
+    /// store (`presence::redis::RedisPresence`), so a user is online while connected to any
+    /// node.
+    pub presence: Option<std::sync::Arc<dyn crate::presence::PresenceStore>>,
+    /// How long after a user's last connection closes they are announced offline: a reconnect
+    /// within it is not a flap.
+    pub presence_grace: Duration,
 }
 
 impl Config {
@@ -81,6 +88,8 @@ impl Default for Config {
             abuse: AbuseLimits::default(),
             ordered_appends: false,
             live_order_hold: Duration::from_millis(50),
+            presence: None,
+            presence_grace: Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +136,10 @@ pub struct AbuseLimits {
     pub login_per_account: RateLimit,
     /// Registrations per client address.
     pub register_per_addr: RateLimit,
+    /// Lookups of a user by email (`GET /v1/users?email=`) per signed-in user, and the same
+    /// limit per client address: an exact match tells whether an account exists, so it is
+    /// limited like logins and cannot be used to list the users.
+    pub email_lookups: RateLimit,
     /// Sends per client address, over all the users behind it (REST and WebSocket together).
     pub send_per_addr: RateLimit,
     /// Open WebSockets per user; one more upgrade gets 429 `rate_limited`. 0 means no cap.
@@ -166,6 +179,7 @@ impl Default for AbuseLimits {
             login_per_addr: RateLimit::new(1.0, 30),
             login_per_account: RateLimit::new(0.2, 10),
             register_per_addr: RateLimit::new(0.5, 20),
+            email_lookups: RateLimit::new(0.2, 20),
             send_per_addr: RateLimit::new(200.0, 1000),
             ws_per_user: 32,
             max_connections: 4096,
@@ -187,6 +201,7 @@ impl AbuseLimits {
             login_per_addr: RateLimit::OFF,
             login_per_account: RateLimit::OFF,
             register_per_addr: RateLimit::OFF,
+            email_lookups: RateLimit::OFF,
             send_per_addr: RateLimit::OFF,
             ws_per_user: 0,
             max_connections_per_addr: 0,

@@ -38,6 +38,8 @@
 //!   `broker::redis::RedisBroker` for a cluster (feature `redis`).
 //! - `cache` (feature `redis`): `CachedMetadataStore`, the user and membership cache in Redis
 //!   and in-process, with its documented staleness bound, and its health check.
+//! - [`presence`]: who is online on any node: connection counts per node, the grace period,
+//!   heartbeats and the reaping of dead nodes, over an in-process or Redis store.
 //! - [`health`]: [`HealthCheck`], extra dependencies `GET /v1/health` reports (the cache).
 //! - `auth`: argon2id passwords, bearer tokens, sessions (over the metadata store alone).
 //! - `accept`: the accept loop under HTTP: a cap on open connections, the header read timeout,
@@ -65,6 +67,7 @@ mod http;
 mod hub;
 mod metrics;
 mod ops;
+pub mod presence;
 mod rate_limit;
 mod server;
 mod state;

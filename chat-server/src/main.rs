@@ -92,6 +92,11 @@ struct Args {
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
 
+    /// Milliseconds after a user's last connection closes before they are announced offline
+    /// (a reconnect within it is not a flap).
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5_000)]
+    presence_grace_ms: u64,
+
     #[command(flatten)]
     abuse: AbuseArgs,
 }
@@ -123,6 +128,12 @@ struct AbuseArgs {
     /// Sends per client address at once.
     #[arg(long, env = "CHAT_SEND_ADDR_BURST", default_value_t = AbuseLimits::default().send_per_addr.burst)]
     send_addr_burst: u32,
+    /// Lookups of users by email per second, per user and per client address.
+    #[arg(long, env = "CHAT_EMAIL_LOOKUP_RATE", default_value_t = AbuseLimits::default().email_lookups.per_sec)]
+    email_lookup_rate: f64,
+    /// Lookups of users by email at once.
+    #[arg(long, env = "CHAT_EMAIL_LOOKUP_BURST", default_value_t = AbuseLimits::default().email_lookups.burst)]
+    email_lookup_burst: u32,
     /// Open WebSockets per user (0: no cap).
     #[arg(long, env = "CHAT_WS_PER_USER", default_value_t = AbuseLimits::default().ws_per_user)]
     ws_per_user: usize,
@@ -160,6 +171,7 @@ impl AbuseArgs {
             login_per_account: RateLimit::new(self.login_account_rate, self.login_account_burst),
             register_per_addr: RateLimit::new(self.register_rate, self.register_burst),
             send_per_addr: RateLimit::new(self.send_addr_rate, self.send_addr_burst),
+            email_lookups: RateLimit::new(self.email_lookup_rate, self.email_lookup_burst),
             ws_per_user: self.ws_per_user,
             max_connections: self.max_connections,
             max_connections_per_addr: self.max_connections_per_addr,
@@ -195,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         abuse: args.abuse.limits(),
         ordered_appends: Config::ordered_appends_for(&args.messages),
+        presence_grace: Duration::from_millis(args.presence_grace_ms),
         ..defaults
     };
 
@@ -213,8 +226,10 @@ async fn main() -> anyhow::Result<()> {
     let broker = open_broker(&args.broker, &args.cluster).await?;
     let (metadata, health_checks) =
         wrap_cache(stores.metadata, &args.broker, &args.cluster).await?;
+    let presence = open_presence(&args.broker, &args.cluster).await?;
     let config = Config {
         health_checks,
+        presence,
         ..config
     };
 
@@ -276,6 +291,29 @@ async fn open_broker(spec: &str, cluster: &ClusterArgs) -> anyhow::Result<Arc<dy
             }
         }
         other => anyhow::bail!("unknown broker {other:?}; expected `local` or a redis:// URL"),
+    }
+}
+
+/// Presence for a cluster: in the broker's Redis when the broker is Redis (every node must see
+/// the same), else in process (`None`).
+async fn open_presence(
+    broker: &str,
+    cluster: &ClusterArgs,
+) -> anyhow::Result<Option<Arc<dyn chat_server::presence::PresenceStore>>> {
+    if !is_redis_url(broker) {
+        return Ok(None);
+    }
+    #[cfg(feature = "redis")]
+    {
+        let p = chat_server::presence::redis::RedisPresence::connect(broker, &cluster.redis_prefix)
+            .await
+            .context("connecting presence to Redis")?;
+        Ok(Some(Arc::new(p)))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = cluster;
+        anyhow::bail!("this build has no Redis support; rebuild with `--features redis`")
     }
 }
 

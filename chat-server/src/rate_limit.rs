@@ -144,6 +144,10 @@ pub(crate) struct Guards {
     pub(crate) login_per_account: RateLimiter<(String, Option<IpAddr>)>,
     /// Registrations per client address.
     pub(crate) register_per_addr: RateLimiter<IpAddr>,
+    /// Lookups of users by email, per signed-in user.
+    pub(crate) lookup_per_user: RateLimiter<UserId>,
+    /// Lookups of users by email, per client address.
+    pub(crate) lookup_per_addr: RateLimiter<IpAddr>,
     /// Open WebSockets per user.
     pub(crate) ws_per_user: ConnectionCounter,
 }
@@ -162,6 +166,8 @@ impl Guards {
             login_per_addr: RateLimiter::new(a.login_per_addr, "logins per address"),
             login_per_account: RateLimiter::new(a.login_per_account, "logins per account"),
             register_per_addr: RateLimiter::new(a.register_per_addr, "registrations per address"),
+            lookup_per_user: RateLimiter::new(a.email_lookups, "email lookups per user"),
+            lookup_per_addr: RateLimiter::new(a.email_lookups, "email lookups per address"),
             ws_per_user: ConnectionCounter::new(a.ws_per_user),
         }
     }

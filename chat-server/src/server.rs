@@ -62,6 +62,8 @@ impl Server {
             metrics,
             shutting_down: CancellationToken::new(),
             crashed: CancellationToken::new(),
+            presence: std::sync::OnceLock::new(),
+            typing: crate::ops::typing::Throttle::default(),
         };
         Server {
             state: Arc::new(state),
@@ -174,6 +176,20 @@ impl Server {
                 .context("subscribing to the broker's event stream")?;
             let hub = self.state.hub.clone();
             *slot = Some(tokio::spawn(hub.run(events)).abort_handle());
+            let st = &self.state;
+            st.presence.get_or_init(|| {
+                let store = st.config.presence.clone().unwrap_or_else(|| {
+                    Arc::new(crate::presence::LocalPresence::new())
+                        as Arc<dyn crate::presence::PresenceStore>
+                });
+                crate::presence::Presence::start(
+                    st.config.node_id.clone(),
+                    store,
+                    st.broker.clone(),
+                    st.metadata.clone(),
+                    st.config.presence_grace,
+                )
+            });
         }
         Ok(())
     }

@@ -31,4 +31,8 @@ pub(crate) struct AppState {
     pub(crate) shutting_down: CancellationToken,
     /// Cancelled by `ServerHandle::abort`: connections drop at once, like a crash.
     pub(crate) crashed: CancellationToken,
+    /// Presence, started with live delivery (it needs the runtime).
+    pub(crate) presence: std::sync::OnceLock<crate::presence::Presence>,
+    /// Typing frames forwarded lately, to forward at most one per user and chat a second.
+    pub(crate) typing: crate::ops::typing::Throttle,
 }

@@ -25,12 +25,21 @@ use tower_http::trace::TraceLayer;
 /// Every route of the contract, with its layers.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/users", post(users::register))
-        .route("/v1/users/me", get(users::me))
+        .route("/v1/users", post(users::register).get(users::lookup))
+        .route("/v1/users/me", get(users::me).patch(users::update_me))
+        .route("/v1/users/{user_id}", get(users::show))
+        .route("/v1/presence", get(users::presence))
+        .route("/v1/direct", post(chats::direct))
         .route("/v1/sessions", post(users::login))
         .route("/v1/sessions/current", delete(users::logout))
         .route("/v1/chats", post(chats::create).get(chats::list))
-        .route("/v1/chats/{chat_id}", get(chats::show))
+        .route("/v1/chats/{chat_id}", get(chats::show).patch(chats::rename))
+        .route("/v1/chats/{chat_id}/read", post(chats::read))
+        .route("/v1/chats/{chat_id}/receipts", get(chats::receipts))
+        .route(
+            "/v1/chats/{chat_id}/members/{user_id}/role",
+            put(chats::set_role),
+        )
         .route("/v1/chats/{chat_id}/members", post(chats::add_member))
         .route(
             "/v1/chats/{chat_id}/members/{user_id}",

@@ -2,13 +2,17 @@
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::extract::{ClientAddr, JsonBody};
+use crate::extract::{ClientAddr, JsonBody, PathParams, QueryParams};
 use crate::ops;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chat_core::protocol::{LoginRequest, RegisterRequest, SessionView, UserView};
+use chat_core::protocol::{
+    LoginRequest, PresenceResponse, PublicUser, RegisterRequest, SessionView, UpdateMeRequest,
+    UserView,
+};
+use chat_core::UserId;
 use std::sync::Arc;
 
 /// `POST /v1/users`: 201 with the user.
@@ -45,4 +49,46 @@ pub(crate) async fn me(
     caller: Caller,
 ) -> ApiResult<Json<UserView>> {
     Ok(Json(ops::me::run(&st, caller.user_id).await?.into()))
+}
+
+/// `PATCH /v1/users/me`: 200 with the user.
+pub(crate) async fn update_me(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    JsonBody(req): JsonBody<UpdateMeRequest>,
+) -> ApiResult<Json<UserView>> {
+    let user = ops::people::set_display_name(&st, caller.user_id, &req.display_name).await?;
+    Ok(Json(user.into()))
+}
+
+/// `GET /v1/users/{user_id}`.
+pub(crate) async fn show(
+    State(st): State<Arc<AppState>>,
+    _caller: Caller,
+    PathParams(user_id): PathParams<UserId>,
+) -> ApiResult<Json<PublicUser>> {
+    Ok(Json(ops::people::by_id(&st, user_id).await?))
+}
+
+/// `GET /v1/users?email=..`.
+pub(crate) async fn lookup(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ClientAddr(addr): ClientAddr,
+    QueryParams(q): QueryParams,
+) -> ApiResult<Json<PublicUser>> {
+    let email = q.get("email").map(String::as_str);
+    Ok(Json(
+        ops::people::by_email(&st, caller.user_id, addr, email).await?,
+    ))
+}
+
+/// `GET /v1/presence?user_ids=1,2`.
+pub(crate) async fn presence(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(q): QueryParams,
+) -> ApiResult<Json<PresenceResponse>> {
+    let ids = ops::presence::parse_ids(q.get("user_ids").map(String::as_str))?;
+    Ok(Json(ops::presence::run(&st, caller.user_id, ids).await?))
 }

@@ -76,6 +76,9 @@ pub(crate) struct Hub {
     resync: ResyncState,
     /// Number of registered connections, watched by shutdown to know when all have closed.
     count: watch::Sender<usize>,
+    /// Which connections heard a user's latest presence change (it arrives once per shared
+    /// chat; each connection hears it once).
+    presence_sent: PresenceSent,
     next_id: AtomicU64,
 }
 
@@ -102,6 +105,7 @@ impl Hub {
             state,
             resync: ResyncState::default(),
             count: watch::channel(0).0,
+            presence_sent: PresenceSent::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -447,10 +451,109 @@ impl Hub {
                     c.close(close_code::POLICY, "session revoked");
                 }
             }
+            (
+                Topic::Chat(chat),
+                Event::Read {
+                    chat_id,
+                    user_id,
+                    last_read_seq,
+                },
+            ) if chat == chat_id => {
+                let conns = self.state().recipients(chat);
+                let frame = ServerFrame::Read {
+                    chat_id,
+                    user_id,
+                    last_read_seq,
+                };
+                self.push_all(&conns, &frame);
+            }
+            (
+                Topic::Chat(chat),
+                Event::Typing {
+                    chat_id,
+                    user_id,
+                    until,
+                },
+            ) if chat == chat_id => {
+                let conns = self.state().recipients(chat);
+                let others: Vec<Arc<Connection>> = conns
+                    .iter()
+                    .filter(|c| c.user_id != user_id)
+                    .cloned()
+                    .collect();
+                let frame = ServerFrame::Typing {
+                    chat_id,
+                    user_id,
+                    until,
+                };
+                self.push_all(&others, &frame);
+            }
+            (
+                Topic::Chat(chat),
+                Event::Presence {
+                    chat_id,
+                    user_id,
+                    online,
+                    last_seen,
+                },
+            ) if chat == chat_id => {
+                let conns = self.state().recipients(chat);
+                let fresh = self.presence_sent.fresh(user_id, online, last_seen, &conns);
+                let frame = ServerFrame::Presence {
+                    user_id,
+                    online,
+                    last_seen,
+                };
+                self.push_all(&fresh, &frame);
+            }
+            (_, Event::Read { .. } | Event::Typing { .. } | Event::Presence { .. }) => {
+                tracing::debug!("chat event on another topic ignored");
+            }
             (Topic::User(_), Event::Message { .. } | Event::MessageUpdated { .. }) => {
                 tracing::debug!("message event on a user topic ignored");
             }
         }
+    }
+}
+
+/// A user's presence change is published on each of their chats' topics, so a connection
+/// that shares several chats with them would hear it several times. This remembers, per user,
+/// the latest change and the connections that heard it.
+#[derive(Default)]
+struct PresenceSent {
+    latest: Mutex<std::collections::HashMap<UserId, Heard>>,
+}
+
+/// A user's latest presence (online, last seen), when it arrived, and who heard it.
+type Heard = (bool, Option<chat_core::Millis>, Instant, HashSet<u64>);
+
+impl PresenceSent {
+    /// Entries kept before those older than a minute are dropped.
+    const SWEEP_AT: usize = 16_384;
+
+    /// Those of `conns` that have not heard this change yet (the user's own left out).
+    fn fresh(
+        &self,
+        user: UserId,
+        online: bool,
+        last_seen: Option<chat_core::Millis>,
+        conns: &[Arc<Connection>],
+    ) -> Vec<Arc<Connection>> {
+        let mut latest = lock(&self.latest);
+        if latest.len() >= Self::SWEEP_AT {
+            latest.retain(|_, e| e.2.elapsed() < Duration::from_secs(60));
+        }
+        let e = latest
+            .entry(user)
+            .or_insert_with(|| (online, last_seen, Instant::now(), HashSet::new()));
+        if (e.0, e.1) != (online, last_seen) {
+            *e = (online, last_seen, Instant::now(), HashSet::new());
+        }
+        conns
+            .iter()
+            .filter(|c| c.user_id != user && e.3.insert(c.id))
+            .cloned()
+            .collect()
     }
 }
 

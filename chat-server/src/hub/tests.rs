@@ -182,6 +182,8 @@ async fn membership_events_update_delivery() {
         last_seq: Seq(0),
         owner_id: Some(UserId(1)),
         created_at: None,
+        kind: Default::default(),
+        members: Vec::new(),
     };
     // Published on the chat's topic first, then on the added user's.
     for topic in [Topic::Chat(ChatId(10)), Topic::User(UserId(2))] {
@@ -232,6 +234,8 @@ async fn changes_during_the_chat_list_load_are_not_lost() {
                     last_seq: Seq(0),
                     owner_id: None,
                     created_at: None,
+                    kind: Default::default(),
+                    members: Vec::new(),
                 },
             },
         ),
@@ -447,6 +451,8 @@ async fn a_chat_joined_by_event_is_caught_up_from_its_view() {
         last_seq: Seq(7),
         owner_id: None,
         created_at: None,
+        kind: Default::default(),
+        members: Vec::new(),
     };
     hub.handle(BrokerEvent::Event {
         topic: Topic::User(UserId(1)),
@@ -516,6 +522,8 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
         last_seq: Seq(0),
         owner_id: Some(UserId(1)),
         created_at: None,
+        kind: Default::default(),
+        members: Vec::new(),
     };
     // Each of these needs a broker call that never returns; none of them may block.
     let handled = tokio::time::timeout(Duration::from_secs(5), async {

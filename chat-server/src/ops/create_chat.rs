@@ -32,16 +32,7 @@ pub(crate) async fn run(st: &AppState, caller: UserId, req: CreateChatRequest) -
             created_at: now_millis(),
         })
         .await?;
-    let mut member_ids: Vec<UserId> = members.iter().map(|m| m.user_id).collect();
-    member_ids.sort();
-    let view = ChatView {
-        chat_id: chat.chat_id,
-        chat_name: chat.chat_name,
-        member_ids,
-        last_seq: Seq::ZERO,
-        owner_id: Some(chat.owner_id),
-        created_at: Some(chat.created_at),
-    };
+    let view = super::show_chat::assemble(st, chat, members, Seq::ZERO).await?;
     // Every member's live connections (the creator's other devices included) learn of it.
     for &u in &view.member_ids {
         publish(

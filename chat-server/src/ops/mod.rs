@@ -13,15 +13,21 @@
 pub(crate) mod add_member;
 pub(crate) mod change;
 pub(crate) mod create_chat;
+pub(crate) mod direct;
 pub(crate) mod fetch;
 pub(crate) mod list_chats;
 pub(crate) mod login;
 pub(crate) mod logout;
+pub(crate) mod manage;
 pub(crate) mod me;
+pub(crate) mod people;
+pub(crate) mod presence;
+pub(crate) mod read;
 pub(crate) mod register;
 pub(crate) mod remove_member;
 pub(crate) mod send;
 pub(crate) mod show_chat;
+pub(crate) mod typing;
 
 use crate::state::AppState;
 use chat_core::{ChatId, Error, Event, Result, Role, Topic, UserId};
@@ -42,7 +48,12 @@ pub(crate) async fn require_member(state: &AppState, chat: ChatId, user: UserId)
 /// live connections see until they reconnect or resync, so a failure is logged, not returned:
 /// the caller's request succeeded.
 pub(crate) async fn publish(st: &AppState, topic: Topic, event: Event) {
-    if let Err(e) = st.broker.publish(topic, &event).await {
+    publish_with(&*st.broker, topic, event).await;
+}
+
+/// [`publish`] through a given broker.
+pub(crate) async fn publish_with(broker: &dyn chat_core::Broker, topic: Topic, event: Event) {
+    if let Err(e) = broker.publish(topic, &event).await {
         tracing::warn!(?topic, error = %e, "publishing an event failed");
     }
 }

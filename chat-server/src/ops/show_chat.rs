@@ -2,8 +2,9 @@
 //! also the view that membership events carry.
 
 use crate::state::AppState;
-use chat_core::protocol::ChatView;
-use chat_core::{ChatId, Error, Result, UserId};
+use chat_core::protocol::{ChatView, MemberView};
+use chat_core::{Chat, ChatId, Error, Member, Result, Seq, UserId};
+use std::collections::HashMap;
 
 /// The chat, for a member.
 pub(crate) async fn run(st: &AppState, caller: UserId, chat_id: ChatId) -> Result<ChatView> {
@@ -18,15 +19,43 @@ pub(crate) async fn view(st: &AppState, chat_id: ChatId) -> Result<ChatView> {
         .chat(chat_id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("chat {chat_id}")))?;
-    let members = st.metadata.members(chat_id).await?;
-    let last_seq = st.messages.last_seq(chat_id).await?;
+    let (members, last_seq) =
+        tokio::join!(st.metadata.members(chat_id), st.messages.last_seq(chat_id));
+    assemble(st, chat, members?, last_seq?).await
+}
+
+/// The view of a chat with these members: their display names are read in one batch.
+pub(crate) async fn assemble(
+    st: &AppState,
+    chat: Chat,
+    mut members: Vec<Member>,
+    last_seq: Seq,
+) -> Result<ChatView> {
+    members.sort_by_key(|m| m.user_id);
+    let ids: Vec<UserId> = members.iter().map(|m| m.user_id).collect();
+    let names: HashMap<UserId, String> = st
+        .metadata
+        .users(&ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.user_id, u.display_name))
+        .collect();
     Ok(ChatView {
-        chat_id,
+        chat_id: chat.chat_id,
         chat_name: chat.chat_name,
-        member_ids: members.iter().map(|m| m.user_id).collect(),
+        member_ids: ids,
         last_seq,
         owner_id: Some(chat.owner_id),
         created_at: Some(chat.created_at),
+        kind: chat.kind,
+        members: members
+            .into_iter()
+            .map(|m| MemberView {
+                user_id: m.user_id,
+                display_name: names.get(&m.user_id).cloned().unwrap_or_default(),
+                role: m.role,
+            })
+            .collect(),
     })
 }
 

@@ -27,12 +27,16 @@ use std::sync::Arc;
 pub(crate) enum Op {
     /// A send that passed validation and the rate limits, with its `client_msg_id`.
     Send(Prepared, String),
+    /// A typing frame within its throttle: forwarded if the user is a member.
+    Typing(UserId, chat_core::ChatId),
 }
 
 /// A client frame after [`begin`].
 pub(crate) enum Begun {
     /// The reply is known already.
     Reply(ServerFrame),
+    /// Nothing to do and nothing to answer (a throttled typing frame).
+    Silent,
     /// It needs [`check`] and [`apply`].
     Check(Op),
 }
@@ -41,6 +45,8 @@ pub(crate) enum Begun {
 pub(crate) enum Checked {
     /// The reply is known: an error frame (not authorized), or a frame that needed no check.
     Reply(ServerFrame),
+    /// No reply.
+    Silent,
     /// Authorized: [`apply`] it.
     Apply(Op),
 }
@@ -65,6 +71,15 @@ pub(crate) fn begin(st: &AppState, user: UserId, text: &str, addr: Option<IpAddr
     };
     match frame {
         ClientFrame::Ping => Begun::Reply(ServerFrame::Pong),
+        // At most one a second per user and chat goes further; the rest are dropped quietly
+        // (a client repeats typing frames anyway).
+        ClientFrame::Typing { chat_id } => {
+            if st.typing.admit(user, chat_id) {
+                Begun::Check(Op::Typing(user, chat_id))
+            } else {
+                Begun::Silent
+            }
+        }
         ClientFrame::Send {
             chat_id,
             msg_text,
@@ -95,13 +110,22 @@ pub(crate) async fn check(st: &AppState, op: Op) -> Checked {
             Ok(_) => Checked::Apply(Op::Send(prepared, client_msg_id)),
             Err(e) => Checked::Reply(error_frame(e, Some(client_msg_id))),
         },
+        Op::Typing(user, chat_id) => match ops::require_member(st, chat_id, user).await {
+            Ok(_) => Checked::Apply(Op::Typing(user, chat_id)),
+            Err(e) => Checked::Reply(error_frame(e, None)),
+        },
     }
 }
 
-/// Step 3: the effect, started on this future's first poll, then the reply.
-pub(crate) async fn apply(st: &AppState, checked: Checked) -> ServerFrame {
-    match checked {
+/// Step 3: the effect, started on this future's first poll, then the reply (if any).
+pub(crate) async fn apply(st: &AppState, checked: Checked) -> Option<ServerFrame> {
+    let frame = match checked {
         Checked::Reply(frame) => frame,
+        Checked::Silent => return None,
+        Checked::Apply(Op::Typing(user, chat_id)) => {
+            ops::typing::publish(st, user, chat_id).await;
+            return None;
+        }
         Checked::Apply(Op::Send(prepared, client_msg_id)) => {
             match ops::send::commit(st, prepared).await {
                 Ok(appended) => ServerFrame::Ack {
@@ -111,7 +135,8 @@ pub(crate) async fn apply(st: &AppState, checked: Checked) -> ServerFrame {
                 Err(e) => error_frame(e, Some(client_msg_id)),
             }
         }
-    }
+    };
+    Some(frame)
 }
 
 /// Handles one client text frame start to end, without a pipeline (the fuzz targets), and
@@ -124,10 +149,12 @@ pub(crate) async fn handle_text(
 ) {
     let checked = match begin(st, conn.user_id, text, addr) {
         Begun::Reply(frame) => Checked::Reply(frame),
+        Begun::Silent => Checked::Silent,
         Begun::Check(op) => check(st, op).await,
     };
-    let reply = apply(st, checked).await;
-    push(st, conn, &reply);
+    if let Some(reply) = apply(st, checked).await {
+        push(st, conn, &reply);
+    }
 }
 
 /// The error frame answering a frame, echoing its `client_msg_id`.

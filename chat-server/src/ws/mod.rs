@@ -156,12 +156,19 @@ fn run(
         // an idle connection keeps for its whole life.
         let ready = Box::pin(setup(&st, &conn, &caller)).await;
         if Box::pin(send_ready(&st, &mut socket, ready)).await {
+            let presence = st.presence.get();
+            if let Some(p) = presence {
+                p.connected(caller.user_id);
+            }
             // A crash (`ServerHandle::abort`) stops the connection through the hub rather than
             // through a select on `st.crashed` here: that select would poll the token, and so
             // take its lock shared by every connection, on each of the task's wake-ups.
             let expires = session_deadline(caller.expires_at);
             let in_flight = serve(&st, &mut socket, &conn, addr, expires).await;
             Box::pin(close(&st, &mut socket, &conn, in_flight)).await;
+            if let Some(p) = presence {
+                p.disconnected(caller.user_id);
+            }
         }
         st.hub.unregister(&conn);
     }

@@ -28,7 +28,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 32;
 /// [`crate::Config::ordered_appends`]): when it does not, at most one effect is in flight.
 pub(crate) struct Pipeline<'a> {
     pub(crate) checks: FuturesOrdered<BoxFuture<'a, Checked>>,
-    pub(crate) applies: FuturesOrdered<BoxFuture<'a, ServerFrame>>,
+    pub(crate) applies: FuturesOrdered<BoxFuture<'a, Option<ServerFrame>>>,
     /// Several applies may be in flight at once (the store keeps call order).
     ordered: bool,
 }
@@ -65,6 +65,7 @@ impl<'a> Pipeline<'a> {
     ) {
         let fut: BoxFuture<'a, Checked> = match begin(st, user, text, addr) {
             Begun::Reply(frame) => Box::pin(std::future::ready(Checked::Reply(frame))),
+            Begun::Silent => Box::pin(std::future::ready(Checked::Silent)),
             Begun::Check(op) => Box::pin(check(st, op)),
         };
         self.checks.push_back(fut);
@@ -76,7 +77,7 @@ impl<'a> Pipeline<'a> {
         // Exempt from tokio's cooperative budget: with the task's budget spent, the store's
         // queue would answer `Pending` before taking the append, and the append of a later
         // frame could get in first when the futures are polled again.
-        let mut fut: BoxFuture<'a, ServerFrame> =
+        let mut fut: BoxFuture<'a, Option<ServerFrame>> =
             Box::pin(tokio::task::unconstrained(apply(st, checked)));
         // The first poll, here and now, is when the append is submitted (into the store's
         // queue, or its FIFO wait list when the queue is full). The waker does not matter:
@@ -95,7 +96,9 @@ impl<'a> Pipeline<'a> {
                 biased;
                 Some(c) = self.checks.next(), if self.may_apply() => self.apply(st, c),
                 Some(reply) = self.applies.next(), if !self.applies.is_empty() => {
-                    push(st, conn, &reply);
+                    if let Some(reply) = reply {
+                        push(st, conn, &reply);
+                    }
                 }
             }
         }
@@ -209,7 +212,9 @@ mod tests {
                             pipeline.apply(&st, c);
                         }
                         Some(r) = pipeline.applies.next(), if !pipeline.applies.is_empty() => {
-                            push(&st, &conn, &r);
+                            if let Some(r) = r {
+                                push(&st, &conn, &r);
+                            }
                         }
                     }
                 }

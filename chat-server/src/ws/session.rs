@@ -226,7 +226,9 @@ impl<'a> Session<'a> {
         while !pipeline.applies.is_empty() {
             match pipeline.applies.poll_next_unpin(cx) {
                 Poll::Ready(Some(reply)) => {
-                    push(st, conn, &reply);
+                    if let Some(reply) = reply {
+                        push(st, conn, &reply);
+                    }
                     progress = true;
                 }
                 _ => break,
