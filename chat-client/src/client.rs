@@ -12,9 +12,12 @@ use crate::subscription::{ResumePoint, Subscription};
 use chat_core::ids::now_millis;
 use chat_core::protocol::{
     AddMemberRequest, ChangesResponse, ChatList, ChatSummary, ChatView, CreateChatRequest,
-    EditRequest, ErrorBody, FetchResponse, LoginRequest, RegisterRequest, SendRequest, SessionView,
+    DirectRequest, EditRequest, ErrorBody, FetchResponse, LoginRequest, PresenceResponse,
+    PresenceView, PublicUser, ReadRequest, ReadState, Receipt, ReceiptsResponse, RegisterRequest,
+    RenameChatRequest, RoleView, SendRequest, SessionView, SetRoleRequest, UpdateMeRequest,
     UserView,
 };
+pub use chat_core::Role;
 use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -350,7 +353,8 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/chats`: the caller's chats with their `last_seq`.
+    /// `GET /v1/chats`: the caller's chats, latest activity first, each with its last message,
+    /// the caller's read marker and exact unread count.
     pub async fn list_chats(&self) -> Result<Vec<ChatSummary>> {
         let list: ChatList = self
             .retrying(|| async {
@@ -359,6 +363,113 @@ impl Client {
             })
             .await?;
         Ok(list.chats)
+    }
+
+    /// `GET /v1/users/{user_id}`: another user's id and display name (never the email).
+    pub async fn user(&self, user_id: UserId) -> Result<PublicUser> {
+        let path = format!("/v1/users/{user_id}");
+        self.get_json(&path).await
+    }
+
+    /// `GET /v1/users?email=`: the user with exactly this email (any case), to start a chat with
+    /// someone whose address one knows. Rate-limited like logins; `not_found` when nobody has
+    /// it.
+    pub async fn find_user(&self, email: &str) -> Result<PublicUser> {
+        let path = format!("/v1/users?email={}", percent_encode(email));
+        self.get_json(&path).await
+    }
+
+    /// `PATCH /v1/users/me`: changes the caller's display name.
+    pub async fn set_display_name(&self, display_name: &str) -> Result<UserView> {
+        let body = UpdateMeRequest {
+            display_name: display_name.to_owned(),
+        };
+        self.retrying(|| async {
+            let rb = self
+                .request(Method::PATCH, "/v1/users/me", true)?
+                .json(&body);
+            json(execute(rb).await?).await
+        })
+        .await
+    }
+
+    /// `PATCH /v1/chats/{chat_id}`: renames a chat (owner or admin).
+    pub async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<ChatView> {
+        let path = format!("/v1/chats/{chat_id}");
+        let body = RenameChatRequest {
+            chat_name: chat_name.to_owned(),
+        };
+        self.retrying(|| async {
+            let rb = self.request(Method::PATCH, &path, true)?.json(&body);
+            json(execute(rb).await?).await
+        })
+        .await
+    }
+
+    /// `PUT /v1/chats/{chat_id}/members/{user_id}/role`: makes a member an admin or takes it
+    /// back ([`Role::Admin`] or [`Role::Member`]; the owner only).
+    pub async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<RoleView> {
+        let path = format!("/v1/chats/{chat_id}/members/{user_id}/role");
+        let body = SetRoleRequest { role };
+        self.retrying(|| async {
+            let rb = self.request(Method::PUT, &path, true)?.json(&body);
+            json(execute(rb).await?).await
+        })
+        .await
+    }
+
+    /// `POST /v1/direct`: the one direct chat of the caller and `user_id`, created if needed
+    /// (the same chat for both of them, even when both ask at once).
+    pub async fn direct_chat(&self, user_id: UserId) -> Result<ChatView> {
+        let body = DirectRequest { user_id };
+        self.retrying(|| async {
+            let rb = self.request(Method::POST, "/v1/direct", true)?.json(&body);
+            json(execute(rb).await?).await
+        })
+        .await
+    }
+
+    /// `POST /v1/chats/{chat_id}/read`: moves the caller's read marker forward to `seq` (a
+    /// lower one leaves it) and returns where it stands. Every device of every member hears
+    /// [`Event::Read`](crate::Event::Read).
+    pub async fn mark_read(&self, chat_id: ChatId, seq: Seq) -> Result<Seq> {
+        let path = format!("/v1/chats/{chat_id}/read");
+        let body = ReadRequest { seq };
+        let state: ReadState = self
+            .retrying(|| async {
+                let rb = self.request(Method::POST, &path, true)?.json(&body);
+                json(execute(rb).await?).await
+            })
+            .await?;
+        Ok(state.last_read_seq)
+    }
+
+    /// `GET /v1/chats/{chat_id}/receipts`: where every member has read up to.
+    pub async fn receipts(&self, chat_id: ChatId) -> Result<Vec<Receipt>> {
+        let path = format!("/v1/chats/{chat_id}/receipts");
+        let r: ReceiptsResponse = self.get_json(&path).await?;
+        Ok(r.receipts)
+    }
+
+    /// `GET /v1/presence`: who of `user_ids` is online. Users who share no chat with the
+    /// caller are left out of the answer.
+    pub async fn presence(&self, user_ids: &[UserId]) -> Result<Vec<PresenceView>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = user_ids.iter().map(|u| u.to_string()).collect();
+        let path = format!("/v1/presence?user_ids={}", ids.join(","));
+        let r: PresenceResponse = self.get_json(&path).await?;
+        Ok(r.presence)
+    }
+
+    /// A GET of a JSON answer, retried.
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.retrying(|| async {
+            let rb = self.request(Method::GET, path, true)?;
+            json(execute(rb).await?).await
+        })
+        .await
     }
 
     /// `POST /v1/chats/{chat_id}/members`: adds a user (owner or admin only).

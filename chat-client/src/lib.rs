@@ -49,14 +49,18 @@ pub mod error;
 pub mod retry;
 pub mod subscription;
 
-pub use client::{Changes, Client, ClientBuilder, FetchOptions, Page, SendOptions};
+pub use client::{Changes, Client, ClientBuilder, FetchOptions, Page, Role, SendOptions};
 pub use error::{Error, Result};
 pub use retry::RetryPolicy;
 pub use subscription::{Event, ResumePoint, Subscription};
 
 /// The wire types the SDK's methods take and return, re-exported so applications need not
 /// depend on `chat-core` directly.
-pub use chat_core::protocol::{ChatSummary, ChatView, SessionView, UserView};
+pub use chat_core::protocol::{
+    ChatSummary, ChatView, MemberView, PresenceView, PublicUser, Receipt, RoleView, SessionView,
+    UserView,
+};
+pub use chat_core::ChatKind;
 pub use chat_core::{ChatId, ErrorCode, Message, Millis, Reaction, Rev, Seq, UserId};
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// slow application cannot make the SDK's memory grow; while it is full the task stops reading
 /// the socket, and if the server gives up on the connection the task resumes by `seq` later.
 const QUEUE: usize = 1024;
+/// Frames the application may queue for the socket (typing) before more are dropped.
+const OUTGOING: usize = 64;
 
 /// First reconnect delay (before jitter).
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
@@ -198,6 +200,8 @@ pub struct Subscription {
     positions: Arc<Mutex<HashMap<ChatId, Seq>>>,
     /// Change-feed positions, shared with the task.
     feed: Arc<Mutex<FeedProgress>>,
+    /// Frames for the task to send on the socket (typing).
+    outgoing: mpsc::Sender<ClientFrame>,
     task: JoinHandle<()>,
 }
 
@@ -209,6 +213,7 @@ impl Subscription {
         start: HashMap<ChatId, ResumePoint>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING);
         let positions = Arc::new(Mutex::new(start.iter().map(|(c, p)| (*c, p.seq)).collect()));
         let feed = Arc::new(Mutex::new(FeedProgress {
             revs: start
@@ -227,6 +232,7 @@ impl Subscription {
             positions: positions.clone(),
             feed: feed.clone(),
             queued_events: 0,
+            outgoing: outgoing_rx,
             presence: HashMap::new(),
             announced_down: false,
         };
@@ -235,8 +241,17 @@ impl Subscription {
             events: rx,
             positions,
             feed,
+            outgoing,
             task,
         }
+    }
+
+    /// Tells the chat's other members that the user is typing (they see it for about 5 s;
+    /// call it again every few seconds while the person keeps typing). Sent on this
+    /// subscription's WebSocket; dropped quietly while it is reconnecting, since a typing
+    /// notice is only worth something now. The server forwards at most one a second.
+    pub fn typing(&self, chat_id: ChatId) {
+        let _ = self.outgoing.try_send(ClientFrame::Typing { chat_id });
     }
 
     /// The last `seq` delivered to the application, per chat (chats with nothing delivered yet
@@ -358,6 +373,8 @@ struct Worker {
     feed: Arc<Mutex<FeedProgress>>,
     /// Events queued so far (`Disconnected` included), to place feed positions among them.
     queued_events: u64,
+    /// Frames the application asked to send (typing).
+    outgoing: mpsc::Receiver<ClientFrame>,
     /// The presence last reported per user, so repeated frames are not events.
     presence: HashMap<UserId, bool>,
     /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
@@ -440,6 +457,8 @@ impl Worker {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let mut last_heard = Instant::now();
+        // Typing notices asked for while disconnected are stale now.
+        while self.outgoing.try_recv().is_ok() {}
         loop {
             tokio::select! {
                 frame = ws.next() => {
@@ -468,6 +487,12 @@ impl Worker {
                     };
                     if let Err(stop) = self.handle(frame, ready).await {
                         return stop;
+                    }
+                }
+                Some(out) = self.outgoing.recv() => {
+                    let Ok(text) = serde_json::to_string(&out) else { continue };
+                    if let Err(e) = ws.send(WsMessage::Text(text.into())).await {
+                        return Stop::Reconnect(format!("sending a frame failed: {e}"));
                     }
                 }
                 _ = ticker.tick() => {

@@ -1,8 +1,11 @@
 //! Run with: cargo run -p examples --example chat -- --server http://127.0.0.1:8080 --email ada@example.com --password 'correct horse'
 //!
 //! A line-based terminal chat client. It logs in (registering the account on first use), shows
-//! your chats, and then prints live messages of every chat while reading lines from stdin:
-//! a plain line is sent to the current chat, and a few slash commands manage chats:
+//! your chats with their unread counts, and then prints live messages of every chat while
+//! reading lines from stdin: a plain line is sent to the current chat, and a few slash commands
+//! manage chats. Messages show their sender's display name; "X is typing…", people coming
+//! online and going offline, and other members' read receipts show as they happen. What is
+//! printed in the current chat counts as read.
 //!
 //! ```text
 //! /chats                   list your chats
@@ -14,15 +17,22 @@
 //! /edit SEQ TEXT           change the text of your message SEQ
 //! /delete SEQ              delete message SEQ (yours, or any as the chat's owner or an admin)
 //! /react SEQ EMOJI         react to message SEQ (again with /unreact SEQ EMOJI to take it back)
+//! /dm USER                 open (or start) the direct chat with USER (an id or an email)
+//! /who                     members of the current chat, with their role and who is online
+//! /read                    list who has read how far in the current chat
+//! /name NAME               change your display name
+//! /rename NAME             rename the current chat (owner or admin)
+//! /admin USER_ID           make a member an admin (owner); /unadmin USER_ID takes it back
 //! /me                      show who you are
 //! /quit                    exit
 //! //text                   send "/text" (e.g. `//time` asks the bot example for the time)
 //! ```
 
 use anyhow::Context as _;
-use chat_client::{ChatId, Client, Event, FetchOptions, Message, Seq, UserId};
+use chat_client::{ChatId, ChatKind, Client, Event, FetchOptions, Message, Role, Seq, UserId};
 use clap::Parser;
 use futures::StreamExt;
+use std::collections::HashMap;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -70,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         current: None,
         history: args.history,
         outbox: spawn_sender(client.clone()),
+        names: HashMap::from([(me.user_id, me.display_name.clone())]),
     };
     session.list_chats().await;
 
@@ -85,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             }
             event = events.next() => {
                 let Some(event) = event else { break };
-                session.show(event);
+                session.show(event).await;
             }
         }
     }
@@ -113,6 +124,8 @@ struct Session {
     current: Option<ChatId>,
     history: u32,
     outbox: mpsc::UnboundedSender<(ChatId, String)>,
+    /// Display names already looked up.
+    names: HashMap<UserId, String>,
 }
 
 impl Session {
@@ -127,6 +140,7 @@ impl Session {
             "/help" => {
                 println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit | //text sends /text");
                 println!("/reply SEQ TEXT | /edit SEQ TEXT | /delete SEQ | /react SEQ EMOJI | /unreact SEQ EMOJI");
+                println!("/dm USER | /who | /read | /name NAME | /rename NAME | /admin USER_ID | /unadmin USER_ID");
                 Ok(())
             }
             "/chats" => {
@@ -161,6 +175,54 @@ impl Session {
                     .map_err(Into::into),
                 None => Err(anyhow::anyhow!("no current chat")),
             },
+            "/dm" => match words.next() {
+                Some(who) => self.direct(who).await,
+                None => Err(anyhow::anyhow!("usage: /dm USER_ID or /dm EMAIL")),
+            },
+            "/who" => self.who().await,
+            "/read" => self.receipts().await,
+            "/name" => {
+                let name = line["/name".len()..].trim();
+                match self.client.set_display_name(name).await {
+                    Ok(u) => {
+                        println!("you are now {}", u.display_name);
+                        self.names.insert(u.user_id, u.display_name);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            "/rename" => match self.current {
+                Some(chat) => self
+                    .client
+                    .rename_chat(chat, line["/rename".len()..].trim())
+                    .await
+                    .map(|c| println!("chat {} is now {:?}", c.chat_id, c.chat_name))
+                    .map_err(Into::into),
+                None => Err(anyhow::anyhow!("pick a chat first: /join CHAT_ID")),
+            },
+            cmd @ ("/admin" | "/unadmin") => {
+                let role = if cmd == "/admin" {
+                    Role::Admin
+                } else {
+                    Role::Member
+                };
+                match (self.current, words.next().map(str::parse::<i64>)) {
+                    (Some(chat), Some(Ok(user))) => self
+                        .client
+                        .set_role(chat, UserId(user), role)
+                        .await
+                        .map(|r| {
+                            println!(
+                                "user {} is now {:?} of chat {}",
+                                r.user_id, r.role, r.chat_id
+                            )
+                        })
+                        .map_err(Into::into),
+                    (None, _) => Err(anyhow::anyhow!("pick a chat first: /join CHAT_ID")),
+                    _ => Err(anyhow::anyhow!("usage: {cmd} USER_ID")),
+                }
+            }
             cmd @ ("/reply" | "/edit" | "/delete" | "/react" | "/unreact") => {
                 self.change(cmd, line).await
             }
@@ -219,7 +281,8 @@ impl Session {
         .map_err(Into::into)
     }
 
-    async fn list_chats(&self) {
+    /// The chats, latest activity first, with unread counts and the last message.
+    async fn list_chats(&mut self) {
         match self.client.list_chats().await {
             Ok(chats) if chats.is_empty() => println!("No chats yet: /create NAME [USER_ID..]"),
             Ok(chats) => {
@@ -229,14 +292,106 @@ impl Session {
                     } else {
                         " "
                     };
+                    let kind = if c.kind == ChatKind::Direct {
+                        "dm"
+                    } else {
+                        "  "
+                    };
+                    let unread = if c.unread_count > 0 {
+                        format!("({} unread)", c.unread_count)
+                    } else {
+                        String::new()
+                    };
+                    let last = match &c.last_message {
+                        Some(m) if m.deleted => "(deleted)".to_owned(),
+                        Some(m) => {
+                            let who = self.name_of(m.sender_id).await;
+                            let text: String = m.msg_text.chars().take(40).collect();
+                            format!("{who}: {text}")
+                        }
+                        None => String::new(),
+                    };
                     println!(
-                        "{mark} chat {:>4}  {:<30} {} messages",
-                        c.chat_id, c.chat_name, c.last_seq
+                        "{mark} {kind} chat {:>4}  {:<24} {:<12} {last}",
+                        c.chat_id, c.chat_name, unread
                     );
                 }
             }
             Err(e) => eprintln!("! listing chats: {e}"),
         }
+    }
+
+    /// A user's display name, looked up once.
+    async fn name_of(&mut self, user: UserId) -> String {
+        if let Some(n) = self.names.get(&user) {
+            return n.clone();
+        }
+        match self.client.user(user).await {
+            Ok(u) => {
+                self.names.insert(user, u.display_name.clone());
+                u.display_name
+            }
+            Err(_) => format!("user {user}"),
+        }
+    }
+
+    /// `/dm USER`: the direct chat with a user given by id or email becomes current.
+    async fn direct(&mut self, who: &str) -> anyhow::Result<()> {
+        let user = match who.parse::<i64>() {
+            Ok(id) => UserId(id),
+            Err(_) => self.client.find_user(who).await?.user_id,
+        };
+        let chat = self.client.direct_chat(user).await?;
+        self.join(chat.chat_id).await
+    }
+
+    /// `/who`: the current chat's members, their roles and who is online.
+    async fn who(&mut self) -> anyhow::Result<()> {
+        let Some(chat) = self.current else {
+            anyhow::bail!("pick a chat first: /join CHAT_ID");
+        };
+        let chat = self.client.chat(chat).await?;
+        let presence = self.client.presence(&chat.member_ids).await?;
+        for m in &chat.members {
+            self.names.insert(m.user_id, m.display_name.clone());
+            let p = presence.iter().find(|p| p.user_id == m.user_id);
+            let status = match p {
+                Some(p) if p.online => "online".to_owned(),
+                Some(p) => match p.last_seen {
+                    Some(t) => format!("last seen {}", ago(t)),
+                    None => "offline".to_owned(),
+                },
+                None => String::new(),
+            };
+            println!(
+                "  {:<24} {:<7} {status}",
+                m.display_name,
+                format!("{:?}", m.role).to_lowercase()
+            );
+        }
+        Ok(())
+    }
+
+    /// `/read`: how far each member has read the current chat.
+    async fn receipts(&mut self) -> anyhow::Result<()> {
+        let Some(chat) = self.current else {
+            anyhow::bail!("pick a chat first: /join CHAT_ID");
+        };
+        for r in self.client.receipts(chat).await? {
+            let name = self.name_of(r.user_id).await;
+            println!("  {name:<24} read up to #{}", r.last_read_seq);
+        }
+        Ok(())
+    }
+
+    /// Marks the current chat read up to `seq`, in the background.
+    fn read_up_to(&self, chat: ChatId, seq: Seq) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.mark_read(chat, seq).await {
+                tracing::debug!(error = %e, "marking read failed");
+            }
+        });
     }
 
     async fn create(&mut self, words: Vec<&str>) -> anyhow::Result<()> {
@@ -267,19 +422,57 @@ impl Session {
             chat.member_ids.len(),
             chat.last_seq
         );
-        for m in &page.messages {
-            self.print_message(m);
+        for m in &chat.members {
+            self.names.insert(m.user_id, m.display_name.clone());
         }
         self.current = Some(chat_id);
+        for m in &page.messages {
+            self.print_message(m).await;
+        }
+        if chat.last_seq > Seq::ZERO {
+            self.read_up_to(chat_id, chat.last_seq);
+        }
         Ok(())
     }
 
-    fn show(&self, event: Event) {
+    async fn show(&mut self, event: Event) {
         match event {
-            Event::Message(m) => self.print_message(&m),
+            Event::Message(m) => {
+                self.print_message(&m).await;
+                if Some(m.chat_id) == self.current && m.sender_id != self.me {
+                    self.read_up_to(m.chat_id, m.seq);
+                }
+            }
             Event::MessageUpdated(m) => {
                 print!("~ ");
-                self.print_message(&m);
+                self.print_message(&m).await;
+            }
+            Event::Typing {
+                chat_id, user_id, ..
+            } if user_id != self.me => {
+                let who = self.name_of(user_id).await;
+                let here = if Some(chat_id) == self.current {
+                    String::new()
+                } else {
+                    format!(" in chat {chat_id}")
+                };
+                println!("* {who} is typing…{here}");
+            }
+            Event::Presence {
+                user_id, online, ..
+            } => {
+                let who = self.name_of(user_id).await;
+                println!("* {who} is {}", if online { "online" } else { "offline" });
+            }
+            Event::Read {
+                chat_id,
+                user_id,
+                last_read_seq,
+            } => {
+                if Some(chat_id) == self.current && user_id != self.me {
+                    let who = self.name_of(user_id).await;
+                    println!("* {who} read up to #{last_read_seq}");
+                }
             }
             Event::ChatUpdated(chat) => println!(
                 "* chat {} ({}) now has {} members",
@@ -303,11 +496,11 @@ impl Session {
         }
     }
 
-    fn print_message(&self, m: &Message) {
+    async fn print_message(&mut self, m: &Message) {
         let who = if m.sender_id == self.me {
             "me".to_owned()
         } else {
-            format!("user {}", m.sender_id)
+            self.name_of(m.sender_id).await
         };
         let here = if Some(m.chat_id) == self.current {
             String::new()
@@ -336,5 +529,18 @@ impl Session {
             format!("  [{}]", reactions.join(", "))
         };
         println!("{here}#{} {who}: {reply}{text}{reactions}", m.seq);
+    }
+}
+
+/// "5 min ago" for a time in Unix milliseconds.
+fn ago(t: chat_client::Millis) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let secs = (now - t).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
     }
 }

@@ -112,6 +112,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a free loopback port, over fresh stores.
     pub async fn start(test_name: &str) -> TestServer {
+        Self::start_with(test_name, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with the test configuration changed by `tune`.
+    pub async fn start_with(test_name: &str, tune: impl FnOnce(&mut Config)) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let (metadata, messages) = store_urls(test_name).await;
         let store = StoreConfig {
@@ -120,7 +125,8 @@ impl TestServer {
             messages,
             data_dir: data_dir.path().to_path_buf(),
         };
-        let config = test_config();
+        let mut config = test_config();
+        tune(&mut config);
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let handle = launch(&store, &config, addr).await;
         TestServer {
