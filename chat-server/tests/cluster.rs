@@ -480,6 +480,97 @@ async fn edits_and_reactions_through_one_node_reach_subscribers_on_the_others() 
     }
 }
 
+/// The next event of `sub` that `pick` accepts (others skipped).
+async fn next_matching<T>(
+    sub: &mut chat_client::Subscription,
+    who: &str,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
+    loop {
+        let ev = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: the awaited event did not come within {PATIENCE:?}"))
+            .unwrap_or_else(|| panic!("{who}: subscription ended"));
+        if let Some(t) = pick(ev) {
+            return t;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_typing_and_presence_cross_nodes_and_a_killed_node_takes_its_users_offline() {
+    let mut cluster = Cluster::start(2, LOCAL_TTL_MS).await;
+    let [n1, n2] = [0, 1].map(|i| cluster.nodes[i].url());
+    let alice = user(&n1, "alice").await;
+    let bob_phone = user(&n1, "bob").await;
+    let bob = bob_phone.user_id().unwrap();
+    // Bob's laptop: the same account, connected to the other node.
+    let bob_laptop = via(&bob_phone, &n2);
+    let chat = alice.create_chat("live", &[bob]).await.unwrap().chat_id;
+    let mut alice_sub = alice.subscribe().await.unwrap();
+    connected(&mut alice_sub, "alice").await;
+    let mut laptop = bob_laptop.subscribe().await.unwrap();
+    connected(&mut laptop, "bob's laptop").await;
+
+    // Presence crosses nodes: Bob is connected only to n2; Alice on n1 hears him come online,
+    // and n1 answers that he is.
+    let bob_online = |e: Event| match e {
+        Event::Presence {
+            user_id, online, ..
+        } if user_id == bob => Some(online),
+        _ => None,
+    };
+    assert!(next_matching(&mut alice_sub, "alice", bob_online).await);
+    let seen = alice.presence(&[bob]).await.unwrap();
+    assert!(seen[0].online, "n1 sees the user connected to n2: {seen:?}");
+
+    // A read through n1 reaches Bob's other device on n2, and his unread count there agrees.
+    for i in 1..=3 {
+        alice.send(chat, &format!("m{i}")).await.unwrap();
+    }
+    assert_eq!(bob_phone.mark_read(chat, Seq(2)).await.unwrap(), Seq(2));
+    let read = next_matching(&mut laptop, "bob's laptop", |e| match e {
+        Event::Read {
+            chat_id,
+            user_id,
+            last_read_seq,
+        } if chat_id == chat && user_id == bob => Some(last_read_seq),
+        _ => None,
+    })
+    .await;
+    assert_eq!(read, Seq(2));
+    let listed = bob_laptop.list_chats().await.unwrap();
+    assert_eq!(
+        (listed[0].last_read_seq, listed[0].unread_count),
+        (Seq(2), 1)
+    );
+
+    // Typing on n1 reaches Bob on n2.
+    alice_sub.typing(chat);
+    let typist = next_matching(&mut laptop, "bob's laptop", |e| match e {
+        Event::Typing {
+            chat_id, user_id, ..
+        } if chat_id == chat => Some(user_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(Some(typist), alice.user_id());
+
+    // n2 dies without a word: within the contract's 30 s its users are announced offline and
+    // shown offline by the surviving node.
+    let killed = Instant::now();
+    cluster.nodes[1].kill9();
+    assert!(!next_matching(&mut alice_sub, "alice", bob_online).await);
+    let took = killed.elapsed();
+    println!("a killed node's user was announced offline after {took:?}");
+    assert!(
+        took < Duration::from_secs(45),
+        "announced offline after {took:?}, beyond the 30 s bound (with slack for a loaded machine)"
+    );
+    let seen = alice.presence(&[bob]).await.unwrap();
+    assert!(!seen[0].online && seen[0].last_seen.is_some(), "{seen:?}");
+}
+
 /// The next event of a broker stream.
 async fn next(ev: &mut chat_core::BrokerStream) -> BrokerEvent {
     tokio::time::timeout(PATIENCE, ev.next())

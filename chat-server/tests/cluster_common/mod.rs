@@ -271,6 +271,7 @@ impl NodeProc {
             // Throttling must never decide these tests (the limiter has its own tests).
             .args(["--send-rate", "100000", "--send-burst", "100000"])
             .args(["--shutdown-grace-secs", "5"])
+            .args(["--presence-grace-ms", "500"])
             .args(["--log", "info,chat_server=debug,tower_http=warn"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
