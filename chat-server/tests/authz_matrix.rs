@@ -66,9 +66,18 @@ enum Action {
     React,
     Unreact,
     Changes,
+    MarkRead,
+    Receipts,
+    RenameChat,
+    SetRole,
+    Direct,
+    Presence,
+    ShowUser,
+    UpdateMe,
     WsUpgrade,
     WsSend,
     WsPing,
+    WsTyping,
     WsUnknownFrame,
 }
 
@@ -122,11 +131,26 @@ const MATRIX: &[(Action, [Want; 8])] = &[
     (Action::React,          [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
     (Action::Unreact,        [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
     (Action::Changes,        [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    // Read state: members only.
+    (Action::MarkRead,       [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    (Action::Receipts,       [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    // Renaming: the owner and admins.
+    (Action::RenameChat,     [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     FORBIDDEN,  OK,         OK]),
+    // Roles: the owner only (for "other": a member demoting the owner).
+    (Action::SetRole,        [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     FORBIDDEN,  FORBIDDEN,  OK]),
+    // People and direct chats: any valid session (presence leaves strangers out).
+    (Action::Direct,         [UNAUTH, UNAUTH, UNAUTH, CREATED,        CREATED,        CREATED,    CREATED,    CREATED]),
+    (Action::Presence,       [UNAUTH, UNAUTH, UNAUTH, OK,             OK,             OK,         OK,         OK]),
+    (Action::ShowUser,       [UNAUTH, UNAUTH, UNAUTH, OK,             OK,             OK,         OK,         OK]),
+    (Action::UpdateMe,       [UNAUTH, UNAUTH, UNAUTH, OK,             OK,             OK,         OK,         OK]),
     (Action::WsUpgrade,      [UNAUTH, UNAUTH, UNAUTH, SWITCHING,      SWITCHING,      SWITCHING,  SWITCHING,  SWITCHING]),
     // WebSocket frames, on a socket of a valid session (the callers without one never get a
     // socket). "other" sends into a chat of people it has nothing to do with.
     (Action::WsSend,         [UNAUTH, UNAUTH, UNAUTH, ERR_NOT_MEMBER, ERR_NOT_MEMBER, ACK,        ACK,        ACK]),
     (Action::WsPing,         [UNAUTH, UNAUTH, UNAUTH, PONG,           PONG,           PONG,       PONG,       PONG]),
+    // A typing frame has no answer when forwarded (the ping after it answers); "other" types
+    // in a chat of people it has nothing to do with.
+    (Action::WsTyping,       [UNAUTH, UNAUTH, UNAUTH, ERR_NOT_MEMBER, ERR_NOT_MEMBER, PONG,       PONG,       PONG]),
     (Action::WsUnknownFrame, [UNAUTH, UNAUTH, UNAUTH, ERR_BAD,        ERR_BAD,        ERR_BAD,    ERR_BAD,    ERR_BAD]),
 ];
 
@@ -466,10 +490,111 @@ async fn cell(w: &World, action: Action, who: Who) -> (u16, String) {
             )
             .await,
         ),
-        Action::WsUpgrade | Action::WsSend | Action::WsPing | Action::WsUnknownFrame => {
-            ws_cell(w, &sc, action, who).await
+        Action::MarkRead => http(
+            w.call(
+                Method::POST,
+                &format!("/v1/chats/{chat}/read"),
+                token,
+                Some(json!({"seq": 0})),
+            )
+            .await,
+        ),
+        Action::Receipts => http(
+            w.call(
+                Method::GET,
+                &format!("/v1/chats/{chat}/receipts"),
+                token,
+                None,
+            )
+            .await,
+        ),
+        Action::RenameChat => http(
+            w.call(
+                Method::PATCH,
+                &format!("/v1/chats/{chat}"),
+                token,
+                Some(json!({"chat_name": "renamed"})),
+            )
+            .await,
+        ),
+        Action::SetRole => {
+            let (target, role) = if who == Who::Other {
+                (sc.owner.0, "member")
+            } else {
+                (sc.member2, "admin")
+            };
+            http(
+                w.call(
+                    Method::PUT,
+                    &format!("/v1/chats/{chat}/members/{target}/role"),
+                    token,
+                    Some(json!({"role": role})),
+                )
+                .await,
+            )
         }
+        Action::Direct => http(
+            w.call(
+                Method::POST,
+                "/v1/direct",
+                token,
+                Some(json!({"user_id": sc.member2})),
+            )
+            .await,
+        ),
+        Action::Presence => {
+            let path = format!("/v1/presence?user_ids={}", sc.owner.0);
+            let (s, v) = w.call(Method::GET, &path, token, None).await;
+            if s == 200 {
+                // Strangers are left out.
+                let listed = !v["presence"].as_array().unwrap().is_empty();
+                assert_eq!(listed, who != Who::NonMember, "{who:?}: {v}");
+            }
+            http((s, v))
+        }
+        Action::ShowUser => {
+            let (s, v) = w
+                .call(
+                    Method::GET,
+                    &format!("/v1/users/{}", sc.owner.0),
+                    token,
+                    None,
+                )
+                .await;
+            if s == 200 {
+                assert!(v.get("email").is_none(), "never another user's email: {v}");
+            }
+            http((s, v))
+        }
+        Action::UpdateMe => http(
+            w.call(
+                Method::PATCH,
+                "/v1/users/me",
+                token,
+                Some(json!({"display_name": "New Name"})),
+            )
+            .await,
+        ),
+        Action::WsUpgrade
+        | Action::WsSend
+        | Action::WsPing
+        | Action::WsTyping
+        | Action::WsUnknownFrame => ws_cell(w, &sc, action, who).await,
     }
+}
+
+/// A chat of the outsider's, which the scene's members have nothing to do with.
+async fn theirs(w: &World, sc: &Scene) -> ChatId {
+    let (s, v) = w
+        .call(
+            Method::POST,
+            "/v1/chats",
+            Some(&sc.outsider.1),
+            Some(json!({"chat_name": "theirs", "member_ids": []})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    ChatId(v["chat_id"].as_i64().unwrap())
 }
 
 async fn ws_cell(w: &World, sc: &Scene, action: Action, who: Who) -> (u16, String) {
@@ -495,19 +620,22 @@ async fn ws_cell(w: &World, sc: &Scene, action: Action, who: Who) -> (u16, Strin
     };
     let frame = match action {
         Action::WsUpgrade => return (101, String::new()),
+        Action::WsTyping => {
+            let chat = if who == Who::Other {
+                theirs(w, sc).await
+            } else {
+                sc.chat
+            };
+            let typing = json!({"type": "typing", "chat_id": chat});
+            ws.send(WsMessage::Text(typing.to_string().into()))
+                .await
+                .unwrap();
+            json!({"type": "ping"})
+        }
         Action::WsSend => {
             // "other" sends into the chat of people it has nothing to do with.
             let chat = if who == Who::Other {
-                let (s, v) = w
-                    .call(
-                        Method::POST,
-                        "/v1/chats",
-                        Some(&sc.outsider.1),
-                        Some(json!({"chat_name": "theirs", "member_ids": []})),
-                    )
-                    .await;
-                assert_eq!(s, 201);
-                ChatId(v["chat_id"].as_i64().unwrap())
+                theirs(w, sc).await
             } else {
                 sc.chat
             };
@@ -528,7 +656,7 @@ async fn ws_cell(w: &World, sc: &Scene, action: Action, who: Who) -> (u16, Strin
         let WsMessage::Text(t) = msg else { continue };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         match v["type"].as_str().unwrap() {
-            "ready" | "message" | "chat_updated" => continue,
+            "ready" | "message" | "chat_updated" | "presence" | "read" | "typing" => continue,
             "error" => return (0, v["code"].as_str().unwrap().to_owned()),
             other => return (0, other.to_owned()),
         }
