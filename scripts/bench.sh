@@ -4,6 +4,8 @@
 #   scripts/bench.sh fanout        # fan-out latency and deliveries/s (open loop)
 #   scripts/bench.sh ack           # send->ack latency at 10,000 msg/s on SQLite
 #   scripts/bench.sh changes       # edits and reactions/s over REST, change->update latency
+#   scripts/bench.sh chat-list     # GET /v1/chats for a user in 500 chats; read-marker writes/s
+#   scripts/bench.sh typing        # fan-out without and with typing mixed in, interleaved A/B/A/B
 #   scripts/bench.sh connections   # server RSS per idle WebSocket
 #   scripts/bench.sh history-seed  # write 10M messages into a fresh data dir (once)
 #   scripts/bench.sh history       # page back through them, latency per page
@@ -18,7 +20,7 @@
 # off; see examples/src/loadgen/serve.rs) on 127.0.0.1:$BENCH_PORT with `ulimit -n` raised to
 # the hard limit, passes its PID to the generator (for CPU and RSS), and stops it afterwards.
 # BENCH_MESSAGES / BENCH_METADATA (e.g. a mysql:// or cassandra:// URL) put the server of the
-# fanout, ack, changes and writes scenarios on another backend than SQLite.
+# fanout, ack, changes, chat-list, typing and writes scenarios on another backend than SQLite.
 # Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/). BENCH_LOADGEN=PATH uses
 # an already built load generator (e.g. another commit's) instead of building this tree.
 set -euo pipefail
@@ -111,6 +113,26 @@ case "$scenario" in
     start_server "$(fresh_data changes)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --users 200 --groups 20 --group-size 10 --messages 50 --rate 1000 --duration 20)
     lg changes changes "${F[@]}"
+    ;;
+  chat-list)
+    build
+    start_server "$(fresh_data chat-list)" --fast-passwords "${STORES[@]}"
+    mapfile -t F < <(flags --chats 500 --messages 20 --concurrency 4 --duration 20)
+    lg chat-list chat-list "${F[@]}"
+    ;;
+  typing)
+    # The same fan-out run without and with a typing frame before every send, twice each,
+    # interleaved, each on a fresh server: compare deliveries per server CPU-second.
+    build
+    mapfile -t F < <(flags --users 1000 --groups 100 --group-size 10 --rate 1000 --duration 20)
+    for round in 1 2; do
+      for mode in off on; do
+        start_server "$(fresh_data "typing-$mode-$round")" --fast-passwords "${STORES[@]}"
+        extra=(); [ "$mode" = on ] && extra=(--typing)
+        lg "typing-$mode-$round" fanout "${F[@]}" "${extra[@]}"
+        stop_server
+      done
+    done
     ;;
   connections)
     build

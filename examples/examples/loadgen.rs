@@ -8,6 +8,8 @@
 //! - `connections`: N idle authenticated WebSockets from 127.0.0.x; server RSS per connection.
 //! - `history`: page back through a long chat; latency per page.
 //! - `seed-history`: write millions of messages for `history` straight into the store.
+//! - `chat-list`: a user in N chats: `GET /v1/chats` latency (last messages and unread
+//!   counts), then read-marker writes per second.
 //! - `writes`: sustained acked sends/s through the server (WebSocket or REST).
 //! - `writes-store`: sustained appends/s straight into a store backend.
 //! - `serve`: the server library with load-test limits (rate limits off), as its own process.
@@ -19,7 +21,7 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use examples::loadgen::{
-    api::Target, changes, connections, fanout, history, plot, report::Report, serve,
+    api::Target, changes, chatlist, connections, fanout, history, plot, report::Report, serve,
     stats::Latency, writes,
 };
 use serde::Serialize;
@@ -112,6 +114,27 @@ enum Scenario {
         /// Seconds to wait for outstanding acks and deliveries after the last send.
         #[arg(long, default_value_t = 10)]
         drain: u64,
+        /// Precede every send with a typing frame from its sender (typing traffic mixed in).
+        #[arg(long)]
+        typing: bool,
+    },
+    /// A user in N chats: `GET /v1/chats` latency (last messages, unread counts), then
+    /// read-marker writes per second.
+    ChatList {
+        #[command(flatten)]
+        common: Common,
+        /// Chats of the reader (N).
+        #[arg(long, default_value_t = 500)]
+        chats: usize,
+        /// Messages per chat (M).
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seconds per phase at most.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
     },
     /// Edits and reactions at R changes/s over REST; change->update latency on every
     /// member's WebSocket.
@@ -315,9 +338,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             duration,
             msg_bytes,
             drain,
+            typing,
         } => {
             let target = Target::new(&common.server).await?;
             let params = fanout::FanoutParams {
+                typing,
                 users,
                 groups,
                 group_size,
@@ -348,6 +373,27 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                     ("generator lateness", &hist.lateness),
                 ],
             )
+        }
+        Scenario::ChatList {
+            common,
+            chats,
+            messages,
+            concurrency,
+            duration,
+        } => {
+            let target = Target::new(&common.server).await?;
+            let params = chatlist::ChatListParams {
+                chats,
+                messages,
+                concurrency,
+                duration: Duration::from_secs(duration),
+                server_pid: common.server_pid,
+                password: common.password.clone(),
+                progress: !common.no_progress,
+                ..chatlist::ChatListParams::default()
+            };
+            let result = chatlist::run(&target, &params).await?;
+            finish("chat-list", &result, &common.out, &None, "", &[])
         }
         Scenario::Changes {
             common,

@@ -66,7 +66,7 @@ pub struct Account {
 /// A REST client for one server (a shared connection pool).
 #[derive(Clone, Debug)]
 pub struct Api {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     base: String,
 }
 
@@ -84,7 +84,7 @@ impl Api {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -239,7 +239,10 @@ impl Api {
 }
 
 /// Passes a 2xx answer through; turns anything else into an error carrying the body.
-async fn check(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(
+    resp: reqwest::Response,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

@@ -58,6 +58,9 @@ pub struct FanoutParams {
     pub setup_concurrency: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// Precede every send with a typing frame from its sender to its chat, as a client does
+    /// while the person types (the server forwards at most one per user and chat a second).
+    pub typing: bool,
 }
 
 impl Default for FanoutParams {
@@ -76,6 +79,7 @@ impl Default for FanoutParams {
             password: "loadgen password".to_owned(),
             setup_concurrency: 16,
             progress: true,
+            typing: false,
         }
     }
 }
@@ -133,6 +137,10 @@ pub struct FanoutResult {
     pub loadgen: Option<Usage>,
     /// Setup time (accounts, chats, connections), seconds.
     pub setup_secs: f64,
+    /// Typing frames sent (with `--typing`).
+    pub typing_sent: u64,
+    /// Typing frames received from the server (other members' typing).
+    pub typing_received: u64,
 }
 
 /// The histograms behind a result, for plotting.
@@ -155,6 +163,8 @@ struct Counters {
     deliveries: AtomicU64,
     disconnects: AtomicU64,
     unsendable: AtomicU64,
+    typing_sent: AtomicU64,
+    typing_received: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -310,6 +320,8 @@ pub async fn run(
         server,
         loadgen,
         setup_secs,
+        typing_sent: counters.typing_sent.load(Ordering::Relaxed),
+        typing_received: counters.typing_received.load(Ordering::Relaxed),
     };
     Ok((result, hist))
 }
@@ -380,6 +392,16 @@ async fn schedule(
                 id: i,
                 sched_nanos: u64::try_from((offset + sched).as_nanos()).unwrap_or(u64::MAX),
             };
+            if p.typing {
+                let typing = ClientFrame::Typing {
+                    chat_id: chats[group],
+                };
+                if let Ok(json) = serde_json::to_string(&typing) {
+                    if conns[conn].send(json).is_ok() {
+                        counters.typing_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             let frame = ClientFrame::Send {
                 reply_to_seq: None,
                 chat_id: chats[group],
@@ -472,7 +494,12 @@ async fn read_loop(
                             first.get_or_insert_with(|| raw.to_owned());
                         }
                     }
-                    Frame::Updated(_) | Frame::Other => {}
+                    Frame::Updated(_) => {}
+                    Frame::Other => {
+                        if t.as_str().starts_with(r#"{"type":"typing""#) {
+                            counters.typing_received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {

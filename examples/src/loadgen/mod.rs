@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod changes;
+pub mod chatlist;
 pub mod connections;
 pub mod fanout;
 pub mod history;
