@@ -1,5 +1,7 @@
 //! Remove a member (`DELETE /v1/chats/{chat_id}/members/{user_id}`): anyone may leave; the
-//! owner or an admin removes others, but an admin cannot remove the owner.
+//! owner or an admin removes others, but an admin cannot remove the owner. A direct chat has
+//! exactly its two people: nobody leaves it or is removed (409), so `POST /v1/direct` always
+//! finds both in it.
 
 use super::show_chat::view_to_publish;
 use super::{publish, require_member};
@@ -14,6 +16,12 @@ pub(crate) async fn run(
     user: UserId,
 ) -> Result<()> {
     let role = require_member(st, chat_id, caller).await?;
+    let kind = st.metadata.chat(chat_id).await?.map(|c| c.kind);
+    if kind == Some(chat_core::ChatKind::Direct) {
+        return Err(Error::Conflict(
+            "a direct chat has exactly its two people; nobody leaves it".into(),
+        ));
+    }
     if user != caller {
         if !role.can_manage_members() {
             return Err(Error::Forbidden(
