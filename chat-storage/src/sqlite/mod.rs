@@ -386,6 +386,15 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<chat_core::ChatActivity>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chats = chats.to_vec();
+        // One reader connection and one read transaction for the whole batch.
+        self.read(move |c| ops::activity(c, &chats)).await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.flush_writes().await
     }
