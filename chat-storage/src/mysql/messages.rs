@@ -11,8 +11,8 @@ use super::routing::Freshness;
 use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Reaction,
-    Result, Rev, Seq, UserId,
+    Appended, ChatActivity, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage,
+    Reaction, Result, Rev, Seq, UserId,
 };
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Row, Transaction, TxOpts};
@@ -26,6 +26,9 @@ const MESSAGE_COLS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestam
 const MESSAGE_COL_COUNT: usize = 12;
 /// Chat ids per `IN (...)` in `last_seqs`.
 const LAST_SEQS_CHUNK: usize = 500;
+/// Chats per statement of `activity` (`IN` items of the head read, ranges of the tombstone
+/// count): a user's whole chat list is one statement of each.
+const ACTIVITY_CHUNK: usize = 1000;
 /// How many times an append whose dedupe key collided looks for the stored message (it can
 /// only be missing if it was deleted in between, which this store never does).
 const DEDUPE_ATTEMPTS: u32 = 3;
@@ -232,6 +235,16 @@ async fn change_in(
         ),
     )
     .await?;
+    if next.deleted && !current.deleted {
+        // The chat list's tombstone count, in the delete's own transaction: committed (or
+        // rolled back) with it. A delete happens once (a repeated delete changes nothing and
+        // never gets here); IGNORE keeps a row the migration's copy already made.
+        tx.exec_drop(
+            "INSERT IGNORE INTO message_tombstones (chat_id, seq) VALUES (?, ?)",
+            (chat.get(), seq.get()),
+        )
+        .await?;
+    }
     Ok(Changed::Yes(Message {
         rev: Rev(rev),
         ..next
@@ -520,10 +533,142 @@ impl MessageStore for MysqlStore {
         Ok(revs.into_iter().map(Rev).collect())
     }
 
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<ChatActivity>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<i64> = chats.iter().map(|(c, _)| c.get()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let ids = &ids;
+        // Primary, like `last_seqs`: the list must show every message and every delete this
+        // client (or anyone) was answered for before it asked, and both statements are cheap
+        // primary-key reads. One connection for the whole batch: two round trips for a chat
+        // list of up to `ACTIVITY_CHUNK` chats, whatever the unread runs.
+        self.pools
+            .on_primary("activity", |mut conn| async move {
+                let heads = read_heads(&mut conn, ids).await?;
+                let counts = count_tombstones(&mut conn, chats, &heads).await?;
+                chats
+                    .iter()
+                    .map(|&(chat_id, marker)| {
+                        let Some((last_seq, newest)) = heads.get(&chat_id.get()) else {
+                            return Ok(ChatActivity {
+                                last_seq: Seq::ZERO,
+                                last_message: None,
+                                deleted_after: 0,
+                            });
+                        };
+                        Ok(ChatActivity {
+                            last_seq: Seq(*last_seq),
+                            last_message: Some(newest.clone()),
+                            deleted_after: counts
+                                .get(&(chat_id.get(), marker.get()))
+                                .copied()
+                                .unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     async fn health(&self) -> Result<()> {
         // The same primary ping as the metadata side.
         chat_core::MetadataStore::health(self).await
     }
+}
+
+/// Each chat's `last_seq` and newest message (chats without messages are absent), in one
+/// statement per `ACTIVITY_CHUNK` chats: the counter rows joined to the message row at
+/// `last_seq` (both primary-key lookups). The derived table renames the counter's `chat_id`, so
+/// [`MESSAGE_COLS`] name only `messages` columns.
+async fn read_heads(
+    conn: &mut mysql_async::Conn,
+    ids: &[i64],
+) -> Result<HashMap<i64, (i64, Message)>, Failure> {
+    let mut heads = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ACTIVITY_CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT {MESSAGE_COLS}, h.head_chat, h.last_seq \
+             FROM (SELECT chat_id AS head_chat, last_seq FROM chat_seq \
+                   WHERE chat_id IN ({placeholders})) AS h \
+             LEFT JOIN messages ON messages.chat_id = h.head_chat AND messages.seq = h.last_seq"
+        );
+        let rows: Vec<Row> = conn.exec(sql, chunk.to_vec()).await?;
+        for mut row in rows {
+            let chat: i64 = take(&mut row, MESSAGE_COL_COUNT, "chat_seq")?;
+            let last_seq: i64 = take(&mut row, MESSAGE_COL_COUNT + 1, "chat_seq")?;
+            // The counter and the message row commit in one transaction: a counter without
+            // its message is a damaged table, not a state to show.
+            if matches!(row.as_ref(1), None | Some(mysql_async::Value::NULL)) {
+                return Err(bad_row(
+                    "messages",
+                    format!("chat {chat}: no message at last_seq {last_seq}"),
+                ));
+            }
+            heads.insert(chat, (last_seq, message_from(row)?));
+        }
+    }
+    Ok(heads)
+}
+
+/// How many tombstones each asked `(chat, marker)` has with `marker < seq <= last_seq` (the
+/// `last_seq` [`read_heads`] read, so a delete of a message appended since is not counted
+/// against a head that does not have it). Only chats with messages above their marker are
+/// asked; each is one primary-key range of `message_tombstones`, so the count reads the
+/// tombstones above the marker and nothing else. A chat asked with several markers is counted
+/// in as many rounds (a real chat list asks each chat once: one round).
+async fn count_tombstones(
+    conn: &mut mysql_async::Conn,
+    chats: &[(ChatId, Seq)],
+    heads: &HashMap<i64, (i64, Message)>,
+) -> Result<HashMap<(i64, i64), u64>, Failure> {
+    let mut wanted: Vec<(i64, i64, i64)> = chats
+        .iter()
+        .filter_map(|&(c, m)| {
+            let (last_seq, _) = heads.get(&c.get())?;
+            (m.get() < *last_seq).then_some((c.get(), m.get(), *last_seq))
+        })
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // Round k holds each chat's k-th distinct marker.
+    let mut rounds: Vec<Vec<(i64, i64, i64)>> = Vec::new();
+    let mut previous: Option<i64> = None;
+    let mut k = 0;
+    for w in wanted {
+        k = if previous == Some(w.0) { k + 1 } else { 0 };
+        previous = Some(w.0);
+        if rounds.len() <= k {
+            rounds.push(Vec::new());
+        }
+        rounds[k].push(w);
+    }
+    let mut counts = HashMap::new();
+    for round in rounds {
+        for chunk in round.chunks(ACTIVITY_CHUNK) {
+            let ranges = vec!["(chat_id = ? AND seq > ? AND seq <= ?)"; chunk.len()].join(" OR ");
+            let sql = format!(
+                "SELECT chat_id, COUNT(*) FROM message_tombstones WHERE {ranges} GROUP BY chat_id"
+            );
+            let params: Vec<i64> = chunk.iter().flat_map(|&(c, m, l)| [c, m, l]).collect();
+            let rows: Vec<Row> = conn.exec(sql, params).await?;
+            let marker_of: HashMap<i64, i64> = chunk.iter().map(|&(c, m, _)| (c, m)).collect();
+            for row in rows {
+                let (chat, n): (i64, u64) = decode("message_tombstones", row)?;
+                let marker = marker_of.get(&chat).copied().ok_or_else(|| {
+                    bad_row(
+                        "message_tombstones",
+                        format!("a count for chat {chat}, not asked"),
+                    )
+                })?;
+                counts.insert((chat, marker), n);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// A per-chat counter of the `chat_seq` row.
