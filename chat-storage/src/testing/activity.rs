@@ -118,7 +118,8 @@ pub async fn chats_without_messages_have_no_activity<S: MessageStore>(store: S) 
 }
 
 /// Answers come in the order asked, one per pair, repeats and all; the same chat asked with
-/// two markers is counted at each.
+/// two markers is counted at each; a list of 1200 chats (longer than one statement or batch of
+/// a backend) too.
 pub async fn answers_follow_the_order_asked<S: MessageStore>(store: S) {
     let a = fresh_chat();
     let b = fresh_chat();
@@ -169,6 +170,24 @@ pub async fn answers_follow_the_order_asked<S: MessageStore>(store: S) {
             expected(&store, chat, marker).await,
             "{chat} at {marker}"
         );
+    }
+    // A list longer than a backend's statement or batch size keeps the order too.
+    let long: Vec<(ChatId, Seq)> = (0..1200)
+        .map(|i| match i % 100 {
+            7 => (a, Seq(1)),
+            55 => (b, Seq(3)),
+            _ => (fresh_chat(), Seq(i % 3)),
+        })
+        .collect();
+    let got = store.activity(&long).await.expect("a long list");
+    assert_eq!(got.len(), long.len());
+    for (i, x) in got.iter().enumerate() {
+        let want = match i % 100 {
+            7 => (3, 1),
+            55 => (5, 2),
+            _ => (0, 0),
+        };
+        assert_eq!((x.last_seq.get(), x.deleted_after), want, "entry {i}");
     }
 }
 
