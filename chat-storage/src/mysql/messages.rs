@@ -543,12 +543,17 @@ impl MessageStore for MysqlStore {
         let ids = &ids;
         // Primary, like `last_seqs`: the list must show every message and every delete this
         // client (or anyone) was answered for before it asked, and both statements are cheap
-        // primary-key reads. One connection for the whole batch: two round trips for a chat
-        // list of up to `ACTIVITY_CHUNK` chats, whatever the unread runs.
+        // primary-key reads. One connection and one consistent snapshot (InnoDB's repeatable
+        // read) for the whole batch, so the newest messages and the counts are one state: four
+        // round trips for a chat list of up to `ACTIVITY_CHUNK` chats, whatever the unread runs.
         self.pools
             .on_primary("activity", |mut conn| async move {
-                let heads = read_heads(&mut conn, ids).await?;
-                let counts = count_tombstones(&mut conn, chats, &heads).await?;
+                let mut snapshot = TxOpts::default();
+                snapshot.with_consistent_snapshot(true);
+                let mut tx = conn.start_transaction(snapshot).await?;
+                let heads = read_heads(&mut tx, ids).await?;
+                let counts = count_tombstones(&mut tx, chats, &heads).await?;
+                tx.commit().await?;
                 chats
                     .iter()
                     .map(|&(chat_id, marker)| {
@@ -584,7 +589,7 @@ impl MessageStore for MysqlStore {
 /// `last_seq` (both primary-key lookups). The derived table renames the counter's `chat_id`, so
 /// [`MESSAGE_COLS`] name only `messages` columns.
 async fn read_heads(
-    conn: &mut mysql_async::Conn,
+    conn: &mut Transaction<'_>,
     ids: &[i64],
 ) -> Result<HashMap<i64, (i64, Message)>, Failure> {
     let mut heads = HashMap::with_capacity(ids.len());
@@ -615,8 +620,9 @@ async fn read_heads(
 }
 
 /// How many tombstones each asked `(chat, marker)` has with `marker < seq <= last_seq` (the
-/// `last_seq` [`read_heads`] read, so a delete of a message appended since is not counted
-/// against a head that does not have it), in one statement per `ACTIVITY_CHUNK` pairs. Only
+/// `last_seq` [`read_heads`] read: in the same snapshot that bound changes nothing, and on a
+/// server not at repeatable read it keeps a message appended and deleted since from counting
+/// against a head without it), in one statement per `ACTIVITY_CHUNK` pairs. Only
 /// pairs with messages above the marker are asked. Pairs missing from the answer have none.
 ///
 /// The asked pairs are a table value constructor (MariaDB 10.3+) joined to
@@ -626,7 +632,7 @@ async fn read_heads(
 /// 500 pairs: about 1.4 ms, where the same ranges as 500 `OR`ed conditions (exact ranges, so
 /// only tombstones above each marker) spent 5.5 ms in the range optimizer alone.
 async fn count_tombstones(
-    conn: &mut mysql_async::Conn,
+    conn: &mut Transaction<'_>,
     chats: &[(ChatId, Seq)],
     heads: &HashMap<i64, (i64, Message)>,
 ) -> Result<HashMap<(i64, i64), u64>, Failure> {
