@@ -8,6 +8,7 @@
 //! - `append`: how messages get their `seq` (below), and writing claims out.
 //! - `change`: edits, deletes and reactions, and the change feed (below).
 //! - `fetch`: pages, walking buckets backward and forward.
+//! - `activity`: the chat list's read (head, newest row, tombstone count per chat).
 //! - `error`: driver errors to [`chat_core::Error`].
 //! - `testing` (features `cassandra` + `testing`): a unique keyspace per test, the test URL.
 //!
@@ -20,6 +21,9 @@
 //! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
 //! - `message_revs ((chat_id, bucket), rev) -> seq` with `bucket = rev / bucket_size`: the change
 //!   feed, one row per revision handed out since schema version 2.
+//! - `message_tombstones ((chat_id), seq)`: one row per message deleted since schema version 3,
+//!   written with the delete claim (same write timestamp, so every writer of the claim writes
+//!   the same row); the chat list counts a chat's tombstones above a marker here.
 //! - `chat_heads (chat_id) -> last_seq, last_rev, claim, implicit_revs`: the last `seq` and the
 //!   last revision handed out and *the claim that handed them out* (its messages, or its
 //!   change). Written only by lightweight transactions (LWT); the tables above are written only

@@ -15,7 +15,9 @@
 //! - **Dedupe.** `(chat_id, sender_id, client_msg_id)` is UNIQUE; an append first looks it up
 //!   and returns the stored message with `created: false`.
 //! - **Reads** run on a small pool of `query_only` connections on tokio's blocking pool; in WAL
-//!   mode they never wait for the writer. See `reader.rs`.
+//!   mode they never wait for the writer. See `reader.rs`. The chat list (`activity`) is one
+//!   read transaction for the whole list; it counts tombstones from a partial index of deleted
+//!   messages (`ops.rs`, `schema.rs`).
 //! - **Checkpoints** run on a thread of their own, off the commit path. See `checkpoint.rs`.
 //! - **Schema** is versioned in `PRAGMA user_version` and migrated at open. See `schema.rs`.
 //!
