@@ -1,8 +1,8 @@
 //! Cassandra-specific behaviour beyond the conformance suite, against a real node
 //! (`CHAT_TEST_CASSANDRA_URL`, see `scripts/cassandra.sh`): paging across partition buckets, the
 //! bucket size pinned per keyspace, a claimer (of appends or of a change) that died between its
-//! claim and its writes, data written before revisions existed, and a cluster that cannot be
-//! reached.
+//! claim and its writes (also as the chat list finds it), data written before revisions existed,
+//! and a cluster that cannot be reached.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
 use chat_core::{
@@ -401,6 +401,117 @@ async fn a_change_whose_writer_died_is_completed_by_others() {
     assert_eq!(fed[1], reacted);
 }
 
+/// The chat list of a process that finds the head's claim not written out (its claimer died)
+/// writes it out before answering: a delete of the newest message shows as a tombstone and is
+/// counted, a delete of an older message above the marker is counted, an appended message is
+/// the newest; and however often a delete claim is written out, it leaves one tombstone row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_completes_a_claim_whose_writer_died() {
+    let url = fresh_keyspace_url(&base());
+    let store = open(&url).await;
+    let chat = ChatId(5454);
+    for i in 1..=3 {
+        store
+            .append(msg(chat, 1, &format!("m{i}"), None))
+            .await
+            .expect("append");
+    }
+    let session = raw_session(&url).await;
+    let ks = store.keyspace();
+    let tombstones = || async {
+        session
+            .query_unpaged(
+                format!("SELECT seq FROM {ks}.message_tombstones WHERE chat_id = ?"),
+                (chat.get(),),
+            )
+            .await
+            .expect("read tombstones")
+            .into_rows_result()
+            .expect("rows")
+            .rows::<(i64,)>()
+            .expect("typed rows")
+            .map(|r| r.expect("row").0)
+            .collect::<Vec<i64>>()
+    };
+    // The dead claimer deleted the newest message (rev 4) and wrote nothing out.
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_rev = 4, claim = ? WHERE chat_id = ? \
+             IF last_rev = 3"
+        ),
+        (deleted(3), chat.get()),
+    )
+    .await;
+    assert!(tombstones().await.is_empty());
+    let other = open(&url).await;
+    let got = other
+        .activity(&[(chat, Seq(1))])
+        .await
+        .expect("activity")
+        .remove(0);
+    assert_eq!((got.last_seq, got.deleted_after), (Seq(3), 1));
+    let newest = got.last_message.expect("a newest message");
+    assert!(newest.deleted && newest.msg_text.is_empty());
+    assert_eq!((newest.seq, newest.rev), (Seq(3), Rev(4)));
+    assert_eq!(tombstones().await, vec![3]);
+
+    // Again for an older message above the marker (rev 5 deletes message 2).
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_rev = 5, claim = ? WHERE chat_id = ? \
+             IF last_rev = 4"
+        ),
+        (deleted(2), chat.get()),
+    )
+    .await;
+    // A marker at or above it does not need it.
+    let at_two = other.activity(&[(chat, Seq(2))]).await.expect("activity");
+    assert_eq!(at_two[0].deleted_after, 1);
+    let got = other
+        .activity(&[(chat, Seq(1)), (chat, Seq::ZERO)])
+        .await
+        .expect("activity");
+    assert_eq!(
+        got.iter().map(|x| x.deleted_after).collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+    // Written out again by the feed and by the owner's own next change: still one row each.
+    other.changes(chat, Rev(3), 10).await.expect("feed");
+    store
+        .change(chat, Seq(2), MessageChange::Delete)
+        .await
+        .expect("delete again");
+    assert_eq!(tombstones().await, vec![2, 3]);
+
+    // An append claim (seq 4, rev 6) whose messages were never written.
+    lwt(
+        &session,
+        format!(
+            "UPDATE {ks}.chat_heads SET last_seq = 4, last_rev = 6, claim = ? \
+             WHERE chat_id = ? IF last_rev = 5"
+        ),
+        (
+            appended(vec![(2, "from the dead", 1, None, None, None)]),
+            chat.get(),
+        ),
+    )
+    .await;
+    let got = open(&url)
+        .await
+        .activity(&[(chat, Seq(3))])
+        .await
+        .expect("activity")
+        .remove(0);
+    assert_eq!((got.last_seq, got.deleted_after), (Seq(4), 0));
+    let newest = got.last_message.expect("a newest message");
+    assert_eq!(
+        (newest.seq, newest.rev, newest.msg_text.as_str()),
+        (Seq(4), Rev(6), "from the dead")
+    );
+}
+
 /// Data written before revisions existed (schema version 1: messages without `rev`, a head
 /// with `pending` and no `last_rev`) reads as `rev = seq`, is in the feed, and goes on: the
 /// next append and the next change take revisions after it.
@@ -578,6 +689,16 @@ fn changed<'a>(
         None,
         Some(seq),
         Some((text, edited_at, false, reactions)),
+    )
+}
+
+/// A delete claim of `seq`: a tombstone (no text, no reactions).
+fn deleted<'a>(seq: i64) -> ClaimValue<'a> {
+    (
+        now_micros(),
+        None,
+        Some(seq),
+        Some(("", None, true, Vec::new())),
     )
 }
 

@@ -4,7 +4,8 @@
 //! send retried through the *other* node returns the first one's message. And both change the
 //! same messages while appending and while a third reader follows the change feed: every
 //! revision handed out once, none skipped, no change lost, and the feed (read live or from
-//! zero) ends in exactly the history's state.
+//! zero) ends in exactly the history's state. And both delete the same messages: one tombstone
+//! each, as the chat list counts them.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
 use chat_core::{
@@ -400,5 +401,71 @@ async fn two_nodes_change_the_same_messages_while_appending() {
         // The live follower ended in the same state.
         let followed: Vec<Message> = followed.values().cloned().collect();
         assert_eq!(followed, current, "the live follower missed a change");
+    }
+}
+
+/// Two nodes delete the same messages at once (each delete asked of both, as a client retrying
+/// through the other node would) while appending: each deleted message is one tombstone, and
+/// the chat list of a third node counts exactly the history's tombstones above any marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_deleting_the_same_messages_leave_one_tombstone_each() {
+    let url = fresh_keyspace_url(&url_from_env("CHAT_TEST_CASSANDRA_URL"));
+    let (node_a, node_b) = tokio::join!(open(&url), open(&url));
+    let reader = open(&url).await;
+    let chat = ChatId(9_000_003);
+    let send = move |i: i64| NewMessage {
+        reply_to_seq: None,
+        chat_id: chat,
+        sender_id: UserId(1),
+        msg_text: format!("m{i}"),
+        sent_at: chat_core::ids::now_millis(),
+        timestamp: None,
+        client_msg_id: None,
+    };
+    for i in 0..30 {
+        node_a.append(send(i)).await.expect("seed");
+    }
+    let tasks: Vec<_> = [Arc::clone(&node_a), Arc::clone(&node_b)]
+        .into_iter()
+        .enumerate()
+        .map(|(n, node)| {
+            tokio::spawn(async move {
+                for seq in (3..=30).step_by(3) {
+                    let mut done = false;
+                    for _ in 0..100 {
+                        match node.change(chat, Seq(seq), MessageChange::Delete).await {
+                            Ok(m) => {
+                                assert!(m.deleted);
+                                done = true;
+                                break;
+                            }
+                            Err(e) if e.is_retryable() => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(e) => panic!("delete {seq} on node {n}: {e:?}"),
+                        }
+                    }
+                    assert!(done, "delete {seq} never went through on node {n}");
+                    if seq % 9 == 0 {
+                        send_until_acked(&node, &send(100 + seq)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("deleting node");
+    }
+    let all = history(&reader, chat).await;
+    assert_eq!(all.iter().filter(|m| m.deleted).count(), 10);
+    let last_seq = all.last().map_or(Seq::ZERO, |m| m.seq);
+    let markers = [0, 2, 3, 14, 15, 29, 30, last_seq.get()];
+    let asked: Vec<(ChatId, Seq)> = markers.iter().map(|&m| (chat, Seq(m))).collect();
+    let got = reader.activity(&asked).await.expect("activity");
+    for (x, &(_, marker)) in got.iter().zip(&asked) {
+        let want = all.iter().filter(|m| m.deleted && m.seq > marker).count() as u64;
+        assert_eq!(x.deleted_after, want, "tombstones above {marker}");
+        assert_eq!(x.last_seq, last_seq);
+        assert_eq!(x.last_message.as_ref(), all.last());
     }
 }

@@ -52,6 +52,7 @@ async fn fresh_store(with_replica: bool) -> Guarded<MysqlStore, DropDatabase> {
 chat_storage::metadata_store_conformance!(fresh_store(false));
 chat_storage::message_store_conformance!(fresh_store(false));
 chat_storage::message_change_conformance!(fresh_store(false));
+chat_storage::message_activity_conformance!(fresh_store(false));
 
 /// The same suite with reads routed to the replica where the replication rule allows.
 mod with_replica {
@@ -60,6 +61,7 @@ mod with_replica {
     chat_storage::metadata_store_conformance!(fresh_store(true));
     chat_storage::message_store_conformance!(fresh_store(true));
     chat_storage::message_change_conformance!(fresh_store(true));
+    chat_storage::message_activity_conformance!(fresh_store(true));
 }
 
 /// The store runs as a least-privilege user (rows only: `SELECT, INSERT, UPDATE, DELETE`) once

@@ -21,6 +21,7 @@ async fn fresh() -> Guarded<SqliteStore, tempfile::TempDir> {
 chat_storage::metadata_store_conformance!(fresh());
 chat_storage::message_store_conformance!(fresh());
 chat_storage::message_change_conformance!(fresh());
+chat_storage::message_activity_conformance!(fresh());
 
 /// A message for `chat` from `sender`.
 fn msg(chat: i64, sender: i64, text: &str, client_msg_id: Option<String>) -> NewMessage {

@@ -408,8 +408,9 @@ impl Inner {
         f
     }
 
-    /// A change claim: the message's new state (with its revision) and its feed row, both with
-    /// the claim's write timestamp, so a late copy of an older change never overwrites it.
+    /// A change claim: the message's new state (with its revision), its feed row and, for a
+    /// delete, its tombstone row, all with the claim's write timestamp, so a late copy of an
+    /// older change never overwrites it.
     async fn write_change(&self, chat_id: ChatId, rev: i64, wts: i64, c: &Changed) -> Result<()> {
         let state = self.exec(
             "writing a changed message",
@@ -427,9 +428,26 @@ impl Inner {
             ),
         );
         let feed = self.write_feed(vec![(chat_id.get(), self.bucket(rev), rev, c.seq, wts)]);
-        let (s, f) = tokio::join!(state, feed);
+        // A delete also leaves its tombstone row (for the chat list's unread counts). Deleting
+        // is final, so the only claim with `deleted` is the delete itself; every writer of it
+        // (the claimer, a retry, a reader completing the head) upserts the same row with the
+        // same timestamp: exactly one row however often it is written.
+        let tombstone = async {
+            if !c.deleted {
+                return Ok(());
+            }
+            self.exec(
+                "writing a tombstone",
+                &self.stmts.tombstone_write,
+                (chat_id.get(), c.seq, wts),
+            )
+            .await
+            .map(|_| ())
+        };
+        let (s, f, t) = tokio::join!(state, feed, tombstone);
         s?;
-        f
+        f?;
+        t
     }
 
     /// Feed rows (ascending), one batch per bucket of revisions, buckets in ascending order.

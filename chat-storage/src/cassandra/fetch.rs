@@ -131,7 +131,12 @@ impl Inner {
     }
 
     /// Up to `limit` rows of `upper`'s bucket with `seq <= upper`, descending.
-    async fn bucket_desc(&self, chat_id: ChatId, upper: i64, limit: u32) -> Result<Vec<Message>> {
+    pub(super) async fn bucket_desc(
+        &self,
+        chat_id: ChatId,
+        upper: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let result = self
             .exec(

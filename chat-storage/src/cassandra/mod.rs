@@ -8,6 +8,7 @@
 //! - `append`: how messages get their `seq` (below), and writing claims out.
 //! - `change`: edits, deletes and reactions, and the change feed (below).
 //! - `fetch`: pages, walking buckets backward and forward.
+//! - `activity`: the chat list's read (head, newest row, tombstone count per chat).
 //! - `error`: driver errors to [`chat_core::Error`].
 //! - `testing` (features `cassandra` + `testing`): a unique keyspace per test, the test URL.
 //!
@@ -20,6 +21,9 @@
 //! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
 //! - `message_revs ((chat_id, bucket), rev) -> seq` with `bucket = rev / bucket_size`: the change
 //!   feed, one row per revision handed out since schema version 2.
+//! - `message_tombstones ((chat_id), seq)`: one row per message deleted since schema version 3,
+//!   written with the delete claim (same write timestamp, so every writer of the claim writes
+//!   the same row); the chat list counts a chat's tombstones above a marker here.
 //! - `chat_heads (chat_id) -> last_seq, last_rev, claim, implicit_revs`: the last `seq` and the
 //!   last revision handed out and *the claim that handed them out* (its messages, or its
 //!   change). Written only by lightweight transactions (LWT); the tables above are written only
@@ -152,6 +156,7 @@ mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+mod activity;
 mod append;
 mod change;
 mod head;
@@ -160,8 +165,8 @@ pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, Error, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Result,
-    Rev, Seq, UserId,
+    Appended, ChatActivity, ChatId, Error, FetchQuery, Message, MessageChange, MessageStore,
+    NewMessage, Result, Rev, Seq, UserId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -244,6 +249,12 @@ struct Statements {
     page_asc: PreparedStatement,
     /// Messages of one bucket with `seq <= ?`, descending, limited.
     page_desc: PreparedStatement,
+    /// Upserts one tombstone row `(chat_id, seq)` with the delete's write timestamp.
+    tombstone_write: PreparedStatement,
+    /// How many tombstones a chat has with `? < seq <= ?`.
+    tombstone_count: PreparedStatement,
+    /// One tombstone row by seq.
+    tombstone_read: PreparedStatement,
     /// `SELECT release_version FROM system.local`.
     health: PreparedStatement,
 }
@@ -401,6 +412,30 @@ impl Statements {
                     "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages \
                      WHERE chat_id = ? AND bucket = ? AND seq <= ? ORDER BY seq DESC LIMIT ?"
                 ),
+                true,
+            )
+            .await?,
+            tombstone_write: prepare(
+                "tombstone_write",
+                format!(
+                    "INSERT INTO {ks}.message_tombstones (chat_id, seq) VALUES (?, ?) \
+                     USING TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            tombstone_count: prepare(
+                "tombstone_count",
+                format!(
+                    "SELECT COUNT(*) FROM {ks}.message_tombstones \
+                     WHERE chat_id = ? AND seq > ? AND seq <= ?"
+                ),
+                true,
+            )
+            .await?,
+            tombstone_read: prepare(
+                "tombstone_read",
+                format!("SELECT seq FROM {ks}.message_tombstones WHERE chat_id = ? AND seq = ?"),
                 true,
             )
             .await?,
@@ -618,35 +653,35 @@ fn raw_to_message(chat_id: ChatId, raw: RawMessage) -> Result<Message> {
 }
 
 impl CassandraMessageStore {
-    /// `f` of every chat in `chat_ids`, in that order: one task per distinct chat, all at once
-    /// (the driver's in-flight bound limits the requests).
-    async fn per_chat<T, F, Fut>(&self, chat_ids: &[ChatId], f: F) -> Result<Vec<T>>
+    /// `f` of every key in `keys` (a chat, or a chat and a marker), in that order: one task per
+    /// distinct key, all at once (the in-flight semaphore bounds the requests).
+    async fn per_chat<K, T, F, Fut>(&self, keys: &[K], f: F) -> Result<Vec<T>>
     where
-        T: Copy + Send + 'static,
-        F: Fn(Arc<Inner>, ChatId) -> Fut,
+        K: Copy + Ord + std::hash::Hash + std::fmt::Debug + Send + 'static,
+        T: Clone + Send + 'static,
+        F: Fn(Arc<Inner>, K) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
         let mut tasks = tokio::task::JoinSet::new();
-        let mut distinct: Vec<ChatId> = chat_ids.to_vec();
+        let mut distinct: Vec<K> = keys.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        for chat_id in distinct {
-            let work = f(Arc::clone(&self.inner), chat_id);
-            tasks.spawn(async move { (chat_id, work.await) });
+        for key in distinct {
+            let work = f(Arc::clone(&self.inner), key);
+            tasks.spawn(async move { (key, work.await) });
         }
         let mut found = HashMap::with_capacity(tasks.len());
         while let Some(joined) = tasks.join_next().await {
-            let (chat_id, value) =
+            let (key, value) =
                 joined.map_err(|e| Error::internal("cassandra: a per-chat read failed", e))?;
-            found.insert(chat_id, value?);
+            found.insert(key, value?);
         }
-        chat_ids
-            .iter()
-            .map(|c| {
+        keys.iter()
+            .map(|k| {
                 found
-                    .get(c)
-                    .copied()
-                    .ok_or_else(|| error::bad_row(format!("a per-chat read lost chat {c}")))
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| error::bad_row(format!("a per-chat read lost {k:?}")))
             })
             .collect()
     }
@@ -686,6 +721,15 @@ impl MessageStore for CassandraMessageStore {
         // of the feed up to it writes the claim itself.
         self.per_chat(chat_ids, |inner, chat_id| async move {
             Ok(Rev(inner.read_head(chat_id).await?.last_rev))
+        })
+        .await
+    }
+
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<ChatActivity>> {
+        // Per chat: the head, then the newest row and the tombstone count in parallel (see
+        // `activity.rs`); all chats at once, bounded by the in-flight semaphore.
+        self.per_chat(chats, |inner, (chat_id, marker)| async move {
+            inner.activity(chat_id, marker).await
         })
         .await
     }

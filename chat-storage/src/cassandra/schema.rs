@@ -116,6 +116,20 @@ const MIGRATIONS: &[Migration] = &[
           WITH CLUSTERING ORDER BY (rev ASC)",
         ],
     },
+    Migration {
+        version: 3,
+        description: "message tombstones: each chat's deleted seqs, for unread counts",
+        // One row per deleted message, written with the delete claim (same write timestamp, so
+        // every writer of the claim writes the same row): the chat list counts a chat's
+        // tombstones above a reader's marker here instead of reading its messages. One
+        // partition per chat: deletes are few next to messages. Deletes made before this version
+        // have no row here until their claim is written out again (see `activity`).
+        statements: &["CREATE TABLE IF NOT EXISTS {ks}.message_tombstones (
+            chat_id bigint,
+            seq bigint,
+            PRIMARY KEY ((chat_id), seq))
+          WITH CLUSTERING ORDER BY (seq ASC)"],
+    },
 ];
 
 /// The current schema version this code expects.

@@ -11,8 +11,8 @@ use super::routing::Freshness;
 use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
-    Appended, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage, Reaction,
-    Result, Rev, Seq, UserId,
+    Appended, ChatActivity, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage,
+    Reaction, Result, Rev, Seq, UserId,
 };
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Row, Transaction, TxOpts};
@@ -26,6 +26,9 @@ const MESSAGE_COLS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestam
 const MESSAGE_COL_COUNT: usize = 12;
 /// Chat ids per `IN (...)` in `last_seqs`.
 const LAST_SEQS_CHUNK: usize = 500;
+/// Chats per statement of `activity` (`IN` items of the head read, ranges of the tombstone
+/// count): a user's whole chat list is one statement of each.
+const ACTIVITY_CHUNK: usize = 1000;
 /// How many times an append whose dedupe key collided looks for the stored message (it can
 /// only be missing if it was deleted in between, which this store never does).
 const DEDUPE_ATTEMPTS: u32 = 3;
@@ -232,6 +235,16 @@ async fn change_in(
         ),
     )
     .await?;
+    if next.deleted && !current.deleted {
+        // The chat list's tombstone count, in the delete's own transaction: committed (or
+        // rolled back) with it. A delete happens once (a repeated delete changes nothing and
+        // never gets here); IGNORE keeps a row the migration's copy already made.
+        tx.exec_drop(
+            "INSERT IGNORE INTO message_tombstones (chat_id, seq) VALUES (?, ?)",
+            (chat.get(), seq.get()),
+        )
+        .await?;
+    }
     Ok(Changed::Yes(Message {
         rev: Rev(rev),
         ..next
@@ -520,10 +533,141 @@ impl MessageStore for MysqlStore {
         Ok(revs.into_iter().map(Rev).collect())
     }
 
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<ChatActivity>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<i64> = chats.iter().map(|(c, _)| c.get()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let ids = &ids;
+        // Primary, like `last_seqs`: the list must show every message and every delete this
+        // client (or anyone) was answered for before it asked, and both statements are cheap
+        // primary-key reads. One connection and one consistent snapshot (InnoDB's repeatable
+        // read) for the whole batch, so the newest messages and the counts are one state: four
+        // round trips for a chat list of up to `ACTIVITY_CHUNK` chats, whatever the unread runs.
+        self.pools
+            .on_primary("activity", |mut conn| async move {
+                let mut snapshot = TxOpts::default();
+                snapshot.with_consistent_snapshot(true);
+                let mut tx = conn.start_transaction(snapshot).await?;
+                let heads = read_heads(&mut tx, ids).await?;
+                let counts = count_tombstones(&mut tx, chats, &heads).await?;
+                tx.commit().await?;
+                chats
+                    .iter()
+                    .map(|&(chat_id, marker)| {
+                        let Some((last_seq, newest)) = heads.get(&chat_id.get()) else {
+                            return Ok(ChatActivity {
+                                last_seq: Seq::ZERO,
+                                last_message: None,
+                                deleted_after: 0,
+                            });
+                        };
+                        Ok(ChatActivity {
+                            last_seq: Seq(*last_seq),
+                            last_message: Some(newest.clone()),
+                            deleted_after: counts
+                                .get(&(chat_id.get(), marker.get()))
+                                .copied()
+                                .unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     async fn health(&self) -> Result<()> {
         // The same primary ping as the metadata side.
         chat_core::MetadataStore::health(self).await
     }
+}
+
+/// Each chat's `last_seq` and newest message (chats without messages are absent), in one
+/// statement per `ACTIVITY_CHUNK` chats: the counter rows joined to the message row at
+/// `last_seq` (both primary-key lookups). The derived table renames the counter's `chat_id`, so
+/// [`MESSAGE_COLS`] name only `messages` columns.
+async fn read_heads(
+    conn: &mut Transaction<'_>,
+    ids: &[i64],
+) -> Result<HashMap<i64, (i64, Message)>, Failure> {
+    let mut heads = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ACTIVITY_CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT {MESSAGE_COLS}, h.head_chat, h.last_seq \
+             FROM (SELECT chat_id AS head_chat, last_seq FROM chat_seq \
+                   WHERE chat_id IN ({placeholders})) AS h \
+             LEFT JOIN messages ON messages.chat_id = h.head_chat AND messages.seq = h.last_seq"
+        );
+        let rows: Vec<Row> = conn.exec(sql, chunk.to_vec()).await?;
+        for mut row in rows {
+            let chat: i64 = take(&mut row, MESSAGE_COL_COUNT, "chat_seq")?;
+            let last_seq: i64 = take(&mut row, MESSAGE_COL_COUNT + 1, "chat_seq")?;
+            // The counter and the message row commit in one transaction: a counter without
+            // its message is a damaged table, not a state to show.
+            if matches!(row.as_ref(1), None | Some(mysql_async::Value::NULL)) {
+                return Err(bad_row(
+                    "messages",
+                    format!("chat {chat}: no message at last_seq {last_seq}"),
+                ));
+            }
+            heads.insert(chat, (last_seq, message_from(row)?));
+        }
+    }
+    Ok(heads)
+}
+
+/// How many tombstones each asked `(chat, marker)` has with `marker < seq <= last_seq` (the
+/// `last_seq` [`read_heads`] read: in the same snapshot that bound changes nothing, and on a
+/// server not at repeatable read it keeps a message appended and deleted since from counting
+/// against a head without it), in one statement per `ACTIVITY_CHUNK` pairs. Only
+/// pairs with messages above the marker are asked. Pairs missing from the answer have none.
+///
+/// The asked pairs are a table value constructor (MariaDB 10.3+) joined to
+/// `message_tombstones` by its primary key, pairs first (`STRAIGHT_JOIN`: the optimizer would
+/// scan a small tombstone table instead, and must never scan a large one): each pair reads
+/// the index entries of its chat's tombstones, never a message. Measured on MariaDB 10.11 with
+/// 500 pairs: about 1.4 ms, where the same ranges as 500 `OR`ed conditions (exact ranges, so
+/// only tombstones above each marker) spent 5.5 ms in the range optimizer alone.
+async fn count_tombstones(
+    conn: &mut Transaction<'_>,
+    chats: &[(ChatId, Seq)],
+    heads: &HashMap<i64, (i64, Message)>,
+) -> Result<HashMap<(i64, i64), u64>, Failure> {
+    let mut wanted: Vec<(i64, i64, i64)> = chats
+        .iter()
+        .filter_map(|&(c, m)| {
+            let (last_seq, _) = heads.get(&c.get())?;
+            (m.get() < *last_seq).then_some((c.get(), m.get(), *last_seq))
+        })
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut counts = HashMap::new();
+    for chunk in wanted.chunks(ACTIVITY_CHUNK) {
+        // Literals, not placeholders: MariaDB 10.11 binds `?` in a table value constructor as
+        // NULL. They are integers formatted here, so nothing the caller sends reaches the text.
+        let asked = chunk
+            .iter()
+            .map(|(c, m, l)| format!("({c}, {m}, {l})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH asked (chat, marker, upto) AS (VALUES {asked}) \
+             SELECT STRAIGHT_JOIN asked.chat, asked.marker, COUNT(*) \
+             FROM asked JOIN message_tombstones AS t \
+             ON t.chat_id = asked.chat AND t.seq > asked.marker AND t.seq <= asked.upto \
+             GROUP BY asked.chat, asked.marker"
+        );
+        let rows: Vec<Row> = conn.query(sql).await?;
+        for row in rows {
+            let (chat, marker, n): (i64, i64, u64) = decode("message_tombstones", row)?;
+            counts.insert((chat, marker), n);
+        }
+    }
+    Ok(counts)
 }
 
 /// A per-chat counter of the `chat_seq` row.

@@ -57,6 +57,7 @@
 //! | `user`, `chat` | replica, self-evident | users and chats are never changed or deleted, so a row the replica has is current; a miss may be lag and is asked again on the primary |
 //! | `fetch` before a `seq` (history pages) | replica, checked against the chat's `rev` | messages change (edits, deletes, reactions), so the store first reads the chat's `last_rev` on the primary (one primary-key row; skipped when no replica would be asked), then reads the page on the replica together with the replica's `last_rev` in the same statement; the page is used only if the replica's `last_rev` is at least the primary's (every append and change acked before the read is then in that snapshot: a chat's revisions commit in order and replicate in commit order) and the page is complete (its newest message is `before - 1` and it holds `min(limit, before - 1)` messages); anything else is asked again on the primary |
 //! | `changes` (the change feed) | primary | catch-up must reach the newest change |
+//! | `activity` (the chat list) | primary | it shows `last_seq`, the newest message and the tombstones above a marker: never less than what a client was already answered for; two primary-key statements in one consistent snapshot per list |
 //! | `chats_of_user` | replica, causal | the store reads the primary's `@@gtid_binlog_pos` (every acked commit is at or below it), waits with `MASTER_GTID_WAIT(pos, replica_wait)` on the replica, then reads there; on timeout the primary answers |
 //!
 //! A replica that is down, times out or lags beyond `replica_wait` is skipped for

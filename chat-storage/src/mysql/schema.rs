@@ -26,6 +26,9 @@
 //!   feed. Existing rows get `rev = seq` and `last_rev = last_seq`. Nodes of a build before
 //!   migration 2 must not append once it ran (their rows would miss a `rev`): upgrade them
 //!   together.
+//! - `message_tombstones (chat_id, seq)` (migration 3): one row per deleted message, inserted in
+//!   the transaction that deletes it; the chat list counts a chat's tombstones above a reader's
+//!   marker from it (why a table and not an index: see the migration).
 
 use super::error::{bad_row, Failure};
 use mysql_async::prelude::Queryable;
@@ -127,10 +130,31 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX IF NOT EXISTS messages_by_rev ON messages (chat_id, rev)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "message_tombstones: each chat's deleted messages, for unread counts",
+        // The chat list counts the tombstones above a reader's marker. MariaDB has no partial
+        // index, and an index on `messages (chat_id, deleted, seq)` would put an entry for every
+        // message on the append path to serve a count that only ever wants the deleted ones; this
+        // table has a row per deleted message only, written in the delete's own transaction
+        // (see `messages.rs`), so appends are unchanged and the count is a primary-key range scan
+        // over tombstones alone. The copy of the deletes made so far is one scan of `messages`,
+        // and `INSERT IGNORE` makes it safe to run again. A node of a build before this
+        // migration would delete without a tombstone row: upgrade the nodes together.
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS message_tombstones (
+            chat_id BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            PRIMARY KEY (chat_id, seq)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            "INSERT IGNORE INTO message_tombstones (chat_id, seq) \
+             SELECT chat_id, seq FROM messages WHERE deleted",
+        ],
+    },
 ];
 
 /// The newest schema version this code knows.
-pub(crate) const LATEST_VERSION: u32 = 2;
+pub(crate) const LATEST_VERSION: u32 = 3;
 
 /// How long a node waits for another node's migration before giving up (seconds).
 const LOCK_WAIT_SECS: u32 = 30;

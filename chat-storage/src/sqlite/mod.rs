@@ -15,7 +15,9 @@
 //! - **Dedupe.** `(chat_id, sender_id, client_msg_id)` is UNIQUE; an append first looks it up
 //!   and returns the stored message with `created: false`.
 //! - **Reads** run on a small pool of `query_only` connections on tokio's blocking pool; in WAL
-//!   mode they never wait for the writer. See `reader.rs`.
+//!   mode they never wait for the writer. See `reader.rs`. The chat list (`activity`) is one
+//!   read transaction for the whole list; it counts tombstones from a partial index of deleted
+//!   messages (`ops.rs`, `schema.rs`).
 //! - **Checkpoints** run on a thread of their own, off the commit path. See `checkpoint.rs`.
 //! - **Schema** is versioned in `PRAGMA user_version` and migrated at open. See `schema.rs`.
 //!
@@ -384,6 +386,15 @@ impl MessageStore for SqliteStore {
         }
         self.read(move |c| ops::changes(c, chat_id, after, limit))
             .await
+    }
+
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<chat_core::ChatActivity>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chats = chats.to_vec();
+        // One reader connection and one read transaction for the whole batch.
+        self.read(move |c| ops::activity(c, &chats)).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -272,6 +272,77 @@ pub(crate) fn last_revs(conn: &Connection, chat_ids: &[ChatId]) -> Result<Vec<Re
         .collect()
 }
 
+/// Where each chat stands for a reader at the paired marker (`MessageStore::activity`), in the
+/// order asked, from one read transaction (one snapshot for the whole batch). Per chat: its
+/// counter row for `last_seq`, the newest message by the primary key, and the tombstones above
+/// the marker counted from the partial index `messages_tombstones` (deleted messages only), so
+/// no message between the marker and `last_seq` is read. Runs on a reader.
+pub(crate) fn activity(
+    conn: &Connection,
+    chats: &[(ChatId, Seq)],
+) -> Result<Vec<chat_core::ChatActivity>> {
+    // A deferred transaction on a `query_only` connection: its snapshot is taken at the first
+    // SELECT and held until the end, so the counters, the messages and the tombstones agree.
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(db("begin the activity read"))?;
+    let out = {
+        let mut head = tx
+            .prepare_cached("SELECT last_seq FROM chat_seq WHERE chat_id = ?1")
+            .map_err(db("prepare last_seq"))?;
+        let mut newest = tx
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 \
+                 ORDER BY seq DESC LIMIT 1"
+            ))
+            .map_err(db("prepare the newest message"))?;
+        // INDEXED BY: the count must come from the tombstone index, never from a range scan of
+        // the primary key over an unread run (SQLite fails the statement rather than do that).
+        let mut tombstones = tx
+            .prepare_cached(
+                "SELECT count(*) FROM messages INDEXED BY messages_tombstones \
+                 WHERE chat_id = ?1 AND seq > ?2 AND deleted = 1",
+            )
+            .map_err(db("prepare the tombstone count"))?;
+        let mut out = Vec::with_capacity(chats.len());
+        for &(chat_id, marker) in chats {
+            let last_seq = head
+                .query_row([chat_id.get()], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(db("read last_seq"))?
+                .map_or(Seq::ZERO, Seq);
+            if last_seq == Seq::ZERO {
+                out.push(chat_core::ChatActivity {
+                    last_seq,
+                    last_message: None,
+                    deleted_after: 0,
+                });
+                continue;
+            }
+            let last_message = newest
+                .query_row([chat_id.get()], message_from_row)
+                .optional()
+                .map_err(db("read the newest message"))?;
+            let deleted_after = if marker < last_seq {
+                let n: i64 = tombstones
+                    .query_row(params![chat_id.get(), marker.get()], |r| r.get(0))
+                    .map_err(db("count tombstones"))?;
+                u64::try_from(n).unwrap_or(0)
+            } else {
+                0
+            };
+            out.push(chat_core::ChatActivity {
+                last_seq,
+                last_message,
+                deleted_after,
+            });
+        }
+        out
+    };
+    tx.commit().map_err(db("end the activity read"))?;
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Users and sessions
 // ---------------------------------------------------------------------------------------------

@@ -86,6 +86,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     UPDATE messages SET rev = seq;
     CREATE INDEX messages_by_rev ON messages (chat_id, rev);
     "#,
+    // 3: the chat list's unread counts (issue 15). Tombstones above a reader's marker are
+    // counted from this partial index, which holds only deleted messages: the count reads as
+    // many entries as there are tombstones above the marker, never the messages in between.
+    // Built from the existing rows here (one scan of `messages`); a delete adds its entry in
+    // the same UPDATE that sets `deleted`.
+    r#"
+    CREATE INDEX messages_tombstones ON messages (chat_id, seq) WHERE deleted = 1;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -234,6 +242,44 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(revs, vec![(1, 1, "[]".into()), (2, 2, "[]".into())]);
+    }
+
+    #[test]
+    fn tombstones_are_counted_from_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM messages \
+                 INDEXED BY messages_tombstones \
+                 WHERE chat_id = ?1 AND seq > ?2 AND deleted = 1",
+            )
+            .unwrap()
+            .query_map([7, 3], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(
+            plan[0].contains("COVERING INDEX messages_tombstones"),
+            "{plan:?}"
+        );
+        conn.execute_batch(
+            "INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at, deleted) VALUES \
+             (7, 1, 1, '', 1, 1), (7, 2, 1, 'b', 1, 0), (7, 3, 1, '', 1, 1), \
+             (7, 4, 1, '', 1, 1), (8, 5, 1, '', 1, 1);",
+        )
+        .unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM messages INDEXED BY messages_tombstones \
+                 WHERE chat_id = 7 AND seq > 1 AND deleted = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]

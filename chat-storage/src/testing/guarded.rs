@@ -142,6 +142,10 @@ where
         self.store.changes(chat_id, after, limit).await
     }
 
+    async fn activity(&self, chats: &[(ChatId, Seq)]) -> Result<Vec<chat_core::ChatActivity>> {
+        self.store.activity(chats).await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.store.flush().await
     }

@@ -7,7 +7,10 @@
 //! [`metadata_store_conformance!`](crate::metadata_store_conformance) and
 //! [`message_store_conformance!`](crate::message_store_conformance) instantiate the whole suite
 //! for one backend: one `#[test]` per suite function, each running on its own multi-threaded
-//! tokio runtime with 4 workers and calling the setup expression for a fresh store.
+//! tokio runtime with 4 workers and calling the setup expression for a fresh store. A backend
+//! that implements edits, deletes and reactions also runs [`changes`] and [`activity`] (the chat
+//! list's read) with [`message_change_conformance!`](crate::message_change_conformance) and
+//! [`message_activity_conformance!`](crate::message_activity_conformance).
 //!
 //! ```no_run
 //! # #[cfg(feature = "sqlite")]
@@ -38,6 +41,7 @@
 //! The tests make their own unique emails, chat ids of their own for the message store and
 //! random unknown ids, so they may also run in parallel against one shared database.
 
+pub mod activity;
 pub mod changes;
 mod guarded;
 pub mod messages;
@@ -169,6 +173,23 @@ macro_rules! message_change_conformance {
             a_reply_keeps_what_it_replies_to,
             last_revs_follow_appends_and_changes,
             appends_after_changes_answer_what_they_stored,
+        );
+    };
+}
+
+/// The conformance tests of the chat list's read, `MessageStore::activity` (`last_seq`, the
+/// newest message in its current state, tombstones above a marker), for a backend that also
+/// implements `MessageStore::change`. Same setup expression as [`message_store_conformance!`].
+#[macro_export]
+macro_rules! message_activity_conformance {
+    ($setup:expr $(,)?) => {
+        $crate::__conformance_tests!(message_activity_conformance, activity, $setup;
+            chats_without_messages_have_no_activity,
+            answers_follow_the_order_asked,
+            only_tombstones_above_the_marker_count,
+            a_message_deleted_twice_is_one_tombstone,
+            the_newest_message_is_in_its_current_state,
+            a_batch_matches_reading_every_message,
         );
     };
 }
