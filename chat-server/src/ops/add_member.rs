@@ -14,6 +14,12 @@ pub(crate) async fn run(
     user: UserId,
 ) -> Result<()> {
     let role = require_member(st, chat_id, caller).await?;
+    // A direct chat has exactly its two people, whoever asks (the store refuses it too).
+    if st.metadata.chat(chat_id).await?.map(|c| c.kind) == Some(chat_core::ChatKind::Direct) {
+        return Err(Error::Conflict(
+            "members cannot be added to a direct chat".into(),
+        ));
+    }
     if !role.can_manage_members() {
         return Err(Error::Forbidden(
             "only the owner or an admin may add members".into(),

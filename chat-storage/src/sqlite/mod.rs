@@ -38,6 +38,7 @@ mod ops;
 mod reader;
 mod roles;
 mod schema;
+mod social;
 mod writer;
 
 pub use writer::WriterStats;
@@ -46,8 +47,8 @@ use async_trait::async_trait;
 use chat_core::ids::now_millis;
 use chat_core::{
     Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageChange, MessageStore,
-    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, Result, Rev, Role, Seq,
-    Session, TokenHash, User, UserCredentials, UserId,
+    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, ReadMarker, Result, Rev, Role,
+    Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
 use reader::ReaderPool;
 use roles::{Lookup, RoleCache};
@@ -338,6 +339,82 @@ impl MetadataStore for SqliteStore {
 
     async fn health(&self) -> Result<()> {
         self.check_health().await
+    }
+
+    async fn users(&self, user_ids: &[UserId]) -> Result<Vec<User>> {
+        let ids = user_ids.to_vec();
+        self.read(move |c| social::users(c, &ids)).await
+    }
+
+    async fn set_display_name(&self, user_id: UserId, display_name: &str) -> Result<Option<User>> {
+        let name = display_name.to_owned();
+        self.write(move |c| social::set_display_name(c, user_id, &name))
+            .await
+    }
+
+    async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<Option<Chat>> {
+        let name = chat_name.to_owned();
+        self.write(move |c| social::rename_chat(c, chat_id, &name))
+            .await
+    }
+
+    async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<bool> {
+        self.write_member(chat_id, user_id, move |c| {
+            social::set_role(c, chat_id, user_id, role)
+        })
+        .await
+    }
+
+    async fn direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+        chat_name: &str,
+        created_at: Millis,
+    ) -> Result<(Chat, bool)> {
+        let name = chat_name.to_owned();
+        let roles = Arc::clone(&self.inner.roles);
+        let on_commit = move |r: &Result<(Chat, bool)>| {
+            if let Ok((chat, _)) = r {
+                roles.invalidate([(chat.chat_id, a), (chat.chat_id, b)]);
+            }
+        };
+        self.inner
+            .writer
+            .write_then(
+                move |c| social::direct_chat(c, a, b, &name, created_at),
+                Some(on_commit),
+            )
+            .await
+    }
+
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        self.read(move |c| social::user_chats(c, user_id)).await
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        seq: Seq,
+        at: Millis,
+    ) -> Result<Option<ReadMarker>> {
+        self.write(move |c| social::mark_read(c, chat_id, user_id, seq, at))
+            .await
+    }
+
+    async fn read_markers(&self, chat_id: ChatId) -> Result<Vec<ReadMarker>> {
+        self.read(move |c| social::read_markers(c, chat_id)).await
+    }
+
+    async fn shared_chat_users(
+        &self,
+        user_id: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        let ids = candidates.to_vec();
+        self.read(move |c| social::shared_chat_users(c, user_id, &ids))
+            .await
     }
 }
 

@@ -40,7 +40,7 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
 }
 
 /// A role stored as text.
-fn parse_role(s: &str) -> Result<Role> {
+pub(crate) fn parse_role(s: &str) -> Result<Role> {
     Role::parse(s).ok_or_else(|| Error::Internal {
         message: format!("sqlite: unknown role {s:?} stored in user_chat"),
         source: None,
@@ -465,21 +465,19 @@ pub(crate) fn delete_expired_sessions(conn: &Connection, now: Millis) -> Result<
 // ---------------------------------------------------------------------------------------------
 
 /// Whether a user exists.
-fn user_exists(conn: &Connection, user_id: UserId) -> Result<bool> {
+pub(crate) fn user_exists(conn: &Connection, user_id: UserId) -> Result<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE user_id = ?1")
         .and_then(|mut st| st.exists([user_id.get()]))
         .map_err(db("check a user"))
 }
 
-/// Whether a chat exists.
-fn chat_exists(conn: &Connection, chat_id: ChatId) -> Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM chats WHERE chat_id = ?1")
-        .and_then(|mut st| st.exists([chat_id.get()]))
-        .map_err(db("check a chat"))
-}
-
 /// Inserts one membership row.
-fn insert_member(conn: &Connection, chat_id: ChatId, m: Member, joined_at: Millis) -> Result<()> {
+pub(crate) fn insert_member(
+    conn: &Connection,
+    chat_id: ChatId,
+    m: Member,
+    joined_at: Millis,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO user_chat (chat_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)",
     )
@@ -520,7 +518,7 @@ pub(crate) fn create_chat(conn: &Connection, c: NewChat) -> Result<(Chat, Vec<Me
         chat_name: c.chat_name,
         owner_id: c.owner_id,
         created_at: c.created_at,
-        kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
+        kind: chat_core::ChatKind::Group,
     };
     let mut members: Vec<Member> = std::iter::once(Member {
         user_id: c.owner_id,
@@ -541,7 +539,7 @@ pub(crate) fn create_chat(conn: &Connection, c: NewChat) -> Result<(Chat, Vec<Me
 /// A chat by id.
 pub(crate) fn chat(conn: &Connection, chat_id: ChatId) -> Result<Option<Chat>> {
     conn.prepare_cached(
-        "SELECT chat_id, chat_name, owner_id, created_at FROM chats WHERE chat_id = ?1",
+        "SELECT chat_id, chat_name, owner_id, created_at, kind FROM chats WHERE chat_id = ?1",
     )
     .and_then(|mut st| {
         st.query_row([chat_id.get()], |r| {
@@ -550,7 +548,7 @@ pub(crate) fn chat(conn: &Connection, chat_id: ChatId) -> Result<Option<Chat>> {
                 chat_name: r.get(1)?,
                 owner_id: UserId(r.get(2)?),
                 created_at: r.get(3)?,
-                kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
+                kind: kind_of(&r.get::<_, String>(4)?),
             })
         })
         .optional()
@@ -562,7 +560,7 @@ pub(crate) fn chat(conn: &Connection, chat_id: ChatId) -> Result<Option<Chat>> {
 pub(crate) fn chats_of_user(conn: &Connection, user_id: UserId) -> Result<Vec<(Chat, Role)>> {
     let mut st = conn
         .prepare_cached(
-            "SELECT c.chat_id, c.chat_name, c.owner_id, c.created_at, uc.role \
+            "SELECT c.chat_id, c.chat_name, c.owner_id, c.created_at, uc.role, c.kind \
              FROM user_chat AS uc JOIN chats AS c ON c.chat_id = uc.chat_id \
              WHERE uc.user_id = ?1 ORDER BY uc.chat_id",
         )
@@ -575,7 +573,7 @@ pub(crate) fn chats_of_user(conn: &Connection, user_id: UserId) -> Result<Vec<(C
                     chat_name: r.get(1)?,
                     owner_id: UserId(r.get(2)?),
                     created_at: r.get(3)?,
-                    kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
+                    kind: kind_of(&r.get::<_, String>(5)?),
                 },
                 r.get::<_, String>(4)?,
             ))
@@ -629,8 +627,14 @@ pub(crate) fn add_member(
     max_members: usize,
     now: Millis,
 ) -> Result<bool> {
-    if !chat_exists(conn, chat_id)? {
-        return Err(Error::NotFound(format!("chat {chat_id}")));
+    match chat(conn, chat_id)? {
+        None => return Err(Error::NotFound(format!("chat {chat_id}"))),
+        Some(c) if c.kind == chat_core::ChatKind::Direct => {
+            return Err(Error::Conflict(
+                "a direct chat has exactly its two people".into(),
+            ))
+        }
+        Some(_) => {}
     }
     if role(conn, chat_id, member.user_id)?.is_some() {
         return Ok(false);
@@ -657,4 +661,9 @@ pub(crate) fn remove_member(conn: &Connection, chat_id: ChatId, user_id: UserId)
         .and_then(|mut st| st.execute([chat_id.get(), user_id.get()]))
         .map(|n| n > 0)
         .map_err(db("remove a member"))
+}
+
+/// A stored chat kind (anything unknown reads as a group).
+pub(crate) fn kind_of(s: &str) -> chat_core::ChatKind {
+    chat_core::ChatKind::parse(s).unwrap_or_default()
 }

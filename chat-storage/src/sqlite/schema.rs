@@ -94,6 +94,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX messages_tombstones ON messages (chat_id, seq) WHERE deleted = 1;
     "#,
+    // 4: read markers, direct chats and chat kinds (issue 15). Markers have their own table so
+    // they outlive a membership (someone added back keeps theirs); a direct chat's ordered pair
+    // is unique, so a pair has one direct chat however many ask at once.
+    r#"
+    ALTER TABLE chats ADD COLUMN kind TEXT NOT NULL DEFAULT 'group'
+        CHECK (kind IN ('group', 'direct'));
+    CREATE TABLE read_markers (
+        chat_id       INTEGER NOT NULL,
+        user_id       INTEGER NOT NULL,
+        last_read_seq INTEGER NOT NULL,
+        read_at       INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE direct_chats (
+        user_lo INTEGER NOT NULL,
+        user_hi INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL UNIQUE,
+        PRIMARY KEY (user_lo, user_hi),
+        CHECK (user_lo < user_hi)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
