@@ -8,8 +8,8 @@ use super::routing::Freshness;
 use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
-    Chat, ChatId, Error, Member, MetadataStore, Millis, NewChat, NewSession, NewUser, Result, Role,
-    Session, TokenHash, User, UserCredentials, UserId,
+    Chat, ChatId, Error, Member, MetadataStore, Millis, NewChat, NewSession, NewUser, ReadMarker,
+    Result, Role, Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Transaction, TxOpts};
@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 /// Columns of a [`User`], in the order [`user_from`] reads them.
 const USER_COLS: &str = "user_id, email, display_name, created_at";
 /// Columns of a [`Chat`], in the order [`chat_from`] reads them.
-const CHAT_COLS: &str = "c.chat_id, c.chat_name, c.owner_id, c.created_at";
+const CHAT_COLS: &str = "c.chat_id, c.chat_name, c.owner_id, c.created_at, c.kind";
 /// Rows per multi-row INSERT when adding a chat's first members.
 const MEMBER_INSERT_CHUNK: usize = 500;
 /// Rows per DELETE when cleaning up sessions: small transactions, gentle on replicas.
@@ -37,13 +37,19 @@ fn user_from(row: Row) -> Result<User, Failure> {
 }
 
 /// A chat row (the first four columns of `row`).
-fn chat_from(chat_id: i64, chat_name: String, owner_id: i64, created_at: Millis) -> Chat {
+fn chat_from(
+    chat_id: i64,
+    chat_name: String,
+    owner_id: i64,
+    created_at: Millis,
+    kind: &str,
+) -> Chat {
     Chat {
         chat_id: ChatId(chat_id),
         chat_name,
         owner_id: UserId(owner_id),
         created_at,
-        kind: chat_core::ChatKind::Group, // TODO(#15): the kind column
+        kind: chat_core::ChatKind::parse(kind).unwrap_or_default(),
     }
 }
 
@@ -269,6 +275,7 @@ impl MetadataStore for MysqlStore {
                 chat.chat_name.clone(),
                 chat.owner_id.get(),
                 chat.created_at,
+                "group",
             ),
             members,
         ))
@@ -285,8 +292,9 @@ impl MetadataStore for MysqlStore {
                 |mut conn| async move {
                     let row: Option<Row> = conn.exec_first(sql, (chat_id.get(),)).await?;
                     let Some(row) = row else { return Ok(None) };
-                    let (id, name, owner, created): (i64, String, i64, i64) = decode("chats", row)?;
-                    Ok(Some(chat_from(id, name, owner, created)))
+                    let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
+                        decode("chats", row)?;
+                    Ok(Some(chat_from(id, name, owner, created, &kind)))
                 },
             )
             .await
@@ -305,9 +313,18 @@ impl MetadataStore for MysqlStore {
                 let rows: Vec<Row> = conn.exec(sql, (user_id.get(),)).await?;
                 rows.into_iter()
                     .map(|row| {
-                        let (id, name, owner, created, role): (i64, String, i64, i64, String) =
-                            decode("user_chat", row)?;
-                        Ok((chat_from(id, name, owner, created), role_from(&role)?))
+                        let (id, name, owner, created, kind, role): (
+                            i64,
+                            String,
+                            i64,
+                            i64,
+                            String,
+                            String,
+                        ) = decode("user_chat", row)?;
+                        Ok((
+                            chat_from(id, name, owner, created, &kind),
+                            role_from(&role)?,
+                        ))
                     })
                     .collect()
             })
@@ -389,6 +406,312 @@ impl MetadataStore for MysqlStore {
             })
             .await
     }
+
+    // Read state, people, chat management and direct chats (issue 15). Everything here reads
+    // the primary: a marker, a name, a role or a rename must be seen at once by the request
+    // that follows it.
+
+    async fn users(&self, user_ids: &[UserId]) -> Result<Vec<User>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = user_ids.iter().map(|u| u.get().to_string()).collect();
+        // Integers formatted by us: nothing a client wrote reaches the SQL text.
+        let sql = format!(
+            "SELECT {USER_COLS} FROM users WHERE user_id IN ({})",
+            ids.join(",")
+        );
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("users", |mut conn| async move {
+                let rows: Vec<Row> = conn.query(sql).await?;
+                rows.into_iter().map(user_from).collect()
+            })
+            .await
+    }
+
+    async fn set_display_name(&self, user_id: UserId, display_name: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE user_id = ?");
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("set_display_name", |mut conn| async move {
+                conn.exec_drop(
+                    "UPDATE users SET display_name = ? WHERE user_id = ?",
+                    (display_name, user_id.get()),
+                )
+                .await?;
+                let row: Option<Row> = conn.exec_first(sql, (user_id.get(),)).await?;
+                row.map(user_from).transpose()
+            })
+            .await
+    }
+
+    async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<Option<Chat>> {
+        let sql = format!("SELECT {CHAT_COLS} FROM chats c WHERE c.chat_id = ?");
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("rename_chat", |mut conn| async move {
+                conn.exec_drop(
+                    "UPDATE chats SET chat_name = ? WHERE chat_id = ?",
+                    (chat_name, chat_id.get()),
+                )
+                .await?;
+                let row: Option<Row> = conn.exec_first(sql, (chat_id.get(),)).await?;
+                let Some(row) = row else { return Ok(None) };
+                let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
+                    decode("chats", row)?;
+                Ok(Some(chat_from(id, name, owner, created, &kind)))
+            })
+            .await
+    }
+
+    async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<bool> {
+        self.pools
+            .on_primary("set_role", |mut conn| async move {
+                conn.exec_drop(
+                    "UPDATE user_chat SET role = ? \
+                     WHERE chat_id = ? AND user_id = ? AND role <> 'owner'",
+                    (role.as_str(), chat_id.get(), user_id.get()),
+                )
+                .await?;
+                let row: Option<Row> = conn
+                    .exec_first(
+                        "SELECT role FROM user_chat WHERE chat_id = ? AND user_id = ?",
+                        (chat_id.get(), user_id.get()),
+                    )
+                    .await?;
+                Ok(row.is_some())
+            })
+            .await
+    }
+
+    async fn direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+        chat_name: &str,
+        created_at: Millis,
+    ) -> Result<(Chat, bool)> {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let sql = format!(
+            "SELECT {CHAT_COLS} FROM direct_chats d JOIN chats c ON c.chat_id = d.chat_id \
+             WHERE d.user_lo = ? AND d.user_hi = ?"
+        );
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("direct_chat", |mut conn| async move {
+                let existing = |row: Row| -> Result<(Chat, bool), Failure> {
+                    let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
+                        decode("chats", row)?;
+                    Ok((chat_from(id, name, owner, created, &kind), false))
+                };
+                if let Some(row) = conn
+                    .exec_first::<Row, _, _>(sql, (lo.get(), hi.get()))
+                    .await?
+                {
+                    return existing(row);
+                }
+                let created: Result<i64, Failure> = in_transaction!(conn, |tx| {
+                    async {
+                        for u in [a, b] {
+                            let found: Option<Row> = tx
+                                .exec_first(
+                                    "SELECT user_id FROM users WHERE user_id = ?",
+                                    (u.get(),),
+                                )
+                                .await?;
+                            if found.is_none() {
+                                return Err(Failure::Domain(Error::NotFound(format!("user {u}"))));
+                            }
+                        }
+                        tx.exec_drop(
+                            "INSERT INTO chats (chat_name, owner_id, created_at, kind) \
+                             VALUES (?, ?, ?, 'direct')",
+                            (chat_name, a.get(), created_at),
+                        )
+                        .await?;
+                        let id = tx
+                            .last_insert_id()
+                            .and_then(|id| i64::try_from(id).ok())
+                            .ok_or_else(|| super::error::bad_row("chats", "no insert id"))?;
+                        tx.exec_drop(
+                            "INSERT INTO user_chat (chat_id, user_id, role, joined_at) \
+                             VALUES (?, ?, 'member', ?), (?, ?, 'member', ?)",
+                            (id, a.get(), created_at, id, b.get(), created_at),
+                        )
+                        .await?;
+                        // The unique pair: of two callers racing, one commits, the other fails
+                        // here and reads the winner's chat below.
+                        tx.exec_drop(
+                            "INSERT INTO direct_chats (user_lo, user_hi, chat_id) VALUES (?, ?, ?)",
+                            (lo.get(), hi.get(), id),
+                        )
+                        .await?;
+                        Ok(id)
+                    }
+                    .await
+                });
+                match created {
+                    Ok(id) => Ok((
+                        Chat {
+                            chat_id: ChatId(id),
+                            chat_name: chat_name.to_owned(),
+                            owner_id: a,
+                            created_at,
+                            kind: chat_core::ChatKind::Direct,
+                        },
+                        true,
+                    )),
+                    Err(Failure::Db(e))
+                        if matches!(server_code(&e), Some(code::DUP_ENTRY | 1213)) =>
+                    {
+                        let row: Option<Row> = conn.exec_first(sql, (lo.get(), hi.get())).await?;
+                        match row {
+                            Some(row) => existing(row),
+                            None => Err(Failure::Db(e)),
+                        }
+                    }
+                    Err(f) => Err(f),
+                }
+            })
+            .await
+    }
+
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        let sql = format!(
+            "SELECT {CHAT_COLS}, uc.role, COALESCE(rm.last_read_seq, 0) FROM user_chat uc \
+             JOIN chats c ON c.chat_id = uc.chat_id \
+             LEFT JOIN read_markers rm ON rm.chat_id = uc.chat_id AND rm.user_id = uc.user_id \
+             WHERE uc.user_id = ? ORDER BY uc.chat_id"
+        );
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("user_chats", |mut conn| async move {
+                let rows: Vec<Row> = conn.exec(sql, (user_id.get(),)).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        let (id, name, owner, created, kind, role, marker): (
+                            i64,
+                            String,
+                            i64,
+                            i64,
+                            String,
+                            String,
+                            i64,
+                        ) = decode("user_chat", row)?;
+                        Ok(UserChat {
+                            chat: chat_from(id, name, owner, created, &kind),
+                            role: role_from(&role)?,
+                            last_read_seq: Seq(marker),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        seq: Seq,
+        at: Millis,
+    ) -> Result<Option<ReadMarker>> {
+        self.pools
+            .on_primary("mark_read", |mut conn| async move {
+                let member: Option<Row> = conn
+                    .exec_first(
+                        "SELECT role FROM user_chat WHERE chat_id = ? AND user_id = ?",
+                        (chat_id.get(), user_id.get()),
+                    )
+                    .await?;
+                if member.is_none() {
+                    return Ok(None);
+                }
+                conn.exec_drop(
+                    "INSERT INTO read_markers (chat_id, user_id, last_read_seq, read_at) \
+                     VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                     read_at = IF(VALUES(last_read_seq) > last_read_seq, VALUES(read_at), read_at), \
+                     last_read_seq = GREATEST(last_read_seq, VALUES(last_read_seq))",
+                    (chat_id.get(), user_id.get(), seq.get(), at),
+                )
+                .await?;
+                let row: Option<Row> = conn
+                    .exec_first(
+                        "SELECT last_read_seq, read_at FROM read_markers \
+                         WHERE chat_id = ? AND user_id = ?",
+                        (chat_id.get(), user_id.get()),
+                    )
+                    .await?;
+                let (marker, read_at): (i64, i64) = match row {
+                    Some(r) => decode("read_markers", r)?,
+                    None => return Err(super::error::bad_row("read_markers", "marker vanished")),
+                };
+                Ok(Some(ReadMarker {
+                    chat_id,
+                    user_id,
+                    last_read_seq: Seq(marker),
+                    read_at: Some(read_at),
+                }))
+            })
+            .await
+    }
+
+    async fn read_markers(&self, chat_id: ChatId) -> Result<Vec<ReadMarker>> {
+        self.pools
+            .on_primary("read_markers", |mut conn| async move {
+                let rows: Vec<Row> = conn
+                    .exec(
+                        "SELECT uc.user_id, rm.last_read_seq, rm.read_at FROM user_chat uc \
+                         LEFT JOIN read_markers rm \
+                           ON rm.chat_id = uc.chat_id AND rm.user_id = uc.user_id \
+                         WHERE uc.chat_id = ? ORDER BY uc.user_id",
+                        (chat_id.get(),),
+                    )
+                    .await?;
+                rows.into_iter()
+                    .map(|row| {
+                        let (user, marker, read_at): (i64, Option<i64>, Option<i64>) =
+                            decode("read_markers", row)?;
+                        Ok(ReadMarker {
+                            chat_id,
+                            user_id: UserId(user),
+                            last_read_seq: Seq(marker.unwrap_or(0)),
+                            read_at,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn shared_chat_users(
+        &self,
+        user_id: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = candidates.iter().map(|u| u.get().to_string()).collect();
+        let sql = format!(
+            "SELECT DISTINCT b.user_id FROM user_chat a JOIN user_chat b ON a.chat_id = b.chat_id \
+             WHERE a.user_id = ? AND b.user_id IN ({})",
+            ids.join(",")
+        );
+        let sql = sql.as_str();
+        self.pools
+            .on_primary("shared_chat_users", |mut conn| async move {
+                let rows: Vec<Row> = conn.exec(sql, (user_id.get(),)).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        let (u,): (i64,) = decode("user_chat", row)?;
+                        Ok(UserId(u))
+                    })
+                    .collect()
+            })
+            .await
+    }
 }
 
 /// Inserts the chat, its owner and `others` (deduplicated, without the owner). Returns the new
@@ -445,12 +768,16 @@ async fn add_member_in(
     // be raced past the limit.
     let chat: Option<Row> = tx
         .exec_first(
-            "SELECT chat_id FROM chats WHERE chat_id = ? FOR UPDATE",
+            "SELECT chat_id, kind FROM chats WHERE chat_id = ? FOR UPDATE",
             (chat_id.get(),),
         )
         .await?;
-    if chat.is_none() {
+    let Some(chat) = chat else {
         return Err(Error::NotFound(format!("chat {chat_id}")).into());
+    };
+    let (_, kind): (i64, String) = decode("chats", chat)?;
+    if kind == "direct" {
+        return Err(Error::Conflict("a direct chat has exactly its two people".into()).into());
     }
     let user: Option<Row> = tx
         .exec_first(
