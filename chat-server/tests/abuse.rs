@@ -278,8 +278,8 @@ async fn next_json(
         match msg {
             WsMessage::Text(t) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                // Skip the greeting and the live copies of our own messages.
-                if v["type"] != "ready" && v["type"] != "message" {
+                // Skip the greeting, the live copies of our own messages and presence notices.
+                if v["type"] != "ready" && v["type"] != "message" && v["type"] != "presence" {
                     return v;
                 }
             }

@@ -229,7 +229,14 @@ async fn next_json(ws: &mut Ws) -> Value {
             .expect("stream ended")
             .expect("read failed");
         match msg {
-            WsMessage::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            WsMessage::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                // Presence notices (another test user connecting) are not what these tests
+                // read; e2e_social covers them.
+                if v["type"] != "presence" {
+                    return v;
+                }
+            }
             WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
             other => panic!("unexpected frame {other:?}"),
         }
