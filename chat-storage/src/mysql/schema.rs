@@ -158,7 +158,7 @@ const MIGRATIONS: &[Migration] = &[
         // pair is the primary key of `direct_chats`, so concurrent callers on any node end with
         // one chat (the loser's transaction fails on the key and reads the winner's).
         statements: &[
-            "ALTER TABLE chats ADD COLUMN IF NOT EXISTS kind VARCHAR(16) NOT NULL DEFAULT 'group'",
+            "ALTER TABLE IF EXISTS chats ADD COLUMN IF NOT EXISTS kind VARCHAR(16) NOT NULL DEFAULT 'group'",
             "CREATE TABLE IF NOT EXISTS read_markers (
             chat_id BIGINT NOT NULL,
             user_id BIGINT NOT NULL,
