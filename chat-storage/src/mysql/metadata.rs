@@ -53,6 +53,12 @@ fn chat_from(
     }
 }
 
+/// A row of [`CHAT_COLS`].
+fn chat_row(row: Row) -> Result<Chat, Failure> {
+    let (id, name, owner, created, kind): (i64, String, i64, i64, String) = decode("chats", row)?;
+    Ok(chat_from(id, name, owner, created, &kind))
+}
+
 /// A stored role name.
 fn role_from(s: &str) -> Result<Role, Failure> {
     Role::parse(s).ok_or_else(|| super::error::bad_row("user_chat.role", format!("role {s:?}")))
@@ -291,10 +297,7 @@ impl MetadataStore for MysqlStore {
                 Freshness::SelfEvident(&|c: &Option<Chat>| c.is_some()),
                 |mut conn| async move {
                     let row: Option<Row> = conn.exec_first(sql, (chat_id.get(),)).await?;
-                    let Some(row) = row else { return Ok(None) };
-                    let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
-                        decode("chats", row)?;
-                    Ok(Some(chat_from(id, name, owner, created, &kind)))
+                    row.map(chat_row).transpose()
                 },
             )
             .await
@@ -457,10 +460,7 @@ impl MetadataStore for MysqlStore {
                 )
                 .await?;
                 let row: Option<Row> = conn.exec_first(sql, (chat_id.get(),)).await?;
-                let Some(row) = row else { return Ok(None) };
-                let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
-                    decode("chats", row)?;
-                Ok(Some(chat_from(id, name, owner, created, &kind)))
+                row.map(chat_row).transpose()
             })
             .await
     }
@@ -500,11 +500,8 @@ impl MetadataStore for MysqlStore {
         let sql = sql.as_str();
         self.pools
             .on_primary("direct_chat", |mut conn| async move {
-                let existing = |row: Row| -> Result<(Chat, bool), Failure> {
-                    let (id, name, owner, created, kind): (i64, String, i64, i64, String) =
-                        decode("chats", row)?;
-                    Ok((chat_from(id, name, owner, created, &kind), false))
-                };
+                let existing =
+                    |row: Row| -> Result<(Chat, bool), Failure> { Ok((chat_row(row)?, false)) };
                 if let Some(row) = conn
                     .exec_first::<Row, _, _>(sql, (lo.get(), hi.get()))
                     .await?
