@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use chat_core::{
     Appended, Chat, ChatId, FetchQuery, Member, Message, MessageChange, MessageStore,
-    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, Result, Rev, Role, Seq,
-    Session, TokenHash, User, UserCredentials, UserId,
+    MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, ReadMarker, Result, Rev, Role,
+    Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
 
 /// A store and a guard value kept alive with it. Implements [`MetadataStore`] and
@@ -105,6 +105,58 @@ where
 
     async fn health(&self) -> Result<()> {
         MetadataStore::health(&self.store).await
+    }
+
+    async fn users(&self, user_ids: &[UserId]) -> Result<Vec<User>> {
+        self.store.users(user_ids).await
+    }
+
+    async fn set_display_name(&self, user_id: UserId, display_name: &str) -> Result<Option<User>> {
+        self.store.set_display_name(user_id, display_name).await
+    }
+
+    async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<Option<Chat>> {
+        self.store.rename_chat(chat_id, chat_name).await
+    }
+
+    async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<bool> {
+        self.store.set_role(chat_id, user_id, role).await
+    }
+
+    async fn direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+        chat_name: &str,
+        created_at: Millis,
+    ) -> Result<(Chat, bool)> {
+        self.store.direct_chat(a, b, chat_name, created_at).await
+    }
+
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        self.store.user_chats(user_id).await
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        seq: Seq,
+        at: Millis,
+    ) -> Result<Option<ReadMarker>> {
+        self.store.mark_read(chat_id, user_id, seq, at).await
+    }
+
+    async fn read_markers(&self, chat_id: ChatId) -> Result<Vec<ReadMarker>> {
+        self.store.read_markers(chat_id).await
+    }
+
+    async fn shared_chat_users(
+        &self,
+        user_id: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        self.store.shared_chat_users(user_id, candidates).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! The [`MetadataStore`] half of the conformance suite: users, sessions, chats and memberships.
+//! The [`MetadataStore`] half of the conformance suite: users, sessions, chats and memberships,
+//! display names, roles, direct chats and read markers.
 //!
 //! Every function takes a fresh store by value and panics on a broken contract. Each test makes
 //! its own users with random emails and uses random ids for things that must not exist, so a
@@ -7,8 +8,8 @@
 use super::{random_id, random_suffix};
 use chat_core::ids::now_millis;
 use chat_core::{
-    Chat, ChatId, Error, Member, MetadataStore, NewChat, NewSession, NewUser, Role, TokenHash,
-    User, UserId,
+    Chat, ChatId, ChatKind, Error, Member, MetadataStore, NewChat, NewSession, NewUser, ReadMarker,
+    Role, Seq, TokenHash, User, UserChat, UserId,
 };
 use std::sync::Arc;
 
@@ -637,4 +638,389 @@ pub async fn remove_member<S: MetadataStore>(store: S) {
 /// `health` answers `Ok` on a working store.
 pub async fn metadata_health<S: MetadataStore>(store: S) {
     store.health().await.expect("health");
+}
+
+/// `users` reads several users at once and leaves unknown ids out.
+pub async fn users_by_ids_leave_out_unknown<S: MetadataStore>(store: S) {
+    let a = make_user(&store, "many-a").await;
+    let b = make_user(&store, "many-b").await;
+    let mut got = store
+        .users(&[b.user_id, unknown_user(), a.user_id])
+        .await
+        .expect("users");
+    got.sort_by_key(|u| u.user_id);
+    assert_eq!(got, vec![a.clone(), b.clone()]);
+    assert!(store.users(&[]).await.expect("no ids").is_empty());
+}
+
+/// A display name and a chat name change, read back everywhere at once; unknown ids are `None`.
+pub async fn display_names_and_chat_names_change<S: MetadataStore>(store: S) {
+    let a = make_user(&store, "rename-a").await;
+    let changed = store
+        .set_display_name(a.user_id, "Ada Lovelace")
+        .await
+        .expect("set_display_name")
+        .expect("a known user");
+    assert_eq!(changed.display_name, "Ada Lovelace");
+    assert_eq!(changed.email, a.email, "only the name changes");
+    assert_eq!(
+        store.user(a.user_id).await.expect("user"),
+        Some(changed.clone())
+    );
+    assert_eq!(
+        store
+            .user_credentials(&a.email)
+            .await
+            .expect("credentials")
+            .expect("still there")
+            .user,
+        changed
+    );
+    assert_eq!(
+        store
+            .set_display_name(unknown_user(), "Nobody")
+            .await
+            .expect("unknown user"),
+        None
+    );
+
+    let (chat, _) = make_chat(&store, "before", a.user_id, &[]).await;
+    let renamed = store
+        .rename_chat(chat.chat_id, "after")
+        .await
+        .expect("rename_chat")
+        .expect("a known chat");
+    assert_eq!(
+        renamed,
+        Chat {
+            chat_name: "after".to_owned(),
+            ..chat.clone()
+        }
+    );
+    assert_eq!(
+        store.chat(chat.chat_id).await.expect("chat"),
+        Some(renamed.clone())
+    );
+    let listed = store.chats_of_user(a.user_id).await.expect("chats");
+    assert_eq!(listed, vec![(renamed, Role::Owner)]);
+    assert_eq!(
+        store
+            .rename_chat(unknown_chat(), "ghost")
+            .await
+            .expect("unknown chat"),
+        None
+    );
+}
+
+/// `set_role` grants and takes back admin; it is `false` for a non-member and an unknown chat.
+pub async fn set_role_grants_and_takes_back_admin<S: MetadataStore>(store: S) {
+    let owner = make_user(&store, "role-owner").await;
+    let m = make_user(&store, "role-m").await;
+    let stranger = make_user(&store, "role-x").await;
+    let (chat, _) = make_chat(&store, "roles", owner.user_id, &[m.user_id]).await;
+    let id = chat.chat_id;
+
+    assert!(store
+        .set_role(id, m.user_id, Role::Admin)
+        .await
+        .expect("grant"));
+    assert_eq!(
+        store.role(id, m.user_id).await.expect("role"),
+        Some(Role::Admin),
+        "a grant is seen at once"
+    );
+    assert!(store.members(id).await.expect("members").contains(&Member {
+        user_id: m.user_id,
+        role: Role::Admin
+    }));
+    assert_eq!(
+        store.chats_of_user(m.user_id).await.expect("chats"),
+        vec![(chat.clone(), Role::Admin)]
+    );
+    assert!(store
+        .set_role(id, m.user_id, Role::Member)
+        .await
+        .expect("take back"));
+    assert_eq!(
+        store.role(id, m.user_id).await.expect("role"),
+        Some(Role::Member)
+    );
+    assert!(!store
+        .set_role(id, stranger.user_id, Role::Admin)
+        .await
+        .expect("non-member"));
+    assert_eq!(store.role(id, stranger.user_id).await.expect("role"), None);
+    assert!(!store
+        .set_role(unknown_chat(), m.user_id, Role::Admin)
+        .await
+        .expect("unknown chat"));
+}
+
+/// The direct chat of two people is created once and found again from either side; it has
+/// exactly those two as members, `kind` direct, and no one can be added to it.
+pub async fn direct_chat_is_one_per_pair<S: MetadataStore>(store: S) {
+    let a = make_user(&store, "dm-a").await;
+    let b = make_user(&store, "dm-b").await;
+    let c = make_user(&store, "dm-c").await;
+    let t = now_millis();
+    let (chat, created) = store
+        .direct_chat(a.user_id, b.user_id, "A & B", t)
+        .await
+        .expect("direct_chat");
+    assert!(created, "the first call creates it");
+    assert_eq!(chat.kind, ChatKind::Direct);
+    assert_eq!(chat.owner_id, a.user_id);
+    assert_eq!(chat.chat_name, "A & B");
+    let (again, created) = store
+        .direct_chat(b.user_id, a.user_id, "B & A", t)
+        .await
+        .expect("direct_chat reversed");
+    assert!(!created, "the pair already has one");
+    assert_eq!(again, chat, "the other side finds the same chat");
+    assert_eq!(
+        store.chat(chat.chat_id).await.expect("chat"),
+        Some(chat.clone())
+    );
+    assert_eq!(
+        store.members(chat.chat_id).await.expect("members"),
+        sorted(vec![
+            Member {
+                user_id: a.user_id,
+                role: Role::Member
+            },
+            Member {
+                user_id: b.user_id,
+                role: Role::Member
+            },
+        ])
+    );
+    // A different pair gets a different chat.
+    let (other, created) = store
+        .direct_chat(a.user_id, c.user_id, "A & C", t)
+        .await
+        .expect("another pair");
+    assert!(created);
+    assert_ne!(other.chat_id, chat.chat_id);
+    // No third member.
+    match store
+        .add_member(
+            chat.chat_id,
+            Member {
+                user_id: c.user_id,
+                role: Role::Member,
+            },
+            100,
+        )
+        .await
+    {
+        Err(Error::Conflict(_)) => {}
+        other => panic!("adding to a direct chat must be Conflict, got {other:?}"),
+    }
+    assert_eq!(store.members(chat.chat_id).await.expect("members").len(), 2);
+    // An unknown partner is NotFound and creates nothing.
+    let before = store.chats_of_user(a.user_id).await.expect("chats").len();
+    match store
+        .direct_chat(a.user_id, unknown_user(), "ghost", t)
+        .await
+    {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("an unknown partner must be NotFound, got {other:?}"),
+    }
+    assert_eq!(
+        store.chats_of_user(a.user_id).await.expect("chats").len(),
+        before
+    );
+    // Group chats are `kind` group.
+    let (group, _) = make_chat(&store, "group", a.user_id, &[b.user_id]).await;
+    assert_eq!(group.kind, ChatKind::Group);
+}
+
+/// Eight concurrent requests for one pair, from both sides, end with exactly one chat, created
+/// by exactly one of them.
+pub async fn concurrent_direct_chats_create_one<S: MetadataStore>(store: S) {
+    let store = Arc::new(store);
+    let a = make_user(&*store, "dm-race-a").await;
+    let b = make_user(&*store, "dm-race-b").await;
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        let (x, y) = if i % 2 == 0 {
+            (a.user_id, b.user_id)
+        } else {
+            (b.user_id, a.user_id)
+        };
+        handles.push(tokio::spawn(async move {
+            store.direct_chat(x, y, "race", now_millis()).await
+        }));
+    }
+    let mut chats = Vec::new();
+    let mut creators = 0;
+    for h in handles {
+        let (chat, created) = h.await.expect("task").expect("direct_chat under a race");
+        creators += usize::from(created);
+        chats.push(chat.chat_id);
+    }
+    chats.dedup();
+    assert_eq!(chats.len(), 1, "every caller gets the same chat: {chats:?}");
+    assert_eq!(creators, 1, "exactly one caller created it");
+    let direct: Vec<_> = store
+        .chats_of_user(a.user_id)
+        .await
+        .expect("chats")
+        .into_iter()
+        .filter(|(c, _)| c.kind == ChatKind::Direct)
+        .collect();
+    assert_eq!(direct.len(), 1, "one direct chat in the list");
+}
+
+/// Read markers move only forward, stamp `read_at` when they move, are `None` for a non-member,
+/// show in `user_chats` and `read_markers`, and outlive a removal.
+pub async fn read_markers_move_forward_only<S: MetadataStore>(store: S) {
+    let owner = make_user(&store, "rm-owner").await;
+    let m = make_user(&store, "rm-m").await;
+    let stranger = make_user(&store, "rm-x").await;
+    let (chat, _) = make_chat(&store, "markers", owner.user_id, &[m.user_id]).await;
+    let (second, _) = make_chat(&store, "second", owner.user_id, &[]).await;
+    let id = chat.chat_id;
+
+    let fresh = store.read_markers(id).await.expect("read_markers");
+    assert_eq!(fresh.len(), 2);
+    assert!(
+        fresh.windows(2).all(|w| w[0].user_id < w[1].user_id),
+        "ordered by user id"
+    );
+    assert!(fresh
+        .iter()
+        .all(|r| r.last_read_seq == Seq(0) && r.read_at.is_none() && r.chat_id == id));
+
+    let moved = store
+        .mark_read(id, m.user_id, Seq(5), 1_000)
+        .await
+        .expect("mark_read")
+        .expect("a member");
+    assert_eq!(
+        moved,
+        ReadMarker {
+            chat_id: id,
+            user_id: m.user_id,
+            last_read_seq: Seq(5),
+            read_at: Some(1_000)
+        }
+    );
+    let back = store
+        .mark_read(id, m.user_id, Seq(3), 2_000)
+        .await
+        .expect("mark_read back")
+        .expect("a member");
+    assert_eq!(back, moved, "a marker never moves back, nor does its time");
+    let forward = store
+        .mark_read(id, m.user_id, Seq(9), 3_000)
+        .await
+        .expect("mark_read forward")
+        .expect("a member");
+    assert_eq!(
+        (forward.last_read_seq, forward.read_at),
+        (Seq(9), Some(3_000))
+    );
+    assert_eq!(
+        store
+            .mark_read(id, stranger.user_id, Seq(1), 1)
+            .await
+            .expect("stranger"),
+        None
+    );
+    assert_eq!(
+        store
+            .mark_read(unknown_chat(), m.user_id, Seq(1), 1)
+            .await
+            .expect("unknown chat"),
+        None
+    );
+
+    let markers = store.read_markers(id).await.expect("read_markers");
+    let mine = markers
+        .iter()
+        .find(|r| r.user_id == m.user_id)
+        .expect("the member's marker");
+    assert_eq!(mine, &forward);
+    assert!(
+        !markers.iter().any(|r| r.user_id == stranger.user_id),
+        "a stranger has no marker here"
+    );
+
+    store
+        .mark_read(second.chat_id, owner.user_id, Seq(2), 10)
+        .await
+        .expect("mark second")
+        .expect("owner is a member");
+    let list = store.user_chats(owner.user_id).await.expect("user_chats");
+    assert_eq!(
+        list,
+        vec![
+            UserChat {
+                chat: chat.clone(),
+                role: Role::Owner,
+                last_read_seq: Seq(0)
+            },
+            UserChat {
+                chat: second.clone(),
+                role: Role::Owner,
+                last_read_seq: Seq(2)
+            },
+        ],
+        "ordered by chat id, with roles and markers"
+    );
+    assert!(store
+        .user_chats(stranger.user_id)
+        .await
+        .expect("no chats")
+        .is_empty());
+
+    // Removed and added back: the old marker is still there.
+    assert!(store.remove_member(id, m.user_id).await.expect("remove"));
+    assert!(!store
+        .read_markers(id)
+        .await
+        .expect("markers")
+        .iter()
+        .any(|r| r.user_id == m.user_id));
+    let back_in = Member {
+        user_id: m.user_id,
+        role: Role::Member,
+    };
+    assert!(store.add_member(id, back_in, 100).await.expect("add back"));
+    assert_eq!(
+        store.user_chats(m.user_id).await.expect("user_chats")[0].last_read_seq,
+        Seq(9)
+    );
+}
+
+/// `shared_chat_users` keeps only those who share a chat with the user.
+pub async fn shared_chat_users_are_chat_partners<S: MetadataStore>(store: S) {
+    let me = make_user(&store, "sh-me").await;
+    let friend = make_user(&store, "sh-friend").await;
+    let dm = make_user(&store, "sh-dm").await;
+    let stranger = make_user(&store, "sh-x").await;
+    make_chat(&store, "shared", me.user_id, &[friend.user_id]).await;
+    make_chat(&store, "theirs", stranger.user_id, &[]).await;
+    store
+        .direct_chat(dm.user_id, me.user_id, "dm", now_millis())
+        .await
+        .expect("direct");
+    let mut got = store
+        .shared_chat_users(
+            me.user_id,
+            &[friend.user_id, stranger.user_id, dm.user_id, unknown_user()],
+        )
+        .await
+        .expect("shared_chat_users");
+    got.sort();
+    let mut want = vec![friend.user_id, dm.user_id];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(store
+        .shared_chat_users(stranger.user_id, &[me.user_id, friend.user_id])
+        .await
+        .expect("stranger")
+        .is_empty());
 }

@@ -110,6 +110,13 @@ macro_rules! metadata_store_conformance {
             add_member_beyond_max_members_is_invalid_argument,
             remove_member,
             metadata_health,
+            users_by_ids_leave_out_unknown,
+            display_names_and_chat_names_change,
+            set_role_grants_and_takes_back_admin,
+            direct_chat_is_one_per_pair,
+            concurrent_direct_chats_create_one,
+            read_markers_move_forward_only,
+            shared_chat_users_are_chat_partners,
         );
     };
 }
