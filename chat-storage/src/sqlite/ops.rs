@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 const MESSAGE_COLUMNS: &str = "chat_id, seq, sender_id, msg_text, sent_at, timestamp, \
      client_msg_id, reply_to_seq, edited_at, deleted, reactions, rev";
 
-/// A message from a row of [`MESSAGE_COLUMNS`].
+/// A message from a row of [`MESSAGE_COLUMNS`] (`activity` names them with a table prefix: keep
+/// the two lists in step).
 fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     let reactions: String = r.get(10)?;
     let reactions = serde_json::from_str(&reactions).map_err(|e| {
@@ -287,14 +288,16 @@ pub(crate) fn activity(
         .unchecked_transaction()
         .map_err(db("begin the activity read"))?;
     let out = {
-        let mut head = tx
-            .prepare_cached("SELECT last_seq FROM chat_seq WHERE chat_id = ?1")
-            .map_err(db("prepare last_seq"))?;
+        // One statement per chat: the head row's `last_seq` joined to that message (messages
+        // are never removed, only tombstoned, so the newest message is the one at `last_seq`).
         let mut newest = tx
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 \
-                 ORDER BY seq DESC LIMIT 1"
-            ))
+            .prepare_cached(
+                "SELECT m.chat_id, m.seq, m.sender_id, m.msg_text, m.sent_at, m.timestamp, \
+                        m.client_msg_id, m.reply_to_seq, m.edited_at, m.deleted, m.reactions, m.rev \
+                 FROM chat_seq AS cs \
+                 JOIN messages AS m ON m.chat_id = cs.chat_id AND m.seq = cs.last_seq \
+                 WHERE cs.chat_id = ?1",
+            )
             .map_err(db("prepare the newest message"))?;
         // INDEXED BY: the count must come from the tombstone index, never from a range scan of
         // the primary key over an unread run (SQLite fails the statement rather than do that).
@@ -306,23 +309,19 @@ pub(crate) fn activity(
             .map_err(db("prepare the tombstone count"))?;
         let mut out = Vec::with_capacity(chats.len());
         for &(chat_id, marker) in chats {
-            let last_seq = head
-                .query_row([chat_id.get()], |r| r.get::<_, i64>(0))
+            let Some(last_message) = newest
+                .query_row([chat_id.get()], message_from_row)
                 .optional()
-                .map_err(db("read last_seq"))?
-                .map_or(Seq::ZERO, Seq);
-            if last_seq == Seq::ZERO {
+                .map_err(db("read the newest message"))?
+            else {
                 out.push(chat_core::ChatActivity {
-                    last_seq,
+                    last_seq: Seq::ZERO,
                     last_message: None,
                     deleted_after: 0,
                 });
                 continue;
-            }
-            let last_message = newest
-                .query_row([chat_id.get()], message_from_row)
-                .optional()
-                .map_err(db("read the newest message"))?;
+            };
+            let last_seq = last_message.seq;
             let deleted_after = if marker < last_seq {
                 let n: i64 = tombstones
                     .query_row(params![chat_id.get(), marker.get()], |r| r.get(0))
@@ -333,7 +332,7 @@ pub(crate) fn activity(
             };
             out.push(chat_core::ChatActivity {
                 last_seq,
-                last_message,
+                last_message: Some(last_message),
                 deleted_after,
             });
         }
