@@ -7,9 +7,10 @@
 //! idempotent); other writes are not retried, since repeating them could act twice.
 
 use crate::error::{code_for_status, Error, Result};
+use crate::outbox::{read_json, write_json, Outbox};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::subscription::{ResumePoint, Subscription};
-use chat_core::ids::now_millis;
+use crate::subscription::WsLink;
+use crate::subscription::{lock, ResumePoint, Subscription};
 use chat_core::protocol::{
     AddMemberRequest, ChangesResponse, ChatList, ChatSummary, ChatView, CreateChatRequest,
     DirectRequest, EditRequest, ErrorBody, FetchResponse, LoginRequest, PresenceResponse,
@@ -24,6 +25,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -49,6 +51,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     request_timeout: Duration,
     connect_timeout: Duration,
+    state_dir: Option<PathBuf>,
 }
 
 impl ClientBuilder {
@@ -82,7 +85,18 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client. Fails if the URL is not `http://` or `https://`.
+    /// A directory the client keeps its state in across restarts of the application: the send
+    /// queue (`outbox.json`, see [`outbox`](crate::outbox)) and where each chat's stream
+    /// stands (`positions.json`, so [`Client::subscribe`] resumes where the last run ended).
+    /// Created if missing. One directory per account; without one, that state lives in memory
+    /// for as long as the client.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Builds the client. Fails if the URL is not `http://` or `https://`, or if the state
+    /// directory cannot be created or holds files this SDK did not write.
     pub fn build(self) -> Result<Client> {
         let parsed = reqwest::Url::parse(&self.base_url)
             .map_err(|e| Error::InvalidUrl(format!("{}: {e}", self.base_url)))?;
@@ -111,7 +125,22 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| Error::transport("building the HTTP client", e))?;
-        Ok(Client {
+        if let Some(dir) = &self.state_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::State {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let outbox = Outbox::open(self.state_dir.as_deref())?;
+        let positions = match &self.state_dir {
+            Some(dir) => read_json::<Vec<SavedPosition>>(&dir.join(POSITIONS_FILE))?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.chat_id, ResumePoint::new(p.seq, p.rev)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let client = Client {
             inner: Arc::new(Inner {
                 base,
                 ws_url: format!("{ws_base}/v1/ws"),
@@ -122,9 +151,18 @@ impl ClientBuilder {
                 }),
                 retry: self.retry,
                 connect_timeout: self.connect_timeout,
-                send_queues: Mutex::new(HashMap::new()),
+                request_timeout: self.request_timeout,
+                outbox,
+                ws_link: Mutex::new(None),
+                positions: Mutex::new(positions),
+                state_dir: self.state_dir,
             }),
-        })
+        };
+        // Messages queued by an earlier run go out now if they can (or after login).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            client.start_sending(&runtime);
+        }
+        Ok(client)
     }
 }
 
@@ -215,10 +253,27 @@ struct Inner {
     session: RwLock<SessionState>,
     retry: RetryPolicy,
     connect_timeout: Duration,
-    /// One async mutex per chat being sent to. Held across a whole send (all retries), so a
-    /// chat's sends leave one at a time, in the order they reached the lock (tokio's mutex is
-    /// fair: first come, first served). Entries are removed when no send waits on them.
-    send_queues: Mutex<HashMap<ChatId, Arc<tokio::sync::Mutex<()>>>>,
+    request_timeout: Duration,
+    /// The send queue: every send goes through it, one at a time per chat.
+    outbox: Outbox,
+    /// The WebSocket of the live subscription, when one is connected: sends go over it.
+    ws_link: Mutex<Option<WsLink>>,
+    /// Where each chat's stream stands, as the last subscription left it: where the next
+    /// [`Client::subscribe`] resumes.
+    positions: Mutex<HashMap<ChatId, ResumePoint>>,
+    /// Where `outbox.json` and `positions.json` live, if anywhere.
+    state_dir: Option<PathBuf>,
+}
+
+/// `positions.json` in the state directory.
+const POSITIONS_FILE: &str = "positions.json";
+
+/// One chat's entry in `positions.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPosition {
+    chat_id: ChatId,
+    seq: Seq,
+    rev: Option<Rev>,
 }
 
 /// A connection to one chat server, for one user session.
@@ -250,6 +305,7 @@ impl Client {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            state_dir: None,
         }
     }
 
@@ -301,9 +357,14 @@ impl Client {
             .request(Method::POST, "/v1/sessions", false)?
             .json(&body);
         let session: SessionView = json(execute(rb).await?).await?;
-        let mut s = self.session_mut();
-        s.token = Some(session.token.clone());
-        s.user_id = Some(session.user_id);
+        {
+            let mut s = self.session_mut();
+            s.token = Some(session.token.clone());
+            s.user_id = Some(session.user_id);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.start_sending(&runtime);
+        }
         Ok(session)
     }
 
@@ -510,37 +571,16 @@ impl Client {
         text: &str,
         options: SendOptions,
     ) -> Result<Message> {
-        let body = SendRequest {
-            user_id: None,
-            chat_id,
-            msg_text: text.to_owned(),
-            timestamp: Some(options.timestamp.unwrap_or_else(now_millis)),
-            client_msg_id: Some(
-                options
-                    .client_msg_id
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            ),
-            reply_to_seq: options.reply_to_seq,
-        };
-        let queue = self.send_queue(chat_id);
-        let guard = queue.lock().await;
-        let result = self
-            .retrying(|| async {
-                let rb = self.request(Method::POST, "/v1/send", true)?.json(&body);
-                json::<Message>(execute(rb).await?).await
-            })
-            .await;
-        drop(guard);
-        drop(queue);
-        self.release_send_queue(chat_id);
-        let message = result?;
-        if message.chat_id != chat_id {
-            return Err(Error::Protocol(format!(
-                "sent to chat {chat_id}, the answer is for chat {}",
-                message.chat_id
-            )));
-        }
-        Ok(message)
+        self.send_queued(chat_id, text, options).await
+    }
+
+    /// `POST /v1/send` with retries: the REST path of the send queue.
+    pub(crate) async fn post_send(&self, body: &SendRequest) -> Result<Message> {
+        self.retrying(|| async {
+            let rb = self.request(Method::POST, "/v1/send", true)?.json(body);
+            json::<Message>(execute(rb).await?).await
+        })
+        .await
     }
 
     /// Sends `text` as a reply to message `reply_to` of the same chat: [`Client::send_with`]
@@ -713,10 +753,19 @@ impl Client {
         Ok(out)
     }
 
-    /// Opens the live event stream, starting from now: only messages stored after this call
-    /// returns are delivered for the chats the user has now; chats the user joins later are
-    /// delivered from their first message. See [`Subscription`].
+    /// Opens the live event stream of the whole account: every chat the user is in, including
+    /// chats they join later (delivered from their first message). See [`Subscription`].
+    ///
+    /// Resuming is the default: when an earlier stream of this client (or, with
+    /// [`ClientBuilder::state_dir`], of an earlier run) saved where it stood, the new stream
+    /// continues from there, with every message and change it missed
+    /// ([`Client::saved_positions`]). The first stream ever starts from now: only messages
+    /// stored after this call returns, for the chats the user has now.
     pub async fn subscribe(&self) -> Result<Subscription> {
+        let saved = self.saved_positions();
+        if !saved.is_empty() {
+            return self.resume(saved);
+        }
         let positions = self
             .list_chats()
             .await?
@@ -786,29 +835,62 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send_queue(&self, chat_id: ChatId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut queues = self
-            .inner
-            .send_queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        queues.entry(chat_id).or_default().clone()
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
-    /// Drops a chat's queue once nobody holds or waits on it. Clones are only made under the
-    /// map's lock, so a count of 1 (the map's own) cannot grow while we look.
-    fn release_send_queue(&self, chat_id: ChatId) {
-        let mut queues = self
-            .inner
-            .send_queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if queues
-            .get(&chat_id)
-            .is_some_and(|q| Arc::strong_count(q) == 1)
-        {
-            queues.remove(&chat_id);
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    /// The live subscription's WebSocket, if one is connected.
+    pub(crate) fn ws_link(&self) -> Option<WsLink> {
+        lock(&self.inner.ws_link).clone()
+    }
+
+    /// Offers the connected subscription's WebSocket for sends.
+    pub(crate) fn set_ws_link(&self, link: WsLink) {
+        *lock(&self.inner.ws_link) = Some(link);
+    }
+
+    /// Withdraws a subscription's WebSocket (only if it is still the one offered).
+    pub(crate) fn clear_ws_link(&self, id: u64) {
+        let mut l = lock(&self.inner.ws_link);
+        if l.as_ref().is_some_and(|x| x.id() == id) {
+            *l = None;
         }
+    }
+
+    /// Remembers where a subscription left each chat, for the next [`Client::subscribe`]
+    /// (and in `positions.json` when the client has a state directory).
+    pub(crate) fn save_positions(&self, points: &HashMap<ChatId, ResumePoint>) {
+        let mut book = lock(&self.inner.positions);
+        for (chat_id, p) in points {
+            let e = book.entry(*chat_id).or_default();
+            if p.seq >= e.seq {
+                *e = *p;
+            }
+        }
+        if let Some(dir) = &self.inner.state_dir {
+            let saved: Vec<SavedPosition> = book
+                .iter()
+                .map(|(c, p)| SavedPosition {
+                    chat_id: *c,
+                    seq: p.seq,
+                    rev: p.rev,
+                })
+                .collect();
+            let path = dir.join(POSITIONS_FILE);
+            if let Err(e) = write_json(&path, &saved) {
+                tracing::warn!(error = %e, path = %path.display(), "could not save stream positions");
+            }
+        }
+    }
+
+    /// Where the streams of this client (and, with a state directory, of earlier runs) left
+    /// each chat: what [`Client::subscribe`] resumes from.
+    pub fn saved_positions(&self) -> HashMap<ChatId, ResumePoint> {
+        lock(&self.inner.positions).clone()
     }
 
     fn request(&self, method: Method, path: &str, auth: bool) -> Result<RequestBuilder> {

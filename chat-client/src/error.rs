@@ -54,6 +54,15 @@ pub enum Error {
     /// runtime, where its background task cannot run.
     #[error("no tokio runtime to run the subscription in")]
     NoRuntime,
+    /// The client's state directory (see
+    /// [`ClientBuilder::state_dir`](crate::ClientBuilder::state_dir)) could not be used.
+    #[error("state file {}: {message}", path.display())]
+    State {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Every attempt of a retried request failed; this is the last failure.
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted {

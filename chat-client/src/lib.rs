@@ -46,11 +46,13 @@
 
 pub mod client;
 pub mod error;
+pub mod outbox;
 pub mod retry;
 pub mod subscription;
 
 pub use client::{Changes, Client, ClientBuilder, FetchOptions, Page, Role, SendOptions};
 pub use error::{Error, Result};
+pub use outbox::{Outgoing, SendState};
 pub use retry::RetryPolicy;
 pub use subscription::{Event, ResumePoint, Subscription};
 

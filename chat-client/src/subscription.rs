@@ -39,16 +39,20 @@
 //!   after the last message delivered, so nothing is ever handed over twice.
 
 use crate::client::{Client, FetchOptions};
+use crate::error::Error;
 use crate::retry::Backoff;
+use chat_core::protocol::SendRequest;
 use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
 use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
 use futures::{SinkExt, Stream, StreamExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -76,6 +80,10 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 
 /// Silence after which the connection is presumed dead and replaced.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+/// How often a stream hands its positions to the client (and its state file) while events
+/// flow; also on drop.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Page size of catch-up fetches (the contract's maximum).
 const CATCH_UP_PAGE: u32 = 500;
@@ -203,6 +211,10 @@ pub struct Subscription {
     /// Frames for the task to send on the socket (typing).
     outgoing: mpsc::Sender<ClientFrame>,
     task: JoinHandle<()>,
+    /// The client, which keeps where this stream left each chat for the next subscription.
+    client: Client,
+    /// When positions were last handed to the client.
+    last_saved: Instant,
 }
 
 impl Subscription {
@@ -223,7 +235,7 @@ impl Subscription {
             ..FeedProgress::default()
         }));
         let worker = Worker {
-            client,
+            client: client.clone(),
             tx,
             chats: start
                 .into_iter()
@@ -235,6 +247,7 @@ impl Subscription {
             outgoing: outgoing_rx,
             presence: HashMap::new(),
             announced_down: false,
+            inflight: HashMap::new(),
         };
         let task = runtime.spawn(worker.run());
         Subscription {
@@ -243,6 +256,8 @@ impl Subscription {
             feed,
             outgoing,
             task,
+            client,
+            last_saved: Instant::now(),
         }
     }
 
@@ -283,6 +298,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.task.abort();
+        // The next subscription of this client (or of the next run, with a state directory)
+        // continues from here.
+        self.client.save_positions(&self.resume_points());
     }
 }
 
@@ -299,12 +317,17 @@ impl Stream for Subscription {
                 *pos = (*pos).max(m.seq);
             }
             lock(&this.feed).taken += 1;
+            if this.last_saved.elapsed() >= SAVE_EVERY {
+                this.last_saved = Instant::now();
+                let points = this.resume_points();
+                this.client.save_positions(&points);
+            }
         }
         polled
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Poisoning only means a panic elsewhere; a map of positions stays usable.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -380,6 +403,78 @@ struct Worker {
     /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
     /// stays down produces one event, not one per attempt.
     announced_down: bool,
+    /// Sends written on this connection and waiting for their `ack` (or error frame), by
+    /// `client_msg_id`. Dropped with the connection, which tells the senders it was lost.
+    inflight: HashMap<String, oneshot::Sender<Result<Message, Error>>>,
+}
+
+/// The WebSocket of a connected subscription, offered to the client's send queue.
+#[derive(Clone, Debug)]
+pub(crate) struct WsLink {
+    /// Tells one connection's link from the next.
+    id: u64,
+    tx: mpsc::Sender<LinkSend>,
+}
+
+/// One send for the connection to write, and where its outcome goes.
+#[derive(Debug)]
+pub(crate) struct LinkSend {
+    client_msg_id: String,
+    text: String,
+    reply: oneshot::Sender<Result<Message, Error>>,
+}
+
+/// Sends the send queue may have waiting for the socket writer.
+const LINK_QUEUE: usize = 256;
+
+/// Numbers connections' links.
+static LINK_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl WsLink {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Writes a `send` frame and waits for its `ack` (or error frame). A lost connection or no
+    /// answer within `timeout` is a retryable transport error: the caller resends (over REST)
+    /// with the same `client_msg_id`, which the server deduplicates.
+    pub(crate) async fn send(
+        &self,
+        request: &SendRequest,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let client_msg_id = request.client_msg_id.clone().unwrap_or_default();
+        let frame = ClientFrame::Send {
+            chat_id: request.chat_id,
+            msg_text: request.msg_text.clone(),
+            timestamp: request.timestamp,
+            client_msg_id: client_msg_id.clone(),
+            reply_to_seq: request.reply_to_seq,
+        };
+        let text = serde_json::to_string(&frame)
+            .map_err(|e| Error::Protocol(format!("encoding a send frame: {e}")))?;
+        let (reply, answer) = oneshot::channel();
+        let lost = || Error::Transport {
+            message: "the WebSocket closed before the ack".into(),
+            source: None,
+        };
+        self.tx
+            .send(LinkSend {
+                client_msg_id,
+                text,
+                reply,
+            })
+            .await
+            .map_err(|_| lost())?;
+        match tokio::time::timeout(timeout, answer).await {
+            Err(_) => Err(Error::Transport {
+                message: format!("no ack on the WebSocket within {timeout:?}"),
+                source: None,
+            }),
+            Ok(Err(_)) => Err(lost()),
+            Ok(Ok(result)) => result,
+        }
+    }
 }
 
 impl Worker {
@@ -422,8 +517,27 @@ impl Worker {
     }
 
     /// One connection, from handshake to close. Sets `ready` once the server's `ready` frame
-    /// has been handled.
+    /// has been handled. While it is up, the client's sends go over it.
     async fn connection(&mut self, ready: &mut bool) -> Stop {
+        let (tx, mut sends) = mpsc::channel(LINK_QUEUE);
+        let link = WsLink {
+            id: LINK_IDS.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        let stop = self.connected(ready, &link, &mut sends).await;
+        self.client.clear_ws_link(link.id);
+        // Dropping the waiting senders tells each that the connection was lost.
+        self.inflight.clear();
+        stop
+    }
+
+    async fn connected(
+        &mut self,
+        ready: &mut bool,
+        link: &WsLink,
+        sends: &mut mpsc::Receiver<LinkSend>,
+    ) -> Stop {
+        let mut offered = false;
         let mut request = match self.client.ws_url().into_client_request() {
             Ok(r) => r,
             Err(e) => return Stop::Fatal(format!("bad WebSocket URL: {e}")),
@@ -487,6 +601,16 @@ impl Worker {
                     };
                     if let Err(stop) = self.handle(frame, ready).await {
                         return stop;
+                    }
+                    if *ready && !offered {
+                        offered = true;
+                        self.client.set_ws_link(link.clone());
+                    }
+                }
+                Some(send) = sends.recv() => {
+                    self.inflight.insert(send.client_msg_id, send.reply);
+                    if let Err(e) = ws.send(WsMessage::Text(send.text.into())).await {
+                        return Stop::Reconnect(format!("sending a message failed: {e}"));
                     }
                 }
                 Some(out) = self.outgoing.recv() => {
@@ -586,10 +710,30 @@ impl Worker {
                     .await?
                 }
             }
-            ServerFrame::Error { code, message, .. } => {
+            ServerFrame::Error {
+                code,
+                message,
+                client_msg_id,
+            } => {
                 tracing::debug!(%code, %message, "server error frame");
+                if let Some(reply) = client_msg_id.and_then(|id| self.inflight.remove(&id)) {
+                    let _ = reply.send(Err(Error::Api {
+                        status: code.http_status(),
+                        code,
+                        message,
+                        retry_after: None,
+                    }));
+                }
             }
-            ServerFrame::Ack { .. } | ServerFrame::Pong => {}
+            ServerFrame::Ack {
+                client_msg_id,
+                message,
+            } => {
+                if let Some(reply) = self.inflight.remove(&client_msg_id) {
+                    let _ = reply.send(Ok(message));
+                }
+            }
+            ServerFrame::Pong => {}
         }
         Ok(())
     }
