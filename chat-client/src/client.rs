@@ -332,6 +332,7 @@ impl Client {
     }
 
     /// `POST /v1/users`: registers a user. Does not log in.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn register(
         &self,
         email: &str,
@@ -348,6 +349,7 @@ impl Client {
     }
 
     /// `POST /v1/sessions`: logs in and keeps the token inside the client for every later call.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn login(&self, email: &str, password: &str) -> Result<SessionView> {
         let body = LoginRequest {
             email: email.to_owned(),
@@ -371,6 +373,7 @@ impl Client {
     /// `DELETE /v1/sessions/current`: ends the session on the server (the token stops working
     /// everywhere, open WebSockets included) and forgets it locally, even if the server call
     /// fails.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn logout(&self) -> Result<()> {
         let rb = self.request(Method::DELETE, "/v1/sessions/current", true)?;
         let result = execute(rb).await.map(drop);
@@ -379,6 +382,7 @@ impl Client {
     }
 
     /// `GET /v1/users/me`: the logged-in user.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn me(&self) -> Result<UserView> {
         let me: UserView = self
             .retrying(|| async {
@@ -395,6 +399,7 @@ impl Client {
 
     /// `POST /v1/chats`: creates a chat; the caller becomes its owner and `member_ids` its other
     /// members.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn create_chat(&self, name: &str, member_ids: &[UserId]) -> Result<ChatView> {
         let body = CreateChatRequest {
             chat_name: name.to_owned(),
@@ -405,6 +410,7 @@ impl Client {
     }
 
     /// `GET /v1/chats/{chat_id}`: one chat with its members (members only).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn chat(&self, chat_id: ChatId) -> Result<ChatView> {
         let path = format!("/v1/chats/{chat_id}");
         self.retrying(|| async {
@@ -416,6 +422,7 @@ impl Client {
 
     /// `GET /v1/chats`: the caller's chats, latest activity first, each with its last message,
     /// the caller's read marker and exact unread count.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn list_chats(&self) -> Result<Vec<ChatSummary>> {
         let list: ChatList = self
             .retrying(|| async {
@@ -427,6 +434,7 @@ impl Client {
     }
 
     /// `GET /v1/users/{user_id}`: another user's id and display name (never the email).
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = ?user_id), err(Display, level = "debug"))]
     pub async fn user(&self, user_id: UserId) -> Result<PublicUser> {
         let path = format!("/v1/users/{user_id}");
         self.get_json(&path).await
@@ -435,12 +443,14 @@ impl Client {
     /// `GET /v1/users?email=`: the user with exactly this email (any case), to start a chat with
     /// someone whose address one knows. Rate-limited like logins; `not_found` when nobody has
     /// it.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn find_user(&self, email: &str) -> Result<PublicUser> {
         let path = format!("/v1/users?email={}", percent_encode(email));
         self.get_json(&path).await
     }
 
     /// `PATCH /v1/users/me`: changes the caller's display name.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn set_display_name(&self, display_name: &str) -> Result<UserView> {
         let body = UpdateMeRequest {
             display_name: display_name.to_owned(),
@@ -455,6 +465,7 @@ impl Client {
     }
 
     /// `PATCH /v1/chats/{chat_id}`: renames a chat (owner or admin).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn rename_chat(&self, chat_id: ChatId, chat_name: &str) -> Result<ChatView> {
         let path = format!("/v1/chats/{chat_id}");
         let body = RenameChatRequest {
@@ -469,6 +480,7 @@ impl Client {
 
     /// `PUT /v1/chats/{chat_id}/members/{user_id}/role`: makes a member an admin or takes it
     /// back ([`Role::Admin`] or [`Role::Member`]; the owner only).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, user_id = ?user_id), err(Display, level = "debug"))]
     pub async fn set_role(&self, chat_id: ChatId, user_id: UserId, role: Role) -> Result<RoleView> {
         let path = format!("/v1/chats/{chat_id}/members/{user_id}/role");
         let body = SetRoleRequest { role };
@@ -481,6 +493,7 @@ impl Client {
 
     /// `POST /v1/direct`: the one direct chat of the caller and `user_id`, created if needed
     /// (the same chat for both of them, even when both ask at once).
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = ?user_id), err(Display, level = "debug"))]
     pub async fn direct_chat(&self, user_id: UserId) -> Result<ChatView> {
         let body = DirectRequest { user_id };
         self.retrying(|| async {
@@ -493,6 +506,7 @@ impl Client {
     /// `POST /v1/chats/{chat_id}/read`: moves the caller's read marker forward to `seq` (a
     /// lower one leaves it) and returns where it stands. Every device of every member hears
     /// [`Event::Read`](crate::Event::Read).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, seq = ?seq), err(Display, level = "debug"))]
     pub async fn mark_read(&self, chat_id: ChatId, seq: Seq) -> Result<Seq> {
         let path = format!("/v1/chats/{chat_id}/read");
         let body = ReadRequest { seq };
@@ -506,6 +520,7 @@ impl Client {
     }
 
     /// `GET /v1/chats/{chat_id}/receipts`: where every member has read up to.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn receipts(&self, chat_id: ChatId) -> Result<Vec<Receipt>> {
         let path = format!("/v1/chats/{chat_id}/receipts");
         let r: ReceiptsResponse = self.get_json(&path).await?;
@@ -514,6 +529,7 @@ impl Client {
 
     /// `GET /v1/presence`: who of `user_ids` is online. Users who share no chat with the
     /// caller are left out of the answer.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn presence(&self, user_ids: &[UserId]) -> Result<Vec<PresenceView>> {
         if user_ids.is_empty() {
             return Ok(Vec::new());
@@ -534,6 +550,7 @@ impl Client {
     }
 
     /// `POST /v1/chats/{chat_id}/members`: adds a user (owner or admin only).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, user_id = ?user_id), err(Display, level = "debug"))]
     pub async fn add_member(&self, chat_id: ChatId, user_id: UserId) -> Result<()> {
         let path = format!("/v1/chats/{chat_id}/members");
         let rb = self
@@ -544,6 +561,7 @@ impl Client {
 
     /// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leaves (own id) or removes a member
     /// (owner or admin).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, user_id = ?user_id), err(Display, level = "debug"))]
     pub async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<()> {
         let path = format!("/v1/chats/{chat_id}/members/{user_id}");
         let rb = self.request(Method::DELETE, &path, true)?;
@@ -552,6 +570,7 @@ impl Client {
 
     /// `POST /v1/send`: sends `text` to a chat and returns the stored message once the server
     /// has made it durable. See [`Client::send_with`].
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn send(&self, chat_id: ChatId, text: &str) -> Result<Message> {
         self.send_with(chat_id, text, SendOptions::default()).await
     }
@@ -565,6 +584,7 @@ impl Client {
     /// - Ordered per chat: sends to one chat go out one at a time, so message N+1 of a chat is
     ///   not sent before N is acknowledged (or has finally failed). Concurrent calls for one chat
     ///   are served in the order they first await. Sends to different chats run in parallel.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn send_with(
         &self,
         chat_id: ChatId,
@@ -585,6 +605,7 @@ impl Client {
 
     /// Sends `text` as a reply to message `reply_to` of the same chat: [`Client::send_with`]
     /// with [`SendOptions::reply_to_seq`].
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, reply_to = ?reply_to), err(Display, level = "debug"))]
     pub async fn reply(&self, chat_id: ChatId, reply_to: Seq, text: &str) -> Result<Message> {
         let options = SendOptions {
             reply_to_seq: Some(reply_to),
@@ -596,6 +617,7 @@ impl Client {
     /// `PATCH /v1/chats/{chat_id}/messages/{seq}`: replaces the text of one's own message and
     /// returns it with `edited_at`. Editing to the same text changes nothing; a deleted message
     /// cannot be edited (409 `conflict`). Retried like a read: an edit is idempotent.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, seq = ?seq), err(Display, level = "debug"))]
     pub async fn edit(&self, chat_id: ChatId, seq: Seq, text: &str) -> Result<Message> {
         let body = EditRequest {
             msg_text: text.to_owned(),
@@ -607,12 +629,14 @@ impl Client {
     /// `DELETE /v1/chats/{chat_id}/messages/{seq}`: makes a message a tombstone (`deleted`,
     /// no text, no reactions; its `seq` stays). Its sender, the chat's owner or an admin may.
     /// Deleting twice is fine.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, seq = ?seq), err(Display, level = "debug"))]
     pub async fn delete_message(&self, chat_id: ChatId, seq: Seq) -> Result<Message> {
         self.change(Method::DELETE, chat_id, seq, "", None).await
     }
 
     /// `PUT /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: adds the caller's reaction
     /// (1 to 32 bytes; at most 20 distinct emoji per message). Idempotent.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, seq = ?seq), err(Display, level = "debug"))]
     pub async fn react(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
         let tail = format!("/reactions/{}", percent_encode(emoji));
         self.change(Method::PUT, chat_id, seq, &tail, None).await
@@ -620,6 +644,7 @@ impl Client {
 
     /// `DELETE /v1/chats/{chat_id}/messages/{seq}/reactions/{emoji}`: takes the caller's
     /// reaction back. Idempotent.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, seq = ?seq), err(Display, level = "debug"))]
     pub async fn unreact(&self, chat_id: ChatId, seq: Seq, emoji: &str) -> Result<Message> {
         let tail = format!("/reactions/{}", percent_encode(emoji));
         self.change(Method::DELETE, chat_id, seq, &tail, None).await
@@ -650,6 +675,7 @@ impl Client {
 
     /// `GET /v1/chats/{chat_id}/changes`: one page of the chat's change feed, the messages
     /// whose latest change is above `after_rev`, in current state, by ascending `rev`.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, after_rev = ?after_rev), err(Display, level = "debug"))]
     pub async fn changes(&self, chat_id: ChatId, after_rev: Rev, limit: u32) -> Result<Changes> {
         let path = format!("/v1/chats/{chat_id}/changes");
         let query = [
@@ -679,6 +705,7 @@ impl Client {
 
     /// Every change of a chat above `after_rev`, paging to the end: the messages in their
     /// current state (by ascending `rev`) and the `rev` to continue from next time.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, after_rev = ?after_rev), err(Display, level = "debug"))]
     pub async fn changes_all_after(
         &self,
         chat_id: ChatId,
@@ -697,6 +724,7 @@ impl Client {
     }
 
     /// `GET /v1/fetch`: one page of a chat's history (members only).
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id), err(Display, level = "debug"))]
     pub async fn fetch(&self, chat_id: ChatId, options: FetchOptions) -> Result<Page> {
         let mut query: Vec<(&str, String)> = vec![("chat_id", chat_id.to_string())];
         match &options.from {
@@ -728,6 +756,7 @@ impl Client {
     }
 
     /// Every message of a chat with `seq > after`, oldest first, paging forward to the end.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, after = ?after), err(Display, level = "debug"))]
     pub async fn fetch_all_after(&self, chat_id: ChatId, after: Seq) -> Result<Vec<Message>> {
         let mut out = Vec::new();
         let mut cursor = after;
@@ -761,6 +790,7 @@ impl Client {
     /// continues from there, with every message and change it missed
     /// ([`Client::saved_positions`]). The first stream ever starts from now: only messages
     /// stored after this call returns, for the chats the user has now.
+    #[tracing::instrument(level = "debug", skip_all, err(Display, level = "debug"))]
     pub async fn subscribe(&self) -> Result<Subscription> {
         let saved = self.saved_positions();
         if !saved.is_empty() {

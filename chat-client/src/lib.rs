@@ -34,12 +34,27 @@
 //! # Guarantees
 //! - [`Client::send`] is idempotent and retried: one `client_msg_id` per message, the same on
 //!   every attempt, so a retry never makes a second copy; sends to one chat leave in order.
+//!   While a [`Subscription`] is connected they travel over its WebSocket (the `send` frame
+//!   and its `ack`), otherwise, or when the socket breaks mid-send, over REST.
+//! - [`Client::enqueue`] is the same send without waiting: it returns the message's local echo
+//!   at once and reports its progress on [`Client::outbox_events`]; failures stay in the queue
+//!   for the application to retry or discard (see [`outbox`]). With
+//!   [`ClientBuilder::state_dir`] the queue survives a restart of the application.
+//! - [`Client::subscribe`] is one stream for the whole account and resumes where the client's
+//!   last stream ended (in memory, and across restarts with a state directory).
 //! - A [`Subscription`] hands the application every message of every chat exactly once, in `seq`
 //!   order per chat, across reconnects and server restarts (see the [`subscription`] module for
 //!   how, and where each chat starts).
 //!
+//! # Tracing
+//! Every public call of [`Client`] runs in a `tracing` span at debug level named after the
+//! method (with the chat, user or `seq` it is about, never message text or credentials), and
+//! a failed call records its error in it, so the SDK shows up inside the application's own
+//! traces.
+//!
 //! # Layout
 //! - [`client`]: [`Client`], its builder, [`SendOptions`], [`FetchOptions`], [`Page`].
+//! - [`outbox`]: the send queue, [`Outgoing`] and [`SendState`].
 //! - [`subscription`]: [`Subscription`] and [`Event`].
 //! - [`error`]: the one [`Error`] enum.
 //! - [`retry`]: [`RetryPolicy`] and the jittered backoff behind retries and reconnects.
