@@ -278,8 +278,49 @@ struct SavedPosition {
 
 /// A connection to one chat server, for one user session.
 ///
-/// Cheap to clone (an `Arc` inside); every clone shares the HTTP connection pool and the session,
-/// so logging in on one clone logs in all of them. `Send + Sync`.
+/// Cheap to clone (an `Arc` inside); every clone shares the HTTP connection pool, the session,
+/// the send queue and the saved stream positions, so logging in on one clone logs in all of
+/// them. `Send + Sync`.
+///
+/// # Example: an app's main loop
+/// One stream for the whole account, sends with local echo, and state kept across restarts.
+/// (`no_run`: it needs a server; `chat-server/tests/sdk_queue.rs` does the same against a
+/// real one.)
+/// ```no_run
+/// use chat_client::{Client, Event, SendOptions, SendState};
+/// use futures::StreamExt;
+///
+/// # async fn run() -> chat_client::Result<()> {
+/// let client = Client::builder("https://chat.example.com")
+///     .state_dir("/var/lib/my-app/chat") // the send queue and stream positions live here
+///     .build()?;
+/// client.login("ada@example.com", "correct horse").await?;
+///
+/// let chat = client.list_chats().await?.into_iter().next().expect("a chat");
+/// // Shown at once as pending; marked when the server stores it.
+/// let echo = client.enqueue(chat.chat_id, "on my way", SendOptions::default())?;
+/// let mut queue = client.outbox_events();
+///
+/// // Resumes where the last run's stream ended.
+/// let mut events = client.subscribe().await?;
+/// loop {
+///     tokio::select! {
+///         Some(event) = events.next() => match event {
+///             Event::Message(m) => println!("#{} {}: {}", m.seq, m.sender_id, m.msg_text),
+///             Event::Disconnected { reason, .. } => eprintln!("offline: {reason}"),
+///             _ => {}
+///         },
+///         Ok(update) = queue.recv() => match update.state {
+///             SendState::Sent(m) if update.client_msg_id == echo.client_msg_id => {
+///                 println!("delivered as #{}", m.seq)
+///             }
+///             SendState::Failed { message, .. } => eprintln!("not sent: {message}"),
+///             _ => {}
+///         },
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,

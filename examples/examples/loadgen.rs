@@ -292,8 +292,14 @@ struct StoreArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ViaArg {
+    /// Raw WebSocket `send` frames.
     Ws,
+    /// Raw `POST /v1/send`.
     Rest,
+    /// The SDK with a connected subscription (sends over its WebSocket).
+    SdkWs,
+    /// The SDK without a subscription (sends over REST).
+    SdkRest,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -531,6 +537,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 via: match via {
                     ViaArg::Ws => writes::Via::Ws,
                     ViaArg::Rest => writes::Via::Rest,
+                    ViaArg::SdkWs => writes::Via::SdkWs,
+                    ViaArg::SdkRest => writes::Via::SdkRest,
                 },
                 msg_bytes,
                 server_pid: common.server_pid,

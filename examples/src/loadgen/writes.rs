@@ -35,6 +35,12 @@ pub enum Via {
     Ws,
     /// `POST /v1/send`, answered by 201.
     Rest,
+    /// The SDK (`chat_client::Client::send`) with a connected subscription: its sends travel
+    /// over the subscription's WebSocket. The SDK keeps one send in flight per chat, so
+    /// `window` is the number of concurrent callers queued on the sender's chat.
+    SdkWs,
+    /// The SDK without a subscription: its sends go over REST.
+    SdkRest,
 }
 
 /// What to run against a server.
@@ -174,6 +180,39 @@ pub async fn run_server(
                     tally.clone(),
                 )));
             }
+            Via::SdkWs | Via::SdkRest => {
+                let client = chat_client::Client::builder(&target.base)
+                    .token(u.token.clone())
+                    .user_id(u.user_id)
+                    .build()
+                    .with_context(|| format!("SDK client of sender {i}"))?;
+                let sub = if p.via == Via::SdkWs {
+                    Some(
+                        sdk_connected(&client)
+                            .await
+                            .with_context(|| format!("subscribing sender {i}"))?,
+                    )
+                } else {
+                    None
+                };
+                for w in 0..p.window {
+                    tasks.push(tokio::spawn(sdk_sender(
+                        client.clone(),
+                        *chat,
+                        (i * p.window + w) as u64,
+                        p.msg_bytes,
+                        deadline,
+                        tally.clone(),
+                    )));
+                }
+                // The stream must live (and be read) for the socket to stay up.
+                if let Some(mut sub) = sub {
+                    tokio::spawn(async move {
+                        use futures::StreamExt as _;
+                        while sub.next().await.is_some() {}
+                    });
+                }
+            }
             Via::Rest => {
                 for w in 0..p.window {
                     tasks.push(tokio::spawn(rest_sender(
@@ -197,6 +236,8 @@ pub async fn run_server(
             via: match p.via {
                 Via::Ws => "ws".into(),
                 Via::Rest => "rest".into(),
+                Via::SdkWs => "sdk_ws".into(),
+                Via::SdkRest => "sdk_rest".into(),
             },
             store: None,
             writers: p.senders,
@@ -378,6 +419,50 @@ async fn rest_sender(
                 tally.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tally.error(format!("{e:#}")),
+        }
+    }
+    hist
+}
+
+/// A subscription of `client` that has connected (so the SDK's sends use its socket).
+async fn sdk_connected(client: &chat_client::Client) -> anyhow::Result<chat_client::Subscription> {
+    use futures::StreamExt as _;
+    let mut sub = client.subscribe().await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+            Ok(Some(chat_client::Event::Connected)) => return Ok(sub),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the subscription ended before connecting"),
+            Err(_) => bail!("the subscription did not connect within 10 s"),
+        }
+    }
+}
+
+/// One caller of the SDK's `send`, closed loop, until the deadline.
+async fn sdk_sender(
+    client: chat_client::Client,
+    chat: ChatId,
+    worker: u64,
+    msg_bytes: usize,
+    deadline: Instant,
+    tally: Arc<Tally>,
+) -> Latency {
+    let mut hist = Latency::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let text = super::padded_text(&format!("lg {n} 0 "), msg_bytes);
+        let options = chat_client::SendOptions {
+            client_msg_id: Some(format!("s{worker}-{n}")),
+            ..Default::default()
+        };
+        n += 1;
+        let t = Instant::now();
+        match client.send_with(chat, &text, options).await {
+            Ok(_) => {
+                hist.record(t.elapsed());
+                tally.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tally.error(e.to_string()),
         }
     }
     hist
