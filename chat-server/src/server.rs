@@ -64,6 +64,7 @@ impl Server {
             crashed: CancellationToken::new(),
             presence: std::sync::OnceLock::new(),
             typing: crate::ops::typing::Throttle::default(),
+            own_markers: Arc::default(),
         };
         Server {
             state: Arc::new(state),

@@ -35,4 +35,6 @@ pub(crate) struct AppState {
     pub(crate) presence: std::sync::OnceLock<crate::presence::Presence>,
     /// Typing frames forwarded lately, to forward at most one per user and chat a second.
     pub(crate) typing: crate::ops::typing::Throttle,
+    /// Senders' own read-marker moves on their way to the store.
+    pub(crate) own_markers: Arc<crate::ops::read::OwnMarkers>,
 }

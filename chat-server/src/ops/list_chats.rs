@@ -8,7 +8,8 @@
 //! `unread = last_seq - last_read_seq - deleted_after`: seqs are dense, and none of the
 //! messages above the marker is the caller's own, because sending moves the sender's marker
 //! to the message sent (`ops::read::after_send`; a send retried after a failed move moves it
-//! again).
+//! again). That move is written after the send is acked; until it lands, this node adds it from
+//! `OwnMarkers`, so the sender's own list is exact at once.
 
 use crate::state::AppState;
 use chat_core::protocol::{ChatList, ChatSummary};
@@ -16,7 +17,13 @@ use chat_core::{ChatId, Result, Seq, UserId};
 
 /// The caller's chats, latest activity first.
 pub(crate) async fn run(st: &AppState, caller: UserId) -> Result<ChatList> {
-    let chats = st.metadata.user_chats(caller).await?;
+    let mut chats = st.metadata.user_chats(caller).await?;
+    // A send's own marker move may still be on its way to the store.
+    for c in &mut chats {
+        if let Some(p) = st.own_markers.pending(c.chat.chat_id, caller) {
+            c.last_read_seq = c.last_read_seq.max(p);
+        }
+    }
     let asked: Vec<(ChatId, Seq)> = chats
         .iter()
         .map(|c| (c.chat.chat_id, c.last_read_seq))

@@ -125,7 +125,7 @@ pub(crate) async fn commit(state: &AppState, prepared: Prepared) -> Result<Appen
     } else {
         state.metrics.messages_deduplicated.inc();
     }
-    super::read::after_send(state, prepared.sender, chat_id, appended.message.seq).await;
+    super::read::after_send(state, prepared.sender, chat_id, appended.message.seq);
     state
         .metrics
         .send_ack_seconds
