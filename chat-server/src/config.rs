@@ -59,6 +59,10 @@ pub struct Config {
     /// How long after a user's last connection closes they are announced offline: a reconnect
     /// within it is not a flap.
     pub presence_grace: Duration,
+    /// Origins of browser apps served from elsewhere that may call the API (CORS), exactly as
+    /// browsers send them (`https://app.example.com`, no path). Empty (the default): no CORS
+    /// headers, so only pages served by this server itself (same origin) can use the API.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -90,8 +94,30 @@ impl Default for Config {
             live_order_hold: Duration::from_millis(50),
             presence: None,
             presence_grace: Duration::from_secs(5),
+            cors_origins: Vec::new(),
         }
     }
+}
+
+/// Checks one `--cors-origin`: a scheme (`http` or `https`), a host and an optional port, and
+/// nothing else (browsers send the `Origin` header in exactly that form, so anything more
+/// would never match). Returns it as browsers send it.
+pub fn parse_cors_origin(origin: &str) -> Result<String, String> {
+    let o = origin.trim();
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .ok_or_else(|| format!("CORS origin {o:?} must start with http:// or https://"))?;
+    let valid_host = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !valid_host {
+        return Err(format!(
+            "CORS origin {o:?} must be scheme://host[:port] with no path, query or trailing slash"
+        ));
+    }
+    Ok(o.to_ascii_lowercase())
 }
 
 /// A token bucket: `per_sec` tokens refill each second up to `burst`. A `per_sec` of 0 turns the
@@ -256,5 +282,37 @@ fn default_node_id() -> String {
     match host {
         Some(h) => format!("{h}-{}", std::process::id()),
         None => format!("node-{:08x}", rand::random::<u32>()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cors_origin;
+
+    #[test]
+    fn cors_origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            parse_cors_origin(" https://App.Example.com ").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            parse_cors_origin("http://localhost:5173").as_deref(),
+            Ok("http://localhost:5173")
+        );
+        assert_eq!(
+            parse_cors_origin("http://[::1]:8080").as_deref(),
+            Ok("http://[::1]:8080")
+        );
+        for bad in [
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://",
+            "https://a b",
+            "*",
+        ] {
+            assert!(parse_cors_origin(bad).is_err(), "{bad} must be refused");
+        }
     }
 }

@@ -155,6 +155,10 @@ struct AbuseArgs {
     /// Seconds one REST request may take, body included, before a 408.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT_SECS", default_value_t = AbuseLimits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
+    /// An origin of a browser app on another site that may call the API, e.g.
+    /// `https://app.example.com` (repeatable or comma-separated). Default: none (same origin).
+    #[arg(long = "cors-origin", env = "CHAT_CORS_ORIGINS", value_delimiter = ',', value_parser = chat_server::config::parse_cors_origin)]
+    cors_origins: Vec<String>,
     /// A proxy whose X-Forwarded-For is believed (repeatable; e.g. the nginx in front).
     #[arg(
         long = "trusted-proxy",
@@ -208,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         abuse: args.abuse.limits(),
         ordered_appends: Config::ordered_appends_for(&args.messages),
         presence_grace: Duration::from_millis(args.presence_grace_ms),
+        cors_origins: args.abuse.cors_origins.clone(),
         ..defaults
     };
 

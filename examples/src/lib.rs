@@ -1,48 +1,10 @@
 //! Shared helpers for the example programs: signing in (register on first use) and logging.
 //!
-//! The programs themselves live in `examples/` (`chat`, `bot`, `loadgen`); this library holds
-//! what more than one of them needs, and the load generator's core ([`loadgen`]), which the
-//! test suite runs in-process.
+//! The programs themselves live in `examples/` (`bot`, `loadgen`; the terminal client is the
+//! `chat-term` crate); this library holds the load generator's core ([`loadgen`]), which the
+//! test suite runs in-process, and re-exports what the programs share from `chat-term`.
 
 pub mod loadgen;
 
-use anyhow::Context as _;
-use chat_client::{Client, ErrorCode};
-
-/// Logs in as `email`, registering the account first if the server does not know it yet.
-///
-/// A wrong password for an existing account fails (registration then answers `conflict`), so a
-/// typo never silently creates a second account.
-pub async fn sign_in(
-    server: &str,
-    email: &str,
-    password: &str,
-    display_name: Option<&str>,
-) -> anyhow::Result<Client> {
-    let client = Client::new(server).with_context(|| format!("server URL {server}"))?;
-    match client.login(email, password).await {
-        Ok(_) => return Ok(client),
-        Err(e) if e.code() == Some(&ErrorCode::Unauthenticated) => {}
-        Err(e) => return Err(e).context("logging in"),
-    }
-    match client.register(email, password, display_name).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(&ErrorCode::Conflict) => {
-            anyhow::bail!("{email} is registered with another password")
-        }
-        Err(e) => return Err(e).context("registering"),
-    }
-    client.login(email, password).await.context("logging in")?;
-    Ok(client)
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only, so the programs' own output
-/// on stdout stays readable).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
+// Signing in and logging live with the terminal client, which depends on the SDK only.
+pub use chat_term::{init_tracing, sign_in};

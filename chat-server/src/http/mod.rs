@@ -20,6 +20,7 @@ use futures::FutureExt as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 /// Every route of the contract, with its layers.
@@ -72,7 +73,36 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             crate::metrics::track,
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(cors(&state.config.cors_origins))
         .with_state(state)
+}
+
+/// CORS for the configured origins: a preflight from one of them is answered (methods, the
+/// headers the API reads, cached for 10 minutes); any other origin gets no CORS headers, so
+/// browsers keep its pages out. Outermost, so preflights never reach authentication.
+fn cors(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::util::Identity> {
+    use axum::http::{header, HeaderValue, Method};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if allowed.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    tower::util::Either::Left(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::PUT,
+                Method::DELETE,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> ApiError {

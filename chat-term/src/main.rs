@@ -1,4 +1,4 @@
-//! Run with: cargo run -p examples --example chat -- --server http://127.0.0.1:8080 --email ada@example.com --password 'correct horse'
+//! Run with: cargo run --release -p chat-term -- --server http://127.0.0.1:8080 --email ada@example.com --password 'correct horse'
 //!
 //! A line-based terminal chat client. It logs in (registering the account on first use), shows
 //! your chats with their unread counts, and then prints live messages of every chat while
@@ -59,9 +59,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    examples::init_tracing();
+    chat_term::init_tracing();
     let args = Args::parse();
-    let client = examples::sign_in(
+    let client = chat_term::sign_in(
         &args.server,
         &args.email,
         &args.password,
