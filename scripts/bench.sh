@@ -11,6 +11,7 @@
 #   scripts/bench.sh history       # page back through them, latency per page
 #   scripts/bench.sh writes        # sustained acked sends/s through the server (WebSocket)
 #   scripts/bench.sh writes-rest   # the same over POST /v1/send
+#   scripts/bench.sh writes-sdk    # the SDK's send: over its subscription's WebSocket, then REST
 #   scripts/bench.sh writes-store  # appends/s straight into SQLite (no server)
 #   scripts/bench.sh criterion     # cargo bench: frames, hub fan-out, SQLite append batches
 #
@@ -161,6 +162,17 @@ case "$scenario" in
     start_server "$(fresh_data writes)" --fast-passwords "${STORES[@]}"
     mapfile -t F < <(flags --senders 64 --window 32 --duration 20)
     lg writes writes --via ws "${F[@]}"
+    ;;
+  writes-sdk)
+    # The SDK's two send paths under the same load, each on a fresh server: over a connected
+    # subscription's WebSocket, then over REST (no subscription).
+    build
+    mapfile -t F < <(flags --senders 64 --window 4 --duration 15)
+    for via in sdk-ws sdk-rest; do
+      start_server "$(fresh_data "writes-$via")" --fast-passwords "${STORES[@]}"
+      lg "writes-$via" writes --via "$via" "${F[@]}"
+      stop_server
+    done
     ;;
   writes-rest)
     build

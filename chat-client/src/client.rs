@@ -872,7 +872,30 @@ impl Client {
             return Err(Error::NotLoggedIn);
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        Ok(Subscription::start(&runtime, self.clone(), points))
+        Ok(Subscription::start(&runtime, self.clone(), points, None))
+    }
+
+    /// Opens a live stream of one chat only (e.g. for a window that shows that chat), beside
+    /// or instead of the account's stream: its messages exactly once and in order, its
+    /// updates, reads and typing, and presence. It resumes where this client's streams left
+    /// the chat ([`Client::saved_positions`]); the first time, it starts from the chat's
+    /// current `last_seq`. If the user leaves the chat, [`Event::RemovedFromChat`] comes and
+    /// then nothing more until they are added again.
+    ///
+    /// [`Event::RemovedFromChat`]: crate::Event::RemovedFromChat
+    pub async fn subscribe_chat(&self, chat_id: ChatId) -> Result<Subscription> {
+        let point = match self.saved_positions().get(&chat_id) {
+            Some(p) => *p,
+            None => ResumePoint::new(self.chat(chat_id).await?.last_seq, None),
+        };
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let points = HashMap::from([(chat_id, point)]);
+        Ok(Subscription::start(
+            &runtime,
+            self.clone(),
+            points,
+            Some(chat_id),
+        ))
     }
 
     pub(crate) fn ws_url(&self) -> &str {

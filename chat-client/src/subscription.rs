@@ -223,6 +223,7 @@ impl Subscription {
         runtime: &tokio::runtime::Handle,
         client: Client,
         start: HashMap<ChatId, ResumePoint>,
+        only: Option<ChatId>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING);
@@ -248,6 +249,7 @@ impl Subscription {
             presence: HashMap::new(),
             announced_down: false,
             inflight: HashMap::new(),
+            only,
         };
         let task = runtime.spawn(worker.run());
         Subscription {
@@ -406,6 +408,9 @@ struct Worker {
     /// Sends written on this connection and waiting for their `ack` (or error frame), by
     /// `client_msg_id`. Dropped with the connection, which tells the senders it was lost.
     inflight: HashMap<String, oneshot::Sender<Result<Message, Error>>>,
+    /// A subscription to one chat ([`Client::subscribe_chat`]): events of other chats are
+    /// not followed or handed over.
+    only: Option<ChatId>,
 }
 
 /// The WebSocket of a connected subscription, offered to the client's send queue.
@@ -632,8 +637,26 @@ impl Worker {
     }
 
     async fn handle(&mut self, frame: ServerFrame, ready: &mut bool) -> Result<(), Stop> {
+        if let Some(only) = self.only {
+            let about = match &frame {
+                ServerFrame::Message { message } | ServerFrame::MessageUpdated { message } => {
+                    Some(message.chat_id)
+                }
+                ServerFrame::ChatUpdated { chat } => Some(chat.chat_id),
+                ServerFrame::RemovedFromChat { chat_id }
+                | ServerFrame::Read { chat_id, .. }
+                | ServerFrame::Typing { chat_id, .. } => Some(*chat_id),
+                _ => None,
+            };
+            if about.is_some_and(|c| c != only) {
+                return Ok(());
+            }
+        }
         match frame {
-            ServerFrame::Ready { chats, .. } => {
+            ServerFrame::Ready { mut chats, .. } => {
+                if let Some(only) = self.only {
+                    chats.retain(|c| c.chat_id == only);
+                }
                 *ready = true;
                 self.announced_down = false;
                 self.emit(Event::Connected).await?;

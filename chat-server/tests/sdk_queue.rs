@@ -339,3 +339,54 @@ async fn sends_in_flight_on_a_socket_that_dies_are_resent_once_over_rest() {
     let want: Vec<String> = (0..200).map(|i| format!("m {i}")).collect();
     assert_eq!(texts, want, "every message once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_subscription_sees_its_chat_only_and_resumes_too() {
+    let server = TestServer::start("sdk_subscribe_chat").await;
+    let a = server.user("one-alice").await;
+    let b = server.user("one-bob").await;
+    let wanted = a
+        .create_chat("wanted", &[uid(&b)])
+        .await
+        .expect("create")
+        .chat_id;
+    let other = a
+        .create_chat("other", &[uid(&b)])
+        .await
+        .expect("create")
+        .chat_id;
+    a.send(wanted, "before").await.expect("send");
+
+    let mut sub = b
+        .subscribe_chat(wanted)
+        .await
+        .expect("subscribe to one chat");
+    connected(&mut sub).await;
+    for i in 0..3 {
+        a.send(other, &format!("elsewhere {i}"))
+            .await
+            .expect("send");
+        a.send(wanted, &format!("here {i}")).await.expect("send");
+    }
+    // Only the wanted chat's messages, from after the subscription started, in order; a
+    // message of the other chat would fail `messages_of`'s count or the seq check.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match next_event(&mut sub).await {
+            Event::Message(m) => got.push(m),
+            Event::ChatUpdated(c) => assert_eq!(c.chat_id, wanted),
+            _ => {}
+        }
+    }
+    assert!(got.iter().all(|m| m.chat_id == wanted), "{got:?}");
+    assert_dense(&got, 2);
+    drop(sub);
+
+    a.send(wanted, "while away").await.expect("send");
+    let mut sub = b.subscribe_chat(wanted).await.expect("again");
+    let back = messages_of(&mut sub, wanted, 1).await;
+    assert_eq!(
+        (back[0].seq, back[0].msg_text.as_str()),
+        (Seq(5), "while away")
+    );
+}
