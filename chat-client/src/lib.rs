@@ -40,8 +40,9 @@
 //!   at once and reports its progress on [`Client::outbox_events`]; failures stay in the queue
 //!   for the application to retry or discard (see [`outbox`]). With
 //!   [`ClientBuilder::state_dir`] the queue survives a restart of the application.
-//! - [`Client::subscribe`] is one stream for the whole account and resumes where the client's
-//!   last stream ended (in memory, and across restarts with a state directory).
+//! - [`Client::subscribe`] is one stream for the whole account (chats joined later included)
+//!   and resumes where the client's last stream ended (in memory, and across restarts with a
+//!   state directory); [`Client::subscribe_chat`] is the same for one chat.
 //! - A [`Subscription`] hands the application every message of every chat exactly once, in `seq`
 //!   order per chat, across reconnects and server restarts (see the [`subscription`] module for
 //!   how, and where each chat starts).
