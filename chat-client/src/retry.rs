@@ -29,6 +29,25 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// A policy of `max_attempts` attempts in all (the first included; `1` never retries),
+    /// waiting `base_delay` (jittered) before the first retry and doubling it on every further
+    /// one, up to `max_delay` between two attempts.
+    ///
+    /// ```
+    /// use chat_client::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let patient = RetryPolicy::new(20, Duration::from_millis(200), Duration::from_secs(10));
+    /// assert_eq!(patient.max_attempts, 20);
+    /// ```
+    pub fn new(max_attempts: u32, base_delay: Duration, max_delay: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            base_delay,
+            max_delay,
+        }
+    }
+
     /// A policy that tries once and never retries.
     pub fn never() -> Self {
         RetryPolicy {

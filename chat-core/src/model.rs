@@ -244,6 +244,44 @@ pub struct Message {
     pub rev: Rev,
 }
 
+impl Message {
+    /// A message as appended at `seq` and never changed since: no `timestamp`,
+    /// `client_msg_id` or `reply_to_seq`, not edited, deleted or reacted to, and `rev == seq`
+    /// (the revision of its append in a chat none of whose messages changed). Set the other
+    /// fields after it where they differ.
+    ///
+    /// ```
+    /// use chat_core::{ChatId, Message, Rev, Seq, UserId};
+    ///
+    /// let mut m = Message::new(ChatId(1), Seq(7), UserId(3), "hello", 1_700_000_000_000);
+    /// m.reply_to_seq = Some(Seq(5));
+    /// m.rev = Rev(9);
+    /// assert_eq!(m.msg_text, "hello");
+    /// ```
+    pub fn new(
+        chat_id: ChatId,
+        seq: Seq,
+        sender_id: UserId,
+        msg_text: impl Into<String>,
+        sent_at: Millis,
+    ) -> Self {
+        Message {
+            chat_id,
+            seq,
+            sender_id,
+            msg_text: msg_text.into(),
+            sent_at,
+            timestamp: None,
+            client_msg_id: None,
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: Rev(seq.get()),
+        }
+    }
+}
+
 /// What the server asks a [`MessageStore`](crate::MessageStore) to append. The store assigns
 /// `seq`; everything else is already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,6 +336,17 @@ pub struct Reaction {
     pub user_ids: Vec<UserId>,
 }
 
+impl Reaction {
+    /// `emoji` as reacted by `user_ids`, in the order they reacted; `count` is their number.
+    pub fn new(emoji: impl Into<String>, user_ids: Vec<UserId>) -> Self {
+        Reaction {
+            emoji: emoji.into(),
+            count: u32::try_from(user_ids.len()).unwrap_or(u32::MAX),
+            user_ids,
+        }
+    }
+}
+
 /// Adds (`add: true`) or takes back `user`'s `emoji` among a message's `reactions`, in place:
 /// the one rule every store applies, so every backend gives the same state.
 ///
@@ -329,11 +378,7 @@ pub fn apply_reaction(
                     "a message has at most {max_distinct} distinct reactions"
                 )));
             }
-            reactions.push(Reaction {
-                emoji: emoji.to_owned(),
-                count: 1,
-                user_ids: vec![user],
-            });
+            reactions.push(Reaction::new(emoji, vec![user]));
             Ok(true)
         }
         (false, Some(i)) => {
