@@ -50,10 +50,15 @@ impl RetryPolicy {
 
     /// A policy that tries once and never retries.
     pub fn never() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy::default().with_max_attempts(1)
+    }
+
+    /// This policy with `max_attempts` attempts in all (the first included), e.g.
+    /// `RetryPolicy::default().with_max_attempts(20)` for the default delays, more patiently.
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
     }
 }
 
