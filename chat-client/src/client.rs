@@ -167,7 +167,11 @@ impl ClientBuilder {
 }
 
 /// Options of [`Client::send_with`].
+///
+/// Non-exhaustive: later versions may add options. Start from [`SendOptions::default`] and
+/// chain the `with_*` methods (or set the public fields).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// The idempotency key (up to 64 bytes). `None`: the SDK generates a UUID v4. Give your own
     /// to make a send that survives an application restart idempotent (store the key with the

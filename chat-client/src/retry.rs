@@ -7,7 +7,11 @@ use rand::Rng;
 use std::time::Duration;
 
 /// How the SDK retries idempotent requests (reads, and sends, which carry a `client_msg_id`).
+///
+/// Non-exhaustive: later versions may add settings. Build one with [`RetryPolicy::new`],
+/// [`RetryPolicy::default`] or [`RetryPolicy::never`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Total attempts, the first included. `1` disables retries.
     pub max_attempts: u32,

@@ -62,8 +62,11 @@ pub struct NewSession {
 }
 
 /// A member's role in a chat.
+///
+/// Non-exhaustive: a later version may add roles, so a `match` needs a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Role {
     /// Created the chat; may add and remove anyone.
     Owner,
@@ -117,8 +120,11 @@ pub struct Chat {
 }
 
 /// What kind of chat a chat is (protocol "Additions": direct chats).
+///
+/// Non-exhaustive: a later version may add kinds, so a `match` needs a wildcard arm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ChatKind {
     /// A chat of any number of members, created by `POST /v1/chats`.
     #[default]
@@ -207,7 +213,11 @@ pub struct NewChat {
 }
 
 /// A stored message, exactly as the wire contract shows it.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Message::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Message {
     /// The chat it belongs to.
     pub chat_id: ChatId,
@@ -326,7 +336,11 @@ impl NewMessage {
 
 /// One emoji's reactions on a message, as the wire contract shows them: `count` equals
 /// `user_ids.len()`, users in the order they reacted.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Reaction::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Reaction {
     /// The emoji (validated by [`Limits::emoji`](crate::Limits::emoji)).
     pub emoji: String,

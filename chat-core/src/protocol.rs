@@ -22,7 +22,11 @@ pub struct RegisterRequest {
 }
 
 /// A user as `POST /v1/users` and `GET /v1/users/me` return it.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`UserView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct UserView {
     /// The user's id.
     pub user_id: UserId,
@@ -63,7 +67,11 @@ pub struct LoginRequest {
 }
 
 /// `POST /v1/sessions` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`SessionView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SessionView {
     /// Bearer token for `Authorization: Bearer <token>`.
     pub token: String,
@@ -95,7 +103,11 @@ pub struct CreateChatRequest {
 }
 
 /// A chat with its members: `POST /v1/chats`, `GET /v1/chats/{id}` and `chat_updated` frames.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChatView::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatView {
     /// The chat's id.
     pub chat_id: ChatId,
@@ -142,7 +154,11 @@ impl ChatView {
 }
 
 /// A member as `GET /v1/chats/{chat_id}` lists them.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`MemberView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct MemberView {
     /// The member.
     pub user_id: UserId,
@@ -164,7 +180,11 @@ impl MemberView {
 }
 
 /// One entry of `GET /v1/chats`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChatSummary::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatSummary {
     /// The chat's id.
     pub chat_id: ChatId,
@@ -224,7 +244,11 @@ pub struct ReadState {
 }
 
 /// One member's entry in `GET /v1/chats/{chat_id}/receipts`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Receipt::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Receipt {
     /// The member.
     pub user_id: UserId,
@@ -253,7 +277,11 @@ pub struct ReceiptsResponse {
 }
 
 /// One user's entry in `GET /v1/presence`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`PresenceView::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PresenceView {
     /// The user.
     pub user_id: UserId,
@@ -282,7 +310,11 @@ pub struct PresenceResponse {
 }
 
 /// Another user as anyone signed in may see them (`GET /v1/users/{id}`): never the email.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`PublicUser::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PublicUser {
     /// The user's id.
     pub user_id: UserId,
@@ -331,7 +363,11 @@ pub struct SetRoleRequest {
 }
 
 /// `PUT /v1/chats/{chat_id}/members/{user_id}/role` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`RoleView::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoleView {
     /// The chat.
     pub chat_id: ChatId,
@@ -402,7 +438,11 @@ pub struct EditRequest {
 }
 
 /// `GET /v1/chats/{chat_id}/changes` answer: one page of the change feed.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChangesResponse::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChangesResponse {
     /// Messages whose latest change is above `after_rev`, in their current state, by ascending
     /// `rev`.
@@ -427,7 +467,11 @@ impl ChangesResponse {
 }
 
 /// `GET /v1/fetch` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`FetchResponse::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FetchResponse {
     /// Messages in ascending `seq`.
     pub messages: Vec<Message>,
