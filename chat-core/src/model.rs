@@ -472,7 +472,7 @@ pub fn apply_change(current: &Message, change: &MessageChange) -> crate::Result<
 }
 
 /// A change to a stored message (protocol "Additions": messages that change). Each one takes
-/// the chat's next [`Rev`](crate::Rev); the message keeps its `seq`.
+/// the chat's next [`Rev`]; the message keeps its `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MessageChange {
