@@ -167,7 +167,11 @@ impl ClientBuilder {
 }
 
 /// Options of [`Client::send_with`].
+///
+/// Non-exhaustive: later versions may add options. Start from [`SendOptions::default`] and
+/// chain the `with_*` methods (or set the public fields).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// The idempotency key (up to 64 bytes). `None`: the SDK generates a UUID v4. Give your own
     /// to make a send that survives an application restart idempotent (store the key with the
@@ -177,6 +181,31 @@ pub struct SendOptions {
     pub timestamp: Option<Millis>,
     /// Makes the message a reply to this `seq` of the same chat (which must exist).
     pub reply_to_seq: Option<Seq>,
+}
+
+impl SendOptions {
+    /// Sends with this idempotency key instead of a generated one (see
+    /// [`SendOptions::client_msg_id`]).
+    #[must_use]
+    pub fn with_client_msg_id(mut self, client_msg_id: impl Into<String>) -> Self {
+        self.client_msg_id = Some(client_msg_id.into());
+        self
+    }
+
+    /// Stamps the message with this sender's clock (Unix milliseconds) instead of the local
+    /// clock.
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp: Millis) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Makes the message a reply to this `seq` of the same chat.
+    #[must_use]
+    pub fn with_reply_to_seq(mut self, seq: Seq) -> Self {
+        self.reply_to_seq = Some(seq);
+        self
+    }
 }
 
 /// Where a [`Client::fetch`] starts.
@@ -227,6 +256,7 @@ impl FetchOptions {
     }
 
     /// Sets the page size (1..=500; the server's default is 50).
+    #[must_use]
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);
         self
@@ -648,10 +678,7 @@ impl Client {
     /// with [`SendOptions::reply_to_seq`].
     #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?chat_id, reply_to = ?reply_to), err(Display, level = "debug"))]
     pub async fn reply(&self, chat_id: ChatId, reply_to: Seq, text: &str) -> Result<Message> {
-        let options = SendOptions {
-            reply_to_seq: Some(reply_to),
-            ..SendOptions::default()
-        };
+        let options = SendOptions::default().with_reply_to_seq(reply_to);
         self.send_with(chat_id, text, options).await
     }
 

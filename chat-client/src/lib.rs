@@ -47,6 +47,33 @@
 //!   order per chat, across reconnects and server restarts (see the [`subscription`] module for
 //!   how, and where each chat starts).
 //!
+//! # Data types grow without breaking you
+//! The data types the SDK returns and takes ([`Message`], [`ChatView`], [`ChatSummary`],
+//! [`Page`], [`Changes`], the other views re-exported below, [`SendOptions`], [`RetryPolicy`],
+//! [`Outgoing`], [`ResumePoint`]) are `#[non_exhaustive]`, so a later version may add a field
+//! without a breaking release. Their fields stay public to read and to change, but outside
+//! their crate they cannot be written as struct literals (nor with `..Default::default()`) or
+//! destructured without `..`: build them with their constructors (`Message::new`,
+//! `ChatView::new`, `RetryPolicy::new`, ...) and set further fields afterwards, or chain the
+//! `with_*` methods of the option types. The enums that may grow ([`Event`], [`SendState`],
+//! [`Error`], [`ErrorCode`], [`Role`], [`ChatKind`]) are non-exhaustive too: a `match` on them
+//! needs a wildcard arm.
+//!
+//! ```
+//! use chat_client::{ChatId, Message, RetryPolicy, SendOptions, Seq, UserId};
+//! use std::time::Duration;
+//!
+//! let options = SendOptions::default()
+//!     .with_client_msg_id("draft-42")
+//!     .with_reply_to_seq(Seq(7));
+//! let retry = RetryPolicy::new(20, Duration::from_millis(200), Duration::from_secs(10));
+//!
+//! // E.g. a fake message for the application's own tests.
+//! let mut m = Message::new(ChatId(1), Seq(8), UserId(3), "hi", 1_700_000_000_000);
+//! m.reply_to_seq = options.reply_to_seq;
+//! # let _ = retry;
+//! ```
+//!
 //! # Tracing
 //! Every public call of [`Client`] runs in a `tracing` span at debug level named after the
 //! method (with the chat, user or `seq` it is about, never message text or credentials), and

@@ -7,7 +7,11 @@ use rand::Rng;
 use std::time::Duration;
 
 /// How the SDK retries idempotent requests (reads, and sends, which carry a `client_msg_id`).
+///
+/// Non-exhaustive: later versions may add settings. Build one with [`RetryPolicy::new`],
+/// [`RetryPolicy::default`] or [`RetryPolicy::never`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Total attempts, the first included. `1` disables retries.
     pub max_attempts: u32,
@@ -29,12 +33,36 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// A policy of `max_attempts` attempts in all (the first included; `1` never retries),
+    /// waiting `base_delay` (jittered) before the first retry and doubling it on every further
+    /// one, up to `max_delay` between two attempts.
+    ///
+    /// ```
+    /// use chat_client::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let patient = RetryPolicy::new(20, Duration::from_millis(200), Duration::from_secs(10));
+    /// assert_eq!(patient.max_attempts, 20);
+    /// ```
+    pub fn new(max_attempts: u32, base_delay: Duration, max_delay: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            base_delay,
+            max_delay,
+        }
+    }
+
     /// A policy that tries once and never retries.
     pub fn never() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy::default().with_max_attempts(1)
+    }
+
+    /// This policy with `max_attempts` attempts in all (the first included), e.g.
+    /// `RetryPolicy::default().with_max_attempts(20)` for the default delays, more patiently.
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
     }
 }
 

@@ -1015,20 +1015,7 @@ mod tests {
     const NEW_CHAT: ChatId = ChatId(2);
 
     fn msg(chat_id: ChatId, seq: i64) -> Message {
-        Message {
-            chat_id,
-            seq: Seq(seq),
-            sender_id: UserId(7),
-            msg_text: format!("m{seq}"),
-            sent_at: seq,
-            timestamp: None,
-            client_msg_id: None,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
-        }
+        Message::new(chat_id, Seq(seq), UserId(7), format!("m{seq}"), seq)
     }
 
     /// The peer's state: how much of each chat's history exists so far.
@@ -1056,10 +1043,10 @@ mod tests {
             if chat == CHAT {
                 self.served.fetch_max(last, Ordering::SeqCst);
             }
-            FetchResponse {
-                messages: (after + 1..=last).map(|s| msg(chat, s)).collect(),
-                next_page_token: (last < end).then(|| "more".to_owned()),
-            }
+            FetchResponse::new(
+                (after + 1..=last).map(|s| msg(chat, s)).collect(),
+                (last < end).then(|| "more".to_owned()),
+            )
         }
 
         /// Waits until the client has fetched `CHAT` up to `seq`.
@@ -1175,16 +1162,7 @@ mod tests {
                 peer.visible.store(9, Ordering::SeqCst);
                 frame(&mut ws, live(9)).await;
                 peer.new_chat_visible.store(1200, Ordering::SeqCst);
-                let chat = ChatView {
-                    chat_id: NEW_CHAT,
-                    chat_name: "new".into(),
-                    member_ids: vec![UserId(1), UserId(7)],
-                    last_seq: Seq(1200),
-                    owner_id: None,
-                    created_at: None,
-                    kind: Default::default(),
-                    members: Vec::new(),
-                };
+                let chat = ChatView::new(NEW_CHAT, "new", vec![UserId(1), UserId(7)], Seq(1200));
                 frame(&mut ws, ServerFrame::ChatUpdated { chat }).await;
                 frame(&mut ws, live(9)).await; // duplicate after a catch-up
                 frame(&mut ws, ServerFrame::RemovedFromChat { chat_id: CHAT }).await;

@@ -62,8 +62,11 @@ pub struct NewSession {
 }
 
 /// A member's role in a chat.
+///
+/// Non-exhaustive: a later version may add roles, so a `match` needs a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Role {
     /// Created the chat; may add and remove anyone.
     Owner,
@@ -117,8 +120,11 @@ pub struct Chat {
 }
 
 /// What kind of chat a chat is (protocol "Additions": direct chats).
+///
+/// Non-exhaustive: a later version may add kinds, so a `match` needs a wildcard arm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ChatKind {
     /// A chat of any number of members, created by `POST /v1/chats`.
     #[default]
@@ -207,7 +213,11 @@ pub struct NewChat {
 }
 
 /// A stored message, exactly as the wire contract shows it.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Message::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Message {
     /// The chat it belongs to.
     pub chat_id: ChatId,
@@ -242,6 +252,44 @@ pub struct Message {
     /// the next revision.
     #[serde(default)]
     pub rev: Rev,
+}
+
+impl Message {
+    /// A message as appended at `seq` and never changed since: no `timestamp`,
+    /// `client_msg_id` or `reply_to_seq`, not edited, deleted or reacted to, and `rev == seq`
+    /// (the revision of its append in a chat none of whose messages changed). Set the other
+    /// fields after it where they differ.
+    ///
+    /// ```
+    /// use chat_core::{ChatId, Message, Rev, Seq, UserId};
+    ///
+    /// let mut m = Message::new(ChatId(1), Seq(7), UserId(3), "hello", 1_700_000_000_000);
+    /// m.reply_to_seq = Some(Seq(5));
+    /// m.rev = Rev(9);
+    /// assert_eq!(m.msg_text, "hello");
+    /// ```
+    pub fn new(
+        chat_id: ChatId,
+        seq: Seq,
+        sender_id: UserId,
+        msg_text: impl Into<String>,
+        sent_at: Millis,
+    ) -> Self {
+        Message {
+            chat_id,
+            seq,
+            sender_id,
+            msg_text: msg_text.into(),
+            sent_at,
+            timestamp: None,
+            client_msg_id: None,
+            reply_to_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: Rev(seq.get()),
+        }
+    }
 }
 
 /// What the server asks a [`MessageStore`](crate::MessageStore) to append. The store assigns
@@ -288,7 +336,11 @@ impl NewMessage {
 
 /// One emoji's reactions on a message, as the wire contract shows them: `count` equals
 /// `user_ids.len()`, users in the order they reacted.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Reaction::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Reaction {
     /// The emoji (validated by [`Limits::emoji`](crate::Limits::emoji)).
     pub emoji: String,
@@ -296,6 +348,17 @@ pub struct Reaction {
     pub count: u32,
     /// Who reacted with it.
     pub user_ids: Vec<UserId>,
+}
+
+impl Reaction {
+    /// `emoji` as reacted by `user_ids`, in the order they reacted; `count` is their number.
+    pub fn new(emoji: impl Into<String>, user_ids: Vec<UserId>) -> Self {
+        Reaction {
+            emoji: emoji.into(),
+            count: u32::try_from(user_ids.len()).unwrap_or(u32::MAX),
+            user_ids,
+        }
+    }
 }
 
 /// Adds (`add: true`) or takes back `user`'s `emoji` among a message's `reactions`, in place:
@@ -329,11 +392,7 @@ pub fn apply_reaction(
                     "a message has at most {max_distinct} distinct reactions"
                 )));
             }
-            reactions.push(Reaction {
-                emoji: emoji.to_owned(),
-                count: 1,
-                user_ids: vec![user],
-            });
+            reactions.push(Reaction::new(emoji, vec![user]));
             Ok(true)
         }
         (false, Some(i)) => {
@@ -413,7 +472,7 @@ pub fn apply_change(current: &Message, change: &MessageChange) -> crate::Result<
 }
 
 /// A change to a stored message (protocol "Additions": messages that change). Each one takes
-/// the chat's next [`Rev`](crate::Rev); the message keeps its `seq`.
+/// the chat's next [`Rev`]; the message keeps its `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MessageChange {

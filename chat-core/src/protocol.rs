@@ -22,7 +22,11 @@ pub struct RegisterRequest {
 }
 
 /// A user as `POST /v1/users` and `GET /v1/users/me` return it.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`UserView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct UserView {
     /// The user's id.
     pub user_id: UserId,
@@ -30,6 +34,17 @@ pub struct UserView {
     pub email: String,
     /// Display name.
     pub display_name: String,
+}
+
+impl UserView {
+    /// A user's own view of themselves.
+    pub fn new(user_id: UserId, email: impl Into<String>, display_name: impl Into<String>) -> Self {
+        UserView {
+            user_id,
+            email: email.into(),
+            display_name: display_name.into(),
+        }
+    }
 }
 
 impl From<User> for UserView {
@@ -52,7 +67,11 @@ pub struct LoginRequest {
 }
 
 /// `POST /v1/sessions` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`SessionView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SessionView {
     /// Bearer token for `Authorization: Bearer <token>`.
     pub token: String,
@@ -60,6 +79,17 @@ pub struct SessionView {
     pub user_id: UserId,
     /// When the token stops working.
     pub expires_at: Millis,
+}
+
+impl SessionView {
+    /// A session of `user_id` whose bearer `token` works until `expires_at`.
+    pub fn new(token: impl Into<String>, user_id: UserId, expires_at: Millis) -> Self {
+        SessionView {
+            token: token.into(),
+            user_id,
+            expires_at,
+        }
+    }
 }
 
 /// `POST /v1/chats` body.
@@ -73,7 +103,11 @@ pub struct CreateChatRequest {
 }
 
 /// A chat with its members: `POST /v1/chats`, `GET /v1/chats/{id}` and `chat_updated` frames.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChatView::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatView {
     /// The chat's id.
     pub chat_id: ChatId,
@@ -97,8 +131,34 @@ pub struct ChatView {
     pub members: Vec<MemberView>,
 }
 
+impl ChatView {
+    /// A chat with these members whose newest message is `last_seq`; no `owner_id` or
+    /// `created_at`, kind [`ChatKind::Group`] and no `members` details. Set those after it.
+    pub fn new(
+        chat_id: ChatId,
+        chat_name: impl Into<String>,
+        member_ids: Vec<UserId>,
+        last_seq: Seq,
+    ) -> Self {
+        ChatView {
+            chat_id,
+            chat_name: chat_name.into(),
+            member_ids,
+            last_seq,
+            owner_id: None,
+            created_at: None,
+            kind: ChatKind::default(),
+            members: Vec::new(),
+        }
+    }
+}
+
 /// A member as `GET /v1/chats/{chat_id}` lists them.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`MemberView::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct MemberView {
     /// The member.
     pub user_id: UserId,
@@ -108,8 +168,23 @@ pub struct MemberView {
     pub role: Role,
 }
 
+impl MemberView {
+    /// A member with their display name and role.
+    pub fn new(user_id: UserId, display_name: impl Into<String>, role: Role) -> Self {
+        MemberView {
+            user_id,
+            display_name: display_name.into(),
+            role,
+        }
+    }
+}
+
 /// One entry of `GET /v1/chats`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChatSummary::new`] and set the other (public) fields after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatSummary {
     /// The chat's id.
     pub chat_id: ChatId,
@@ -134,6 +209,24 @@ pub struct ChatSummary {
     pub last_message: Option<Message>,
 }
 
+impl ChatSummary {
+    /// A chat list entry whose newest message is `last_seq`: no role, kind
+    /// [`ChatKind::Group`], read marker 0, nothing unread and no `last_message`. Set those
+    /// after it.
+    pub fn new(chat_id: ChatId, chat_name: impl Into<String>, last_seq: Seq) -> Self {
+        ChatSummary {
+            chat_id,
+            chat_name: chat_name.into(),
+            last_seq,
+            role: None,
+            kind: ChatKind::default(),
+            last_read_seq: Seq(0),
+            unread_count: 0,
+            last_message: None,
+        }
+    }
+}
+
 /// `POST /v1/chats/{chat_id}/read` body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadRequest {
@@ -151,7 +244,11 @@ pub struct ReadState {
 }
 
 /// One member's entry in `GET /v1/chats/{chat_id}/receipts`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`Receipt::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Receipt {
     /// The member.
     pub user_id: UserId,
@@ -159,6 +256,17 @@ pub struct Receipt {
     pub last_read_seq: Seq,
     /// When their marker last moved, null when never.
     pub read_at: Option<Millis>,
+}
+
+impl Receipt {
+    /// A member's receipt: read up to `last_read_seq`, last moved at `read_at` (`None`: never).
+    pub fn new(user_id: UserId, last_read_seq: Seq, read_at: Option<Millis>) -> Self {
+        Receipt {
+            user_id,
+            last_read_seq,
+            read_at,
+        }
+    }
 }
 
 /// `GET /v1/chats/{chat_id}/receipts` answer.
@@ -169,7 +277,11 @@ pub struct ReceiptsResponse {
 }
 
 /// One user's entry in `GET /v1/presence`.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`PresenceView::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PresenceView {
     /// The user.
     pub user_id: UserId,
@@ -177,6 +289,17 @@ pub struct PresenceView {
     pub online: bool,
     /// When they were last seen online (null when never, since presence was kept).
     pub last_seen: Option<Millis>,
+}
+
+impl PresenceView {
+    /// A user's presence: online or not, last seen at `last_seen` (`None`: never recorded).
+    pub fn new(user_id: UserId, online: bool, last_seen: Option<Millis>) -> Self {
+        PresenceView {
+            user_id,
+            online,
+            last_seen,
+        }
+    }
 }
 
 /// `GET /v1/presence` answer.
@@ -187,12 +310,26 @@ pub struct PresenceResponse {
 }
 
 /// Another user as anyone signed in may see them (`GET /v1/users/{id}`): never the email.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`PublicUser::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PublicUser {
     /// The user's id.
     pub user_id: UserId,
     /// Their display name.
     pub display_name: String,
+}
+
+impl PublicUser {
+    /// Another user as anyone signed in may see them.
+    pub fn new(user_id: UserId, display_name: impl Into<String>) -> Self {
+        PublicUser {
+            user_id,
+            display_name: display_name.into(),
+        }
+    }
 }
 
 impl From<User> for PublicUser {
@@ -226,7 +363,11 @@ pub struct SetRoleRequest {
 }
 
 /// `PUT /v1/chats/{chat_id}/members/{user_id}/role` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`RoleView::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoleView {
     /// The chat.
     pub chat_id: ChatId,
@@ -234,6 +375,17 @@ pub struct RoleView {
     pub user_id: UserId,
     /// Their role now.
     pub role: Role,
+}
+
+impl RoleView {
+    /// A member's role in a chat.
+    pub fn new(chat_id: ChatId, user_id: UserId, role: Role) -> Self {
+        RoleView {
+            chat_id,
+            user_id,
+            role,
+        }
+    }
 }
 
 /// `POST /v1/direct` body.
@@ -286,7 +438,11 @@ pub struct EditRequest {
 }
 
 /// `GET /v1/chats/{chat_id}/changes` answer: one page of the change feed.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`ChangesResponse::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChangesResponse {
     /// Messages whose latest change is above `after_rev`, in their current state, by ascending
     /// `rev`.
@@ -298,13 +454,40 @@ pub struct ChangesResponse {
     pub has_more: bool,
 }
 
+impl ChangesResponse {
+    /// A page of the change feed: `messages` by ascending `rev`, the `next_rev` to ask with
+    /// next, and whether more changes are already there.
+    pub fn new(messages: Vec<Message>, next_rev: Rev, has_more: bool) -> Self {
+        ChangesResponse {
+            messages,
+            next_rev,
+            has_more,
+        }
+    }
+}
+
 /// `GET /v1/fetch` answer.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`FetchResponse::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FetchResponse {
     /// Messages in ascending `seq`.
     pub messages: Vec<Message>,
     /// Token for the next page, `null` at the end.
     pub next_page_token: Option<String>,
+}
+
+impl FetchResponse {
+    /// A page of history: `messages` in ascending `seq` and the token of the next page
+    /// (`None` at the end).
+    pub fn new(messages: Vec<Message>, next_page_token: Option<String>) -> Self {
+        FetchResponse {
+            messages,
+            next_page_token,
+        }
+    }
 }
 
 /// The body of every error answer: `{"error": {"code", "message"}}`.
@@ -476,20 +659,8 @@ mod tests {
             serde_json::to_value(ServerFrame::RemovedFromChat { chat_id: ChatId(9) }).unwrap(),
             json!({"type": "removed_from_chat", "chat_id": 9})
         );
-        let m = Message {
-            chat_id: ChatId(1),
-            seq: Seq(2),
-            sender_id: UserId(3),
-            msg_text: "x".into(),
-            sent_at: 5,
-            timestamp: None,
-            client_msg_id: Some("k".into()),
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: Rev(2),
-        };
+        let mut m = Message::new(ChatId(1), Seq(2), UserId(3), "x", 5);
+        m.client_msg_id = Some("k".into());
         assert_eq!(
             serde_json::to_value(ServerFrame::Ack {
                 client_msg_id: "k".into(),
@@ -501,6 +672,26 @@ mod tests {
                 "client_msg_id": "k", "reply_to_seq": null, "edited_at": null, "deleted": false,
                 "reactions": [], "rev": 2}})
         );
+    }
+
+    /// The constructors leave the optional fields as a body without them reads.
+    #[test]
+    fn constructors_match_the_wire_defaults() {
+        let chat: ChatView = serde_json::from_value(json!({
+            "chat_id": 1, "chat_name": "n", "member_ids": [2], "last_seq": 3
+        }))
+        .unwrap();
+        assert_eq!(chat, ChatView::new(ChatId(1), "n", vec![UserId(2)], Seq(3)));
+        let summary: ChatSummary = serde_json::from_value(json!({
+            "chat_id": 1, "chat_name": "n", "last_seq": 3
+        }))
+        .unwrap();
+        assert_eq!(summary, ChatSummary::new(ChatId(1), "n", Seq(3)));
+        let m: Message = serde_json::from_value(json!({
+            "chat_id": 1, "seq": 2, "sender_id": 3, "msg_text": "x", "sent_at": 5, "rev": 2
+        }))
+        .unwrap();
+        assert_eq!(m, Message::new(ChatId(1), Seq(2), UserId(3), "x", 5));
     }
 
     #[test]

@@ -133,20 +133,7 @@ fn fanout(c: &mut Criterion) {
                         seq += 1;
                         let target = room.received.load(Ordering::Relaxed) + k as u64;
                         let event = Event::Message {
-                            message: Message {
-                                chat_id: room.chat_id,
-                                seq: Seq(seq),
-                                sender_id: UserId(1),
-                                msg_text: TEXT.to_owned(),
-                                sent_at: 0,
-                                timestamp: None,
-                                client_msg_id: None,
-                                reply_to_seq: None,
-                                edited_at: None,
-                                deleted: false,
-                                reactions: Vec::new(),
-                                rev: chat_core::Rev(seq),
-                            },
+                            message: Message::new(room.chat_id, Seq(seq), UserId(1), TEXT, 0),
                         };
                         room.broker
                             .publish(Topic::Chat(room.chat_id), &event)

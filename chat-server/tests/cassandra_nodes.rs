@@ -71,11 +71,7 @@ async fn two_nodes_append_to_one_chat_through_cassandra() {
             tokio::spawn(async move {
                 let mut acked = Vec::with_capacity(PER_SENDER);
                 for i in 0..PER_SENDER {
-                    let opts = SendOptions {
-                        client_msg_id: Some(format!("s{s}-m{i}")),
-                        timestamp: None,
-                        ..SendOptions::default()
-                    };
+                    let opts = SendOptions::default().with_client_msg_id(format!("s{s}-m{i}"));
                     let m = c
                         .send_with(chat, &format!("sender {s} message {i}"), opts)
                         .await
@@ -98,11 +94,12 @@ async fn two_nodes_append_to_one_chat_through_cassandra() {
         .send_with(
             chat,
             "a retry",
-            SendOptions {
-                client_msg_id: first.client_msg_id.clone(),
-                timestamp: None,
-                ..SendOptions::default()
-            },
+            SendOptions::default().with_client_msg_id(
+                first
+                    .client_msg_id
+                    .clone()
+                    .expect("the SDK gives every send a client_msg_id"),
+            ),
         )
         .await
         .expect("retry");

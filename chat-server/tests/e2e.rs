@@ -131,11 +131,9 @@ async fn retried_send_returns_the_first_copy() {
     let server = TestServer::start("retried_send").await;
     let a = server.user("alice").await;
     let chat = a.create_chat("solo", &[]).await.expect("create").chat_id;
-    let options = SendOptions {
-        client_msg_id: Some("retry-me-1".into()),
-        timestamp: Some(1_700_000_000_000),
-        ..SendOptions::default()
-    };
+    let options = SendOptions::default()
+        .with_client_msg_id("retry-me-1")
+        .with_timestamp(1_700_000_000_000);
     let first = a
         .send_with(chat, "once", options.clone())
         .await
@@ -201,10 +199,7 @@ async fn stream_survives(name: &str, cut: Cut) {
     let sender = {
         let a = Client::builder(&server.url())
             .token(a.token().expect("token"))
-            .retry(RetryPolicy {
-                max_attempts: 100,
-                ..RetryPolicy::default()
-            })
+            .retry(RetryPolicy::default().with_max_attempts(100))
             .build()
             .expect("client");
         tokio::spawn(async move {

@@ -222,11 +222,7 @@ async fn writer(history: History, p: Person, chat: ChatId, until: Instant, seed:
         let text = format!("{} says {k}", p.name);
         for attempt in 0..=RESENDS {
             let t0 = history.now();
-            let options = SendOptions {
-                client_msg_id: Some(id.clone()),
-                timestamp: None,
-                ..SendOptions::default()
-            };
+            let options = SendOptions::default().with_client_msg_id(id.clone());
             let result = p.client.send_with(chat, &text, options).await;
             let outcome = outcome(&result);
             history.record(json!({

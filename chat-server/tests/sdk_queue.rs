@@ -197,11 +197,11 @@ async fn the_queue_survives_a_restart_of_the_app_and_sends_each_message_once() {
         rt.block_on(async {
             let app = Client::builder(&url)
                 .token(token_1)
-                .retry(RetryPolicy {
-                    max_attempts: 1_000,
-                    base_delay: Duration::from_millis(50),
-                    max_delay: Duration::from_millis(100),
-                })
+                .retry(RetryPolicy::new(
+                    1_000,
+                    Duration::from_millis(50),
+                    Duration::from_millis(100),
+                ))
                 .state_dir(&state)
                 .build()
                 .expect("client");

@@ -483,20 +483,7 @@ mod tests {
     }
 
     fn msg(chat: i64, seq: i64) -> Message {
-        Message {
-            chat_id: ChatId(chat),
-            seq: Seq(seq),
-            sender_id: UserId(1),
-            msg_text: String::new(),
-            sent_at: 0,
-            timestamp: None,
-            client_msg_id: None,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
-        }
+        Message::new(ChatId(chat), Seq(seq), UserId(1), "", 0)
     }
 
     #[test]

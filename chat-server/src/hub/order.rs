@@ -168,20 +168,7 @@ mod tests {
     use chat_core::{ChatId, UserId};
 
     fn m(seq: i64) -> Message {
-        Message {
-            chat_id: ChatId(1),
-            seq: Seq(seq),
-            sender_id: UserId(1),
-            msg_text: format!("m{seq}"),
-            sent_at: 0,
-            timestamp: None,
-            client_msg_id: None,
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(seq),
-        }
+        Message::new(ChatId(1), Seq(seq), UserId(1), format!("m{seq}"), 0)
     }
 
     fn seqs(offer: Offer) -> Vec<i64> {
@@ -247,11 +234,10 @@ mod tests {
     }
 
     fn changed(seq: i64, rev: i64) -> Message {
-        Message {
-            msg_text: format!("m{seq} edited"),
-            rev: chat_core::Rev(rev),
-            ..m(seq)
-        }
+        let mut changed = m(seq);
+        changed.msg_text = format!("m{seq} edited");
+        changed.rev = chat_core::Rev(rev);
+        changed
     }
 
     #[test]

@@ -51,20 +51,7 @@ fn message(chat: i64, seq: i64) -> BrokerEvent {
     BrokerEvent::Event {
         topic: Topic::Chat(ChatId(chat)),
         event: Event::Message {
-            message: Message {
-                chat_id: ChatId(chat),
-                seq: Seq(seq),
-                sender_id: UserId(1),
-                msg_text: format!("m{seq}"),
-                sent_at: 0,
-                timestamp: None,
-                client_msg_id: None,
-                reply_to_seq: None,
-                edited_at: None,
-                deleted: false,
-                reactions: Vec::new(),
-                rev: chat_core::Rev(seq),
-            },
+            message: Message::new(ChatId(chat), Seq(seq), UserId(1), format!("m{seq}"), 0),
         },
     }
 }
@@ -175,16 +162,8 @@ async fn membership_events_update_delivery() {
     let (hub, _, _, _fx) = hub();
     let (_a, a) = connect(&hub, 1, &[10], 16).await;
     let (_b, b) = connect(&hub, 2, &[], 16).await;
-    let view = ChatView {
-        chat_id: ChatId(10),
-        chat_name: "x".into(),
-        member_ids: vec![UserId(1), UserId(2)],
-        last_seq: Seq(0),
-        owner_id: Some(UserId(1)),
-        created_at: None,
-        kind: Default::default(),
-        members: Vec::new(),
-    };
+    let mut view = ChatView::new(ChatId(10), "x", vec![UserId(1), UserId(2)], Seq(0));
+    view.owner_id = Some(UserId(1));
     // Published on the chat's topic first, then on the added user's.
     for topic in [Topic::Chat(ChatId(10)), Topic::User(UserId(2))] {
         hub.handle(BrokerEvent::Event {
@@ -227,16 +206,7 @@ async fn changes_during_the_chat_list_load_are_not_lost() {
         (
             Topic::User(UserId(1)),
             Event::ChatUpdated {
-                chat: ChatView {
-                    chat_id: ChatId(11),
-                    chat_name: "n".into(),
-                    member_ids: vec![UserId(1)],
-                    last_seq: Seq(0),
-                    owner_id: None,
-                    created_at: None,
-                    kind: Default::default(),
-                    members: Vec::new(),
-                },
+                chat: ChatView::new(ChatId(11), "n", vec![UserId(1)], Seq(0)),
             },
         ),
         (
@@ -376,20 +346,7 @@ async fn resync_delivers_what_the_broker_lost_and_only_that() {
     hub.handle(BrokerEvent::Event {
         topic: Topic::Chat(chat),
         event: Event::Message {
-            message: Message {
-                chat_id: chat,
-                seq: s2,
-                sender_id: a,
-                msg_text: "live".into(),
-                sent_at: 0,
-                timestamp: None,
-                client_msg_id: None,
-                reply_to_seq: None,
-                edited_at: None,
-                deleted: false,
-                reactions: Vec::new(),
-                rev: chat_core::Rev(s2.get()),
-            },
+            message: Message::new(chat, s2, a, "live", 0),
         },
     });
     append_silently(&fx, chat, a, "lost 1").await;
@@ -444,16 +401,7 @@ async fn resync_after_a_long_outage_sends_a_page_and_the_newest() {
 async fn a_chat_joined_by_event_is_caught_up_from_its_view() {
     let (hub, _, _, _fx) = hub();
     let (_c, rx) = connect(&hub, 1, &[], 16).await;
-    let view = ChatView {
-        chat_id: ChatId(10),
-        chat_name: "x".into(),
-        member_ids: vec![UserId(1)],
-        last_seq: Seq(7),
-        owner_id: None,
-        created_at: None,
-        kind: Default::default(),
-        members: Vec::new(),
-    };
+    let view = ChatView::new(ChatId(10), "x", vec![UserId(1)], Seq(7));
     hub.handle(BrokerEvent::Event {
         topic: Topic::User(UserId(1)),
         event: Event::ChatUpdated { chat: view },
@@ -515,15 +463,10 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
     let (_a, a) = connect(&hub, 1, &[10], 64).await;
     let (_b, b) = connect(&hub, 2, &[10], 64).await;
     broker.hung.store(true, Ordering::SeqCst);
-    let view = |chat: i64| ChatView {
-        chat_id: ChatId(chat),
-        chat_name: "x".into(),
-        member_ids: vec![UserId(1), UserId(2)],
-        last_seq: Seq(0),
-        owner_id: Some(UserId(1)),
-        created_at: None,
-        kind: Default::default(),
-        members: Vec::new(),
+    let view = |chat: i64| {
+        let mut view = ChatView::new(ChatId(chat), "x", vec![UserId(1), UserId(2)], Seq(0));
+        view.owner_id = Some(UserId(1));
+        view
     };
     // Each of these needs a broker call that never returns; none of them may block.
     let handled = tokio::time::timeout(Duration::from_secs(5), async {

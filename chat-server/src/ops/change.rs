@@ -161,11 +161,7 @@ pub(crate) async fn feed(
     let has_more = messages.len() > input.limit as usize;
     messages.truncate(input.limit as usize);
     let next_rev = messages.last().map_or(input.after, |m| m.rev);
-    Ok(ChangesResponse {
-        messages,
-        next_rev,
-        has_more,
-    })
+    Ok(ChangesResponse::new(messages, next_rev, has_more))
 }
 
 #[cfg(test)]

@@ -102,10 +102,7 @@ pub(crate) async fn run(st: &AppState, user: UserId, input: FetchInput) -> Resul
             (msgs, next)
         }
     };
-    Ok(FetchResponse {
-        messages,
-        next_page_token: next,
-    })
+    Ok(FetchResponse::new(messages, next))
 }
 
 /// Parses the paging parameters; a malformed `after_seq` is `bad_request`, an unusable one

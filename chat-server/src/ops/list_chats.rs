@@ -39,16 +39,12 @@ pub(crate) async fn run(st: &AppState, caller: UserId) -> Result<ChatList> {
                 .last_message
                 .as_ref()
                 .map_or(c.chat.created_at, |m| m.sent_at.max(c.chat.created_at));
-            let summary = ChatSummary {
-                chat_id: c.chat.chat_id,
-                chat_name: c.chat.chat_name,
-                last_seq: a.last_seq,
-                role: Some(c.role),
-                kind: c.chat.kind,
-                last_read_seq: c.last_read_seq,
-                unread_count: unread.saturating_sub(a.deleted_after),
-                last_message: a.last_message,
-            };
+            let mut summary = ChatSummary::new(c.chat.chat_id, c.chat.chat_name, a.last_seq);
+            summary.role = Some(c.role);
+            summary.kind = c.chat.kind;
+            summary.last_read_seq = c.last_read_seq;
+            summary.unread_count = unread.saturating_sub(a.deleted_after);
+            summary.last_message = a.last_message;
             (at, summary)
         })
         .collect();

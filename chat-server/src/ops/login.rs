@@ -51,9 +51,5 @@ pub(crate) async fn run(
             expires_at,
         })
         .await?;
-    Ok(SessionView {
-        token,
-        user_id: user.user_id,
-        expires_at,
-    })
+    Ok(SessionView::new(token, user.user_id, expires_at))
 }

@@ -62,13 +62,7 @@ pub(crate) async fn set_role(
         Some(Role::Owner) => {
             return Err(Error::Conflict("the owner's role cannot be changed".into()))
         }
-        Some(current) if current == role => {
-            return Ok(RoleView {
-                chat_id,
-                user_id: user,
-                role,
-            })
-        }
+        Some(current) if current == role => return Ok(RoleView::new(chat_id, user, role)),
         Some(_) => {}
     }
     if !st.metadata.set_role(chat_id, user, role).await? {
@@ -79,9 +73,5 @@ pub(crate) async fn set_role(
     if let Some(chat) = view_to_publish(st, chat_id).await {
         publish(st, Topic::Chat(chat_id), Event::ChatUpdated { chat }).await;
     }
-    Ok(RoleView {
-        chat_id,
-        user_id: user,
-        role,
-    })
+    Ok(RoleView::new(chat_id, user, role))
 }

@@ -127,11 +127,7 @@ pub(crate) async fn receipts(
     Ok(ReceiptsResponse {
         receipts: markers
             .into_iter()
-            .map(|m| Receipt {
-                user_id: m.user_id,
-                last_read_seq: m.last_read_seq,
-                read_at: m.read_at,
-            })
+            .map(|m| Receipt::new(m.user_id, m.last_read_seq, m.read_at))
             .collect(),
     })
 }

@@ -40,23 +40,18 @@ pub(crate) async fn assemble(
         .into_iter()
         .map(|u| (u.user_id, u.display_name))
         .collect();
-    Ok(ChatView {
-        chat_id: chat.chat_id,
-        chat_name: chat.chat_name,
-        member_ids: ids,
-        last_seq,
-        owner_id: Some(chat.owner_id),
-        created_at: Some(chat.created_at),
-        kind: chat.kind,
-        members: members
-            .into_iter()
-            .map(|m| MemberView {
-                user_id: m.user_id,
-                display_name: names.get(&m.user_id).cloned().unwrap_or_default(),
-                role: m.role,
-            })
-            .collect(),
-    })
+    let mut view = ChatView::new(chat.chat_id, chat.chat_name, ids, last_seq);
+    view.owner_id = Some(chat.owner_id);
+    view.created_at = Some(chat.created_at);
+    view.kind = chat.kind;
+    view.members = members
+        .into_iter()
+        .map(|m| {
+            let name = names.get(&m.user_id).cloned().unwrap_or_default();
+            MemberView::new(m.user_id, name, m.role)
+        })
+        .collect();
+    Ok(view)
 }
 
 /// The chat as it is after a committed membership change, for the event. The change already

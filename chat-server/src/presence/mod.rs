@@ -122,11 +122,7 @@ impl PresenceStore for LocalPresence {
             .iter()
             .map(|&user_id| {
                 let (online, last_seen) = map.get(&user_id).copied().unwrap_or((false, None));
-                PresenceView {
-                    user_id,
-                    online,
-                    last_seen,
-                }
+                PresenceView::new(user_id, online, last_seen)
             })
             .collect())
     }

@@ -262,11 +262,7 @@ impl PresenceStore for RedisPresence {
             .zip(all)
             .map(|(&user_id, fields)| {
                 let (online, last_seen) = decode(&fields, None, now);
-                PresenceView {
-                    user_id,
-                    online,
-                    last_seen,
-                }
+                PresenceView::new(user_id, online, last_seen)
             })
             .collect())
     }

@@ -101,7 +101,7 @@ impl Inner {
                     source: None,
                 });
             };
-            let next = match apply_change(&base, change) {
+            let mut next = match apply_change(&base, change) {
                 Ok(Some(next)) => next,
                 // Nothing changes: no revision, the message as it is.
                 Ok(None) => {
@@ -129,10 +129,8 @@ impl Inner {
                     self.materialize(chat_id, &won).await?;
                     won.materialized = true;
                     *head = Some(won);
-                    return Ok(Message {
-                        rev: Rev(rev),
-                        ..next
-                    });
+                    next.rev = Rev(rev);
+                    return Ok(next);
                 }
                 Claim::Lost(now) => known = now.map(|h| (h, true)),
             }

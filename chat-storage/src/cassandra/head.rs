@@ -37,20 +37,18 @@ impl Pending {
 
     /// The message as appended at `seq` with revision `rev`.
     pub(super) fn message(&self, chat_id: ChatId, seq: i64, rev: i64) -> Message {
-        Message {
+        let mut m = Message::new(
             chat_id,
-            seq: Seq(seq),
-            sender_id: UserId(self.sender_id),
-            msg_text: self.msg_text.clone(),
-            sent_at: self.sent_at,
-            timestamp: self.timestamp,
-            client_msg_id: self.client_msg_id.clone(),
-            reply_to_seq: self.reply_to_seq.map(Seq),
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: Rev(rev),
-        }
+            Seq(seq),
+            UserId(self.sender_id),
+            self.msg_text.clone(),
+            self.sent_at,
+        );
+        m.timestamp = self.timestamp;
+        m.client_msg_id.clone_from(&self.client_msg_id);
+        m.reply_to_seq = self.reply_to_seq.map(Seq);
+        m.rev = Rev(rev);
+        m
     }
 
     pub(super) fn same_key(&self, m: &NewMessage) -> bool {
@@ -479,11 +477,8 @@ pub(super) fn reaction(emoji: String, user_ids: Vec<UserId>) -> Option<Reaction>
     if user_ids.is_empty() {
         return None;
     }
-    Some(Reaction {
-        emoji,
-        count: u32::try_from(user_ids.len()).ok()?,
-        user_ids,
-    })
+    u32::try_from(user_ids.len()).ok()?;
+    Some(Reaction::new(emoji, user_ids))
 }
 
 /// One message of a version-2 claim: (sender_id, msg_text, sent_at, timestamp, client_msg_id,

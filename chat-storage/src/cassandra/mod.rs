@@ -636,20 +636,21 @@ fn raw_to_message(chat_id: ChatId, raw: RawMessage) -> Result<Message> {
             .ok_or_else(|| missing("a reaction's users"))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Message {
+    let mut m = Message::new(
         chat_id,
-        seq: Seq(seq),
-        sender_id: UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
-        msg_text: msg_text.ok_or_else(|| missing("msg_text"))?,
-        sent_at: sent_at.ok_or_else(|| missing("sent_at"))?,
-        timestamp,
-        client_msg_id,
-        reply_to_seq: reply_to_seq.map(Seq),
-        edited_at,
-        deleted: deleted.unwrap_or(false),
-        reactions,
-        rev: Rev(rev.unwrap_or(seq)),
-    })
+        Seq(seq),
+        UserId(sender_id.ok_or_else(|| missing("sender_id"))?),
+        msg_text.ok_or_else(|| missing("msg_text"))?,
+        sent_at.ok_or_else(|| missing("sent_at"))?,
+    );
+    m.timestamp = timestamp;
+    m.client_msg_id = client_msg_id;
+    m.reply_to_seq = reply_to_seq.map(Seq);
+    m.edited_at = edited_at;
+    m.deleted = deleted.unwrap_or(false);
+    m.reactions = reactions;
+    m.rev = Rev(rev.unwrap_or(seq));
+    Ok(m)
 }
 
 impl CassandraMessageStore {

@@ -49,20 +49,21 @@ fn message_from(mut row: Row) -> Result<Message, Failure> {
     let reactions: String = take(&mut row, 10, W)?;
     let reactions: Vec<Reaction> = serde_json::from_str(&reactions)
         .map_err(|e| bad_row(W, format_args!("reactions are not valid JSON: {e}")))?;
-    Ok(Message {
-        chat_id: ChatId(take(&mut row, 0, W)?),
-        seq: Seq(take(&mut row, 1, W)?),
-        sender_id: UserId(take(&mut row, 2, W)?),
-        msg_text: take(&mut row, 3, W)?,
-        sent_at: take(&mut row, 4, W)?,
-        timestamp: take(&mut row, 5, W)?,
-        client_msg_id: take(&mut row, 6, W)?,
-        reply_to_seq: take::<Option<i64>>(&mut row, 7, W)?.map(Seq),
-        edited_at: take(&mut row, 8, W)?,
-        deleted: take(&mut row, 9, W)?,
-        reactions,
-        rev: Rev(take(&mut row, 11, W)?),
-    })
+    let mut m = Message::new(
+        ChatId(take(&mut row, 0, W)?),
+        Seq(take(&mut row, 1, W)?),
+        UserId(take(&mut row, 2, W)?),
+        take::<String>(&mut row, 3, W)?,
+        take(&mut row, 4, W)?,
+    );
+    m.timestamp = take(&mut row, 5, W)?;
+    m.client_msg_id = take(&mut row, 6, W)?;
+    m.reply_to_seq = take::<Option<i64>>(&mut row, 7, W)?.map(Seq);
+    m.edited_at = take(&mut row, 8, W)?;
+    m.deleted = take(&mut row, 9, W)?;
+    m.reactions = reactions;
+    m.rev = Rev(take(&mut row, 11, W)?);
+    Ok(m)
 }
 
 /// Rows into messages.
@@ -208,7 +209,7 @@ async fn change_in(
         format!("SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND seq = ? FOR UPDATE");
     let row: Option<Row> = tx.exec_first(sql, (chat.get(), seq.get())).await?;
     let current = row.map(message_from).transpose()?.ok_or_else(not_found)?;
-    let Some(next) = chat_core::apply_change(&current, change)? else {
+    let Some(mut next) = chat_core::apply_change(&current, change)? else {
         return Ok(Changed::No(current));
     };
     let rev = last_rev
@@ -245,10 +246,8 @@ async fn change_in(
         )
         .await?;
     }
-    Ok(Changed::Yes(Message {
-        rev: Rev(rev),
-        ..next
-    }))
+    next.rev = Rev(rev);
+    Ok(Changed::Yes(next))
 }
 
 /// Whether a `Before` page read on a replica is complete: a chat's `seq`s reach a replica in
@@ -717,20 +716,7 @@ mod tests {
 
     fn page(seqs: &[i64]) -> Vec<Message> {
         seqs.iter()
-            .map(|&s| Message {
-                chat_id: ChatId(1),
-                seq: Seq(s),
-                sender_id: UserId(1),
-                msg_text: "x".into(),
-                sent_at: 0,
-                timestamp: None,
-                client_msg_id: None,
-                reply_to_seq: None,
-                edited_at: None,
-                deleted: false,
-                reactions: Vec::new(),
-                rev: chat_core::Rev(s),
-            })
+            .map(|&s| Message::new(ChatId(1), Seq(s), UserId(1), "x", 0))
             .collect()
     }
 

@@ -24,20 +24,21 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     let reactions = serde_json::from_str(&reactions).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e))
     })?;
-    Ok(Message {
-        chat_id: ChatId(r.get(0)?),
-        seq: Seq(r.get(1)?),
-        sender_id: UserId(r.get(2)?),
-        msg_text: r.get(3)?,
-        sent_at: r.get(4)?,
-        timestamp: r.get(5)?,
-        client_msg_id: r.get(6)?,
-        reply_to_seq: r.get::<_, Option<i64>>(7)?.map(Seq),
-        edited_at: r.get(8)?,
-        deleted: r.get(9)?,
-        reactions,
-        rev: Rev(r.get(11)?),
-    })
+    let mut m = Message::new(
+        ChatId(r.get(0)?),
+        Seq(r.get(1)?),
+        UserId(r.get(2)?),
+        r.get::<_, String>(3)?,
+        r.get(4)?,
+    );
+    m.timestamp = r.get(5)?;
+    m.client_msg_id = r.get(6)?;
+    m.reply_to_seq = r.get::<_, Option<i64>>(7)?.map(Seq);
+    m.edited_at = r.get(8)?;
+    m.deleted = r.get(9)?;
+    m.reactions = reactions;
+    m.rev = Rev(r.get(11)?);
+    Ok(m)
 }
 
 /// A role stored as text.
@@ -141,7 +142,7 @@ pub(crate) fn change(
         })
         .map_err(db("read a message to change"))?
         .ok_or_else(|| Error::NotFound(format!("message {seq} of chat {chat_id}")))?;
-    let Some(next) = chat_core::apply_change(&current, change)? else {
+    let Some(mut next) = chat_core::apply_change(&current, change)? else {
         return Ok(current);
     };
     let rev: i64 = conn
@@ -168,10 +169,8 @@ pub(crate) fn change(
         ])
     })
     .map_err(db("store a changed message"))?;
-    Ok(Message {
-        rev: Rev(rev),
-        ..next
-    })
+    next.rev = Rev(rev);
+    Ok(next)
 }
 
 /// The change feed: messages whose latest change is above `after`, by ascending revision.

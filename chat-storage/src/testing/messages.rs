@@ -118,20 +118,10 @@ pub async fn append_returns_what_was_given<S: MessageStore>(store: S) {
     };
     let appended = store.append(input.clone()).await.expect("append");
     assert!(appended.created);
-    let expected = Message {
-        chat_id: chat,
-        seq: Seq(1),
-        sender_id: UserId(42),
-        msg_text: "the text".to_owned(),
-        sent_at: 1_700_000_000_000,
-        timestamp: Some(1_699_999_999_000),
-        client_msg_id: Some("c-1".to_owned()),
-        reply_to_seq: None,
-        edited_at: None,
-        deleted: false,
-        reactions: Vec::new(),
-        rev: chat_core::Rev(1),
-    };
+    let mut expected = Message::new(chat, Seq(1), UserId(42), "the text", 1_700_000_000_000);
+    expected.timestamp = Some(1_699_999_999_000);
+    expected.client_msg_id = Some("c-1".to_owned());
+    expected.rev = chat_core::Rev(1);
     assert_eq!(appended.message, expected);
     let page = store
         .fetch(chat, FetchQuery::Latest { limit: 10 })

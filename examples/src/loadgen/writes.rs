@@ -451,10 +451,8 @@ async fn sdk_sender(
     let mut n = 0u64;
     while Instant::now() < deadline {
         let text = super::padded_text(&format!("lg {n} 0 "), msg_bytes);
-        let options = chat_client::SendOptions {
-            client_msg_id: Some(format!("s{worker}-{n}")),
-            ..Default::default()
-        };
+        let options =
+            chat_client::SendOptions::default().with_client_msg_id(format!("s{worker}-{n}"));
         n += 1;
         let t = Instant::now();
         match client.send_with(chat, &text, options).await {

@@ -168,20 +168,10 @@ mod tests {
     use chat_core::{ChatId, Message as ChatMessage, Seq, UserId};
 
     fn msg(text: &str) -> ChatMessage {
-        ChatMessage {
-            chat_id: ChatId(1),
-            seq: Seq(2),
-            sender_id: UserId(3),
-            msg_text: text.to_owned(),
-            sent_at: 4,
-            timestamp: Some(5),
-            client_msg_id: Some("c".into()),
-            reply_to_seq: None,
-            edited_at: None,
-            deleted: false,
-            reactions: Vec::new(),
-            rev: chat_core::Rev(2),
-        }
+        let mut m = ChatMessage::new(ChatId(1), Seq(2), UserId(3), text, 4);
+        m.timestamp = Some(5);
+        m.client_msg_id = Some("c".into());
+        m
     }
 
     #[test]
