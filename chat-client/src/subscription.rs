@@ -39,6 +39,7 @@
 //!   after the last message delivered, so nothing is ever handed over twice.
 
 use crate::client::{Client, FetchOptions};
+use crate::error::{Error, TransportKind};
 use crate::retry::Backoff;
 use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
 use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
@@ -138,10 +139,15 @@ pub enum Event {
     Connected,
     /// The connection was lost. With `reconnecting: true` the SDK is already reconnecting and
     /// will catch up; with `false` the stream ends after this event (the session was rejected,
-    /// e.g. after a logout, or the SDK cannot connect at all).
+    /// e.g. after a logout, the server's TLS certificate is not trusted, or the SDK cannot
+    /// connect at all).
     Disconnected {
         /// Why, for logs and status lines.
         reason: String,
+        /// The transport cause when connecting failed (refused, not resolved, certificate not
+        /// trusted, timed out, ...); `None` when a connection that was up ended, or the server
+        /// refused the session.
+        cause: Option<TransportKind>,
         /// Whether the SDK keeps trying.
         reconnecting: bool,
     },
@@ -235,6 +241,7 @@ impl Subscription {
             outgoing: outgoing_rx,
             presence: HashMap::new(),
             announced_down: false,
+            cause: None,
         };
         let task = runtime.spawn(worker.run());
         Subscription {
@@ -380,6 +387,8 @@ struct Worker {
     /// Whether a `Disconnected` has been emitted since the last `Connected`, so a server that
     /// stays down produces one event, not one per attempt.
     announced_down: bool,
+    /// The transport cause of the last failed connection attempt, for `Disconnected`.
+    cause: Option<TransportKind>,
 }
 
 impl Worker {
@@ -398,6 +407,7 @@ impl Worker {
                     let _ = self
                         .emit(Event::Disconnected {
                             reason,
+                            cause: self.cause,
                             reconnecting: false,
                         })
                         .await;
@@ -409,6 +419,7 @@ impl Worker {
                         self.announced_down = true;
                         let event = Event::Disconnected {
                             reason,
+                            cause: self.cause,
                             reconnecting: true,
                         };
                         if self.emit(event).await.is_err() {
@@ -424,6 +435,7 @@ impl Worker {
     /// One connection, from handshake to close. Sets `ready` once the server's `ready` frame
     /// has been handled.
     async fn connection(&mut self, ready: &mut bool) -> Stop {
+        self.cause = None;
         let mut request = match self.client.ws_url().into_client_request() {
             Ok(r) => r,
             Err(e) => return Stop::Fatal(format!("bad WebSocket URL: {e}")),
@@ -434,9 +446,21 @@ impl Worker {
             }
             Err(e) => return Stop::Fatal(e.to_string()),
         }
+        // `wss://` goes through the same rustls configuration as REST (same roots).
+        #[cfg(feature = "rustls")]
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(self.client.tls())),
+        );
+        #[cfg(not(feature = "rustls"))]
         let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
         let mut ws = match tokio::time::timeout(self.client.connect_timeout(), connect).await {
-            Err(_) => return Stop::Reconnect("connecting timed out".into()),
+            Err(_) => {
+                self.cause = Some(TransportKind::TimedOut);
+                return Stop::Reconnect("connecting timed out".into());
+            }
             Ok(Ok((ws, _))) => ws,
             Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
                 return Stop::Fatal("the server rejected the session (401)".into())
@@ -445,9 +469,20 @@ impl Worker {
                 return Stop::Reconnect(format!("handshake answered {}", resp.status()))
             }
             Ok(Err(WsError::Url(UrlError::TlsFeatureNotEnabled))) => {
-                return Stop::Fatal("wss:// needs TLS support in tokio-tungstenite".into())
+                return Stop::Fatal("wss:// needs chat-client's `rustls` feature".into())
             }
-            Ok(Err(e)) => return Stop::Reconnect(format!("connecting failed: {e}")),
+            Ok(Err(e)) => {
+                let error = Error::transport("connecting failed", e);
+                let kind = error.transport_kind();
+                self.cause = kind;
+                // A certificate that does not verify will not verify next time either: end
+                // the stream and say so rather than retry forever in silence.
+                return if kind == Some(TransportKind::CertificateNotTrusted) {
+                    Stop::Fatal(error.to_string())
+                } else {
+                    Stop::Reconnect(error.to_string())
+                };
+            }
         };
         let ping = match serde_json::to_string(&ClientFrame::Ping) {
             Ok(p) => p,
@@ -1058,6 +1093,7 @@ mod tests {
                 Event::Disconnected {
                     reconnecting,
                     reason,
+                    cause: _,
                 } => {
                     assert!(reconnecting);
                     assert!(reason.contains("1008"), "{reason}");

@@ -282,6 +282,7 @@ async fn subscriber(
                 Some(Event::Disconnected {
                     reason,
                     reconnecting,
+                    ..
                 }) => {
                     history.record(json!({
                         "type": "note", "what": "disconnected", "subscriber": p.name,
