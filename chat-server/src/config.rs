@@ -59,6 +59,9 @@ pub struct Config {
     /// How long after a user's last connection closes they are announced offline: a reconnect
     /// within it is not a flap.
     pub presence_grace: Duration,
+    /// Serve HTTPS and WSS with this certificate instead of plain HTTP (`None`, the default).
+    /// A plain-HTTP request to a TLS listener is answered with a plain 400 saying so.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             live_order_hold: Duration::from_millis(50),
             presence: None,
             presence_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
