@@ -82,12 +82,18 @@ mod tests {
         assert!(TlsConfig::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).is_ok());
 
         let e = TlsConfig::from_pem(b"nonsense", key_pem.as_bytes()).unwrap_err();
-        assert!(format!("{e:#}").contains("no -----BEGIN CERTIFICATE"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("no -----BEGIN CERTIFICATE"),
+            "{e:#}"
+        );
         let e = TlsConfig::from_pem(cert_pem.as_bytes(), b"nonsense").unwrap_err();
         assert!(format!("{e:#}").contains("no usable private key"), "{e:#}");
         let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let e = TlsConfig::from_pem(cert_pem.as_bytes(), other.key_pair.serialize_pem().as_bytes())
-            .unwrap_err();
+        let e = TlsConfig::from_pem(
+            cert_pem.as_bytes(),
+            other.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("does not fit"), "{e:#}");
         let e = TlsConfig::from_pem_files(Path::new("/nonexistent/cert.pem"), Path::new("k"))
             .unwrap_err();
