@@ -887,7 +887,7 @@ async fn nginx_terminates_tls_for_https_and_wss_in_front_of_two_nodes() {
         cache_local_ttl_ms: LOCAL_TTL_MS,
         replica: None,
     };
-    let nodes = vec![
+    let nodes = [
         NodeProc::start("n1", &spec).await,
         NodeProc::start("n2", &spec).await,
     ];
