@@ -5,13 +5,19 @@
 #   metadata in MariaDB, messages in MariaDB or Cassandra) and nginx on 127.0.0.1:8090
 #   (scripts/nginx.sh, deploy/nginx.conf.template) in front of them.
 #
-#   scripts/cluster.sh start [--cassandra] [--release]   build, start everything, wait until healthy
+#   scripts/cluster.sh start [--cassandra] [--release] [--tls]
+#                                                        build, start everything, wait until healthy
 #   scripts/cluster.sh stop                              stop nodes and nginx (then Redis, MariaDB
 #                                                        and Cassandra with --all)
 #   scripts/cluster.sh status                            each part, and each node's /v1/health
 #   scripts/cluster.sh logs [N] [LINES]                  tail of node N's log (every node by default)
 #   scripts/cluster.sh restart-node N | kill-node N      graceful restart / kill -9 of one node
 #
+# --tls makes nginx terminate TLS too: HTTPS and WSS on 127.0.0.1:CHAT_LB_TLS_PORT (8453) with
+# the PEM pair in CHAT_TLS_CERT/CHAT_TLS_KEY, or else a self-signed certificate for 127.0.0.1
+# and localhost made with openssl under .services/cluster/tls/ (give its cert.pem to clients as
+# their root: `ClientBuilder::add_root_certificate_pem`, `curl --cacert`). Plain HTTP stays on
+# CHAT_LB_PORT. The nodes themselves speak plain HTTP behind nginx.
 # --cassandra keeps messages in Cassandra (scripts/cassandra.sh start 1; its first start fetches
 # jars with Maven and takes minutes). Environment: CHAT_CLUSTER_DB (database name, chat_cluster),
 # CHAT_LB_PORT (8090), CHAT_NODE_BASE_PORT (8080: nodes on +1..+3).
@@ -21,16 +27,18 @@ source "$(dirname "$0")/lib.sh"
 DIR="$SERVICES/cluster"
 DB="${CHAT_CLUSTER_DB:-chat_cluster}"
 LB_PORT="${CHAT_LB_PORT:-8090}"
+LB_TLS_PORT="${CHAT_LB_TLS_PORT:-8453}"
 BASE_PORT="${CHAT_NODE_BASE_PORT:-8080}"
 NODES=(1 2 3)
 
 node_port() { echo $((BASE_PORT + $1)); }
 
 start() {
-  local cassandra=0 profile=debug cargo_profile=()
+  local cassandra=0 profile=debug cargo_profile=() tls=0
   for a in "$@"; do
     case "$a" in
       --cassandra) cassandra=1 ;;
+      --tls) tls=1 ;;
       --release) profile=release; cargo_profile=(--release) ;;
       *) die "unknown flag $a" ;;
     esac
@@ -62,9 +70,37 @@ start() {
     start_node "$n" "$bin" "$metadata" "$replica" "$messages" "$CHAT_TEST_REDIS_URL"
     upstreams+=("127.0.0.1:$(node_port "$n")")
   done
-  "$ROOT/scripts/nginx.sh" start "$LB_PORT" "${upstreams[@]}"
+  if [ "$tls" = 1 ]; then
+    tls_pair
+    CHAT_NGINX_TLS_PORT="$LB_TLS_PORT" "$ROOT/scripts/nginx.sh" start "$LB_PORT" "${upstreams[@]}"
+  else
+    CHAT_NGINX_TLS_CERT="" CHAT_NGINX_TLS_KEY="" "$ROOT/scripts/nginx.sh" start "$LB_PORT" "${upstreams[@]}"
+  fi
   wait_healthy "127.0.0.1:$LB_PORT" || die "nginx does not reach a healthy node"
   log "cluster up: http://127.0.0.1:$LB_PORT (nodes ${upstreams[*]}; messages in ${messages%%:*})"
+  [ "$tls" = 1 ] && log "TLS: https://127.0.0.1:$LB_TLS_PORT, wss://127.0.0.1:$LB_TLS_PORT/v1/ws (root: $CHAT_NGINX_TLS_CERT)"
+  return 0
+}
+
+# tls_pair: sets CHAT_NGINX_TLS_CERT/KEY from CHAT_TLS_CERT/KEY, or makes a self-signed pair.
+tls_pair() {
+  if [ -n "${CHAT_TLS_CERT:-}" ] || [ -n "${CHAT_TLS_KEY:-}" ]; then
+    export CHAT_NGINX_TLS_CERT="${CHAT_TLS_CERT:-}" CHAT_NGINX_TLS_KEY="${CHAT_TLS_KEY:-}"
+    return
+  fi
+  local t="$DIR/tls"
+  if [ ! -s "$t/cert.pem" ] || [ ! -s "$t/key.pem" ]; then
+    mkdir -p "$t"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+      -subj "/CN=chat cluster (self-signed)" \
+      -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+      -addext "basicConstraints=critical,CA:FALSE" \
+      -keyout "$t/key.pem" -out "$t/cert.pem" 2>"$t/openssl.log" \
+      || { cat "$t/openssl.log" >&2; die "making a self-signed certificate failed"; }
+    chmod 600 "$t/key.pem"
+    log "made a self-signed certificate: $t/cert.pem"
+  fi
+  export CHAT_NGINX_TLS_CERT="$t/cert.pem" CHAT_NGINX_TLS_KEY="$t/key.pem"
 }
 
 # start_node N BIN METADATA REPLICA MESSAGES REDIS
@@ -154,5 +190,5 @@ case "${1:-}" in
     [ -n "${2:-}" ] || die "usage: $0 kill-node N"
     pid_alive "$DIR/node$2.pid" && kill -9 "$(cat "$DIR/node$2.pid")"
     rm -f "$DIR/node$2.pid" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

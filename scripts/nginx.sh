@@ -3,6 +3,10 @@
 #
 #   scripts/nginx.sh start LISTEN_PORT NODE_ADDR...   e.g. start 8090 127.0.0.1:8081 127.0.0.1:8082
 #   scripts/nginx.sh stop|status|logs
+#
+# TLS: with CHAT_NGINX_TLS_CERT and CHAT_NGINX_TLS_KEY (PEM paths) set, nginx also serves HTTPS
+# and WSS on 127.0.0.1:CHAT_NGINX_TLS_PORT (default LISTEN_PORT+363, e.g. 8453 for 8090) and
+# terminates TLS there; without them only plain HTTP is served (local development).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -17,8 +21,20 @@ start() {
   local ups=""
   for n in "$@"; do ups+="        server $n max_fails=1 fail_timeout=5s;"$'\n'; done
   local conf="$DIR/nginx.conf"
-  awk -v ups="$ups" -v dir="$DIR" -v listen="127.0.0.1:$listen" '
-    { gsub(/@DIR@/, dir); gsub(/@LISTEN@/, listen) }
+  local tls=0 tls_listen="" cert="${CHAT_NGINX_TLS_CERT:-}" key="${CHAT_NGINX_TLS_KEY:-}"
+  if [ -n "$cert$key" ]; then
+    [ -r "$cert" ] && [ -r "$key" ] || die "CHAT_NGINX_TLS_CERT and CHAT_NGINX_TLS_KEY must both name readable PEM files"
+    tls=1
+    tls_listen="127.0.0.1:${CHAT_NGINX_TLS_PORT:-$((listen + 363))}"
+  fi
+  # Lines between @TLS_BEGIN@ and @TLS_END@ are kept (markers dropped) only with a certificate.
+  awk -v ups="$ups" -v dir="$DIR" -v listen="127.0.0.1:$listen" -v tls="$tls" \
+      -v tls_listen="$tls_listen" -v cert="$cert" -v key="$key" '
+    /@TLS_BEGIN@/ { in_tls = 1; next }
+    /@TLS_END@/ { in_tls = 0; next }
+    in_tls && tls != 1 { next }
+    { gsub(/@DIR@/, dir); gsub(/@TLS_LISTEN@/, tls_listen); gsub(/@LISTEN@/, listen)
+      gsub(/@TLS_CERT@/, cert); gsub(/@TLS_KEY@/, key) }
     /^@UPSTREAMS@$/ { printf "%s", ups; next }
     { print }' "$ROOT/deploy/nginx.conf.template" > "$conf"
   nginx -t -c "$conf" -p "$DIR" 2>"$DIR/test.log" || { cat "$DIR/test.log" >&2; die "bad nginx config"; }
@@ -28,7 +44,12 @@ start() {
     nginx -c "$conf" -p "$DIR"
   fi
   wait_port 127.0.0.1 "$listen" 20 || { tail -n 50 "$DIR/error.log" >&2; die "nginx did not start"; }
-  log "nginx on 127.0.0.1:$listen -> $*"
+  if [ $tls = 1 ]; then
+    wait_port 127.0.0.1 "${tls_listen#*:}" 20 || { tail -n 50 "$DIR/error.log" >&2; die "nginx TLS port did not open"; }
+    log "nginx on 127.0.0.1:$listen and https://$tls_listen -> $*"
+  else
+    log "nginx on 127.0.0.1:$listen -> $*"
+  fi
 }
 
 case "${1:-}" in

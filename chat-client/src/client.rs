@@ -52,9 +52,34 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     connect_timeout: Duration,
     state_dir: Option<PathBuf>,
+    /// PEM texts of extra trusted roots (parsed in `build`).
+    #[cfg(feature = "rustls")]
+    root_certificates: Vec<Vec<u8>>,
 }
 
 impl ClientBuilder {
+    /// Trusts the root certificate(s) in `pem` (one or more `-----BEGIN CERTIFICATE-----`
+    /// blocks) for `https://` and `wss://`, besides the built-in webpki roots: for a private
+    /// deployment whose certificates come from its own CA, or a self-signed server certificate.
+    /// REST and the WebSocket of [`Client::subscribe`] trust exactly the same roots. A PEM
+    /// without a certificate makes [`ClientBuilder::build`] fail with
+    /// [`Error::InvalidCertificate`].
+    ///
+    /// ```no_run
+    /// # fn run() -> chat_client::Result<()> {
+    /// let ca = std::fs::read("/etc/chat/ca.pem").expect("CA file");
+    /// let client = chat_client::Client::builder("https://chat.internal:8443")
+    ///     .add_root_certificate_pem(ca)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    pub fn add_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_certificates.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Uses an existing bearer token (e.g. one saved from an earlier [`Client::login`]).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -95,8 +120,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client. Fails if the URL is not `http://` or `https://`, or if the state
-    /// directory cannot be created or holds files this SDK did not write.
+    /// Builds the client. Fails if the URL is not `http://` or `https://` (`https://` needs the
+    /// default `rustls` feature), if an added root certificate is not valid PEM, or if the
+    /// state directory cannot be created or holds files this SDK did not write.
     pub fn build(self) -> Result<Client> {
         let parsed = reqwest::Url::parse(&self.base_url)
             .map_err(|e| Error::InvalidUrl(format!("{}: {e}", self.base_url)))?;
@@ -120,9 +146,24 @@ impl ClientBuilder {
         // contract's paths to it.
         let base = parsed.as_str().trim_end_matches('/').to_owned();
         let ws_base = format!("{ws_scheme}{}", &base[parsed.scheme().len()..]);
+        let https = parsed.scheme() == "https";
         let http = reqwest::Client::builder()
             .timeout(self.request_timeout)
             .connect_timeout(self.connect_timeout)
+            // Never follow a redirect from https:// down to plain http://.
+            .https_only(https);
+        #[cfg(feature = "rustls")]
+        let tls = crate::tls::client_config(&self.root_certificates)?;
+        #[cfg(feature = "rustls")]
+        let http = http.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
+        #[cfg(not(feature = "rustls"))]
+        if https {
+            return Err(Error::InvalidUrl(format!(
+                "{}: https:// needs chat-client's `rustls` feature",
+                self.base_url
+            )));
+        }
+        let http = http
             .build()
             .map_err(|e| Error::transport("building the HTTP client", e))?;
         if let Some(dir) = &self.state_dir {
@@ -156,6 +197,8 @@ impl ClientBuilder {
                 ws_link: Mutex::new(None),
                 positions: Mutex::new(positions),
                 state_dir: self.state_dir,
+                #[cfg(feature = "rustls")]
+                tls,
             }),
         };
         // Messages queued by an earlier run go out now if they can (or after login).
@@ -293,6 +336,10 @@ struct Inner {
     positions: Mutex<HashMap<ChatId, ResumePoint>>,
     /// Where `outbox.json` and `positions.json` live, if anywhere.
     state_dir: Option<PathBuf>,
+    /// The TLS settings REST uses, handed to the WebSocket connector too, so both trust the
+    /// same roots.
+    #[cfg(feature = "rustls")]
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// `positions.json` in the state directory.
@@ -367,7 +414,7 @@ impl Client {
         Client::builder(base_url).token(token).build()
     }
 
-    /// A builder, for retry policy and timeouts.
+    /// A builder, for retry policy, timeouts and extra TLS roots.
     pub fn builder(base_url: &str) -> ClientBuilder {
         ClientBuilder {
             base_url: base_url.to_owned(),
@@ -377,6 +424,8 @@ impl Client {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             state_dir: None,
+            #[cfg(feature = "rustls")]
+            root_certificates: Vec::new(),
         }
     }
 
@@ -931,6 +980,12 @@ impl Client {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.inner.connect_timeout
+    }
+
+    /// The TLS settings of REST, for the WebSocket connector.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.inner.tls.clone()
     }
 
     /// The `Authorization` header value of the current session.

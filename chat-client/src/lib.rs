@@ -80,11 +80,30 @@
 //! a failed call records its error in it, so the SDK shows up inside the application's own
 //! traces.
 //!
+//! # TLS
+//! With the default `rustls` feature, `https://` base URLs work for REST and the subscription's
+//! WebSocket uses `wss://`, both with rustls (no OpenSSL) and the same trusted roots: the
+//! webpki-roots bundle plus any root added with [`ClientBuilder::add_root_certificate_pem`] (a
+//! private CA or a self-signed server certificate). A certificate that does not verify is an
+//! [`Error::Transport`] of kind [`TransportKind::CertificateNotTrusted`] (and ends a
+//! subscription with that cause); the SDK never falls back to plain HTTP.
+//!
+//! ```no_run
+//! # async fn run() -> chat_client::Result<()> {
+//! let ca = std::fs::read("ca.pem").expect("the deployment's CA");
+//! let client = chat_client::Client::builder("https://chat.internal")
+//!     .add_root_certificate_pem(ca)
+//!     .build()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`client`]: [`Client`], its builder, [`SendOptions`], [`FetchOptions`], [`Page`].
 //! - [`outbox`]: the send queue, [`Outgoing`] and [`SendState`].
 //! - [`subscription`]: [`Subscription`] and [`Event`].
-//! - [`error`]: the one [`Error`] enum.
+//! - [`error`]: the one [`Error`] enum and [`TransportKind`].
+//! - `tls` (feature `rustls`): the rustls configuration REST and WebSocket share.
 //! - [`retry`]: [`RetryPolicy`] and the jittered backoff behind retries and reconnects.
 
 pub mod client;
@@ -92,9 +111,11 @@ pub mod error;
 pub mod outbox;
 pub mod retry;
 pub mod subscription;
+#[cfg(feature = "rustls")]
+mod tls;
 
 pub use client::{Changes, Client, ClientBuilder, FetchOptions, Page, Role, SendOptions};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TransportKind};
 pub use outbox::{Outgoing, SendState};
 pub use retry::RetryPolicy;
 pub use subscription::{Event, ResumePoint, Subscription};

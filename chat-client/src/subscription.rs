@@ -39,7 +39,7 @@
 //!   after the last message delivered, so nothing is ever handed over twice.
 
 use crate::client::{Client, FetchOptions};
-use crate::error::Error;
+use crate::error::{Error, TransportKind};
 use crate::retry::Backoff;
 use chat_core::protocol::SendRequest;
 use chat_core::protocol::{ChatView, ClientFrame, ServerFrame};
@@ -146,10 +146,15 @@ pub enum Event {
     Connected,
     /// The connection was lost. With `reconnecting: true` the SDK is already reconnecting and
     /// will catch up; with `false` the stream ends after this event (the session was rejected,
-    /// e.g. after a logout, or the SDK cannot connect at all).
+    /// e.g. after a logout, the server's TLS certificate is not trusted, or the SDK cannot
+    /// connect at all).
     Disconnected {
         /// Why, for logs and status lines.
         reason: String,
+        /// The transport cause when connecting failed (refused, not resolved, certificate not
+        /// trusted, timed out, ...); `None` when a connection that was up ended, or the server
+        /// refused the session.
+        cause: Option<TransportKind>,
         /// Whether the SDK keeps trying.
         reconnecting: bool,
     },
@@ -250,6 +255,7 @@ impl Subscription {
             announced_down: false,
             inflight: HashMap::new(),
             only,
+            cause: None,
         };
         let task = runtime.spawn(worker.run());
         Subscription {
@@ -411,6 +417,8 @@ struct Worker {
     /// A subscription to one chat ([`Client::subscribe_chat`]): events of other chats are
     /// not followed or handed over.
     only: Option<ChatId>,
+    /// The transport cause of the last failed connection attempt, for `Disconnected`.
+    cause: Option<TransportKind>,
 }
 
 /// The WebSocket of a connected subscription, offered to the client's send queue.
@@ -460,6 +468,7 @@ impl WsLink {
             .map_err(|e| Error::Protocol(format!("encoding a send frame: {e}")))?;
         let (reply, answer) = oneshot::channel();
         let lost = || Error::Transport {
+            kind: TransportKind::Other,
             message: "the WebSocket closed before the ack".into(),
             source: None,
         };
@@ -473,6 +482,7 @@ impl WsLink {
             .map_err(|_| lost())?;
         match tokio::time::timeout(timeout, answer).await {
             Err(_) => Err(Error::Transport {
+                kind: TransportKind::TimedOut,
                 message: format!("no ack on the WebSocket within {timeout:?}"),
                 source: None,
             }),
@@ -498,6 +508,7 @@ impl Worker {
                     let _ = self
                         .emit(Event::Disconnected {
                             reason,
+                            cause: self.cause,
                             reconnecting: false,
                         })
                         .await;
@@ -509,6 +520,7 @@ impl Worker {
                         self.announced_down = true;
                         let event = Event::Disconnected {
                             reason,
+                            cause: self.cause,
                             reconnecting: true,
                         };
                         if self.emit(event).await.is_err() {
@@ -524,6 +536,7 @@ impl Worker {
     /// One connection, from handshake to close. Sets `ready` once the server's `ready` frame
     /// has been handled. While it is up, the client's sends go over it.
     async fn connection(&mut self, ready: &mut bool) -> Stop {
+        self.cause = None;
         let (tx, mut sends) = mpsc::channel(LINK_QUEUE);
         let link = WsLink {
             id: LINK_IDS.fetch_add(1, Ordering::Relaxed),
@@ -553,9 +566,21 @@ impl Worker {
             }
             Err(e) => return Stop::Fatal(e.to_string()),
         }
+        // `wss://` goes through the same rustls configuration as REST (same roots).
+        #[cfg(feature = "rustls")]
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(self.client.tls())),
+        );
+        #[cfg(not(feature = "rustls"))]
         let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
         let mut ws = match tokio::time::timeout(self.client.connect_timeout(), connect).await {
-            Err(_) => return Stop::Reconnect("connecting timed out".into()),
+            Err(_) => {
+                self.cause = Some(TransportKind::TimedOut);
+                return Stop::Reconnect("connecting timed out".into());
+            }
             Ok(Ok((ws, _))) => ws,
             Ok(Err(WsError::Http(resp))) if resp.status().as_u16() == 401 => {
                 return Stop::Fatal("the server rejected the session (401)".into())
@@ -564,9 +589,20 @@ impl Worker {
                 return Stop::Reconnect(format!("handshake answered {}", resp.status()))
             }
             Ok(Err(WsError::Url(UrlError::TlsFeatureNotEnabled))) => {
-                return Stop::Fatal("wss:// needs TLS support in tokio-tungstenite".into())
+                return Stop::Fatal("wss:// needs chat-client's `rustls` feature".into())
             }
-            Ok(Err(e)) => return Stop::Reconnect(format!("connecting failed: {e}")),
+            Ok(Err(e)) => {
+                let error = Error::transport("connecting failed", e);
+                let kind = error.transport_kind();
+                self.cause = kind;
+                // A certificate that does not verify will not verify next time either: end
+                // the stream and say so rather than retry forever in silence.
+                return if kind == Some(TransportKind::CertificateNotTrusted) {
+                    Stop::Fatal(error.to_string())
+                } else {
+                    Stop::Reconnect(error.to_string())
+                };
+            }
         };
         let ping = match serde_json::to_string(&ClientFrame::Ping) {
             Ok(p) => p,
@@ -1203,6 +1239,7 @@ mod tests {
                 Event::Disconnected {
                     reconnecting,
                     reason,
+                    cause: _,
                 } => {
                     assert!(reconnecting);
                     assert!(reason.contains("1008"), "{reason}");

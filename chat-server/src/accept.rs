@@ -3,9 +3,13 @@
 //! by the socket itself, so upgraded WebSockets count too), a header read timeout (a client that
 //! connects and sends nothing, or trickles its headers, or idles between kept-alive requests, is
 //! dropped), a cap on connections per address (so one address cannot take every slot), the
-//! peer's address for the per-address limits, and a graceful drain.
+//! peer's address for the per-address limits, and a graceful drain. With a [`TlsConfig`] each
+//! connection first does its TLS handshake in its own task (bounded by the same header read
+//! timeout, so a client that never finishes one holds its slot no longer than a silent one);
+//! the decrypted stream is then served exactly like a plain one.
 
 use crate::config::AbuseLimits;
+use crate::tls::TlsConfig;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +31,15 @@ use tower::ServiceExt as _;
 /// out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The first byte of every TLS connection (a handshake record). Anything else on a TLS
+/// listener is a client speaking plain HTTP to it.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a plain-HTTP client gets from a TLS listener: a plain 400 with the contract's error
+/// body, so it fails with a reason instead of a reset.
+const PLAIN_HTTP_TO_TLS: &str = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ";
+const PLAIN_HTTP_TO_TLS_BODY: &str = r#"{"error":{"code":"bad_request","message":"this port speaks TLS: use https:// (wss:// for WebSockets)"}}"#;
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting, asks every
 /// connection to finish its current request and waits for them. When `crashed` is cancelled,
 /// connections are dropped at once instead.
@@ -34,9 +47,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &AbuseLimits,
+    tls: Option<TlsConfig>,
     shutdown: CancellationToken,
     crashed: CancellationToken,
 ) {
+    let handshake_timeout = limits.header_read_timeout.max(Duration::from_millis(1));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_addr = PerAddr::new(limits);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -73,22 +88,47 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(CountedStream {
+        let counted = CountedStream {
             inner: stream,
             _slot: permit,
             _addr_slot: addr_slot,
-        });
+        };
         let service = router.clone().map_request(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             },
         );
-        let conn = http
-            .serve_connection(io, TowerToHyperService::new(service))
-            .with_upgrades();
+        let (http, tls) = (http.clone(), tls.clone());
         let (shutdown, crashed, done) = (shutdown.clone(), crashed.clone(), done_tx.clone());
         tokio::spawn(async move {
+            let io = match tls {
+                None => Io::Plain(counted),
+                Some(tls) => {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, handshake(&tls, counted));
+                    let outcome = tokio::select! {
+                        r = handshake => r,
+                        _ = crashed.cancelled() => return,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    match outcome {
+                        Ok(Ok(Some(stream))) => Io::Tls(Box::new(stream)),
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -112,6 +152,97 @@ pub(crate) async fn serve(
     drop(listener);
     drop(done_tx);
     let _ = done_rx.recv().await;
+}
+
+/// The server side of a TLS handshake. `None` when there is nothing to serve: the client
+/// closed at once, or spoke plain HTTP (it has been answered with a plain 400).
+async fn handshake(
+    tls: &TlsConfig,
+    mut stream: CountedStream,
+) -> io::Result<Option<tokio_rustls::server::TlsStream<CountedStream>>> {
+    let mut first = [0u8; 1];
+    if stream.inner.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        // Read what the client sent (its request head, usually) before answering, so closing
+        // does not reset the connection under the answer.
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let answer = format!(
+            "{PLAIN_HTTP_TO_TLS}{}\r\n\r\n{PLAIN_HTTP_TO_TLS_BODY}",
+            PLAIN_HTTP_TO_TLS_BODY.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        return Ok(None);
+    }
+    tls.acceptor().accept(stream).await.map(Some)
+}
+
+/// A served connection's stream: plain TCP, or TLS over it. One type for both, so the HTTP
+/// connection and its graceful shutdown are written once.
+enum Io {
+    Plain(CountedStream),
+    Tls(Box<tokio_rustls::server::TlsStream<CountedStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 /// Errors that concern only the connection being accepted (it was reset before we took it).

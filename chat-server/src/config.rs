@@ -63,6 +63,9 @@ pub struct Config {
     /// browsers send them (`https://app.example.com`, no path). Empty (the default): no CORS
     /// headers, so only pages served by this server itself (same origin) can use the API.
     pub cors_origins: Vec<String>,
+    /// Serve HTTPS and WSS with this certificate instead of plain HTTP (`None`, the default).
+    /// A plain-HTTP request to a TLS listener is answered with a plain 400 saying so.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Default for Config {
             presence: None,
             presence_grace: Duration::from_secs(5),
             cors_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -43,7 +43,8 @@
 //! - [`health`]: [`HealthCheck`], extra dependencies `GET /v1/health` reports (the cache).
 //! - `auth`: argon2id passwords, bearer tokens, sessions (over the metadata store alone).
 //! - `accept`: the accept loop under HTTP: a cap on open connections, the header read timeout,
-//!   the peer's address, the graceful drain.
+//!   the peer's address, the TLS handshake when configured, the graceful drain.
+//! - [`tls`]: [`TlsConfig`], the certificate and key of `--tls-cert`/`--tls-key` (rustls).
 //! - `rate_limit`: abuse limits: token buckets (GCRA, the `governor` crate) for sends (per user
 //!   and per address), logins (per address and per account) and registrations (per address);
 //!   WebSockets per user.
@@ -71,11 +72,13 @@ pub mod presence;
 mod rate_limit;
 mod server;
 mod state;
+pub mod tls;
 mod ws;
 
 pub use config::{AbuseLimits, Config, PasswordHashing, RateLimit};
 pub use health::HealthCheck;
 pub use server::{Server, ServerHandle};
+pub use tls::TlsConfig;
 
 /// Locks a std mutex, using the data even if a panic poisoned it: every critical section in this
 /// crate leaves its data consistent between statements that could panic, and these mutexes are

@@ -6,7 +6,7 @@
 use anyhow::Context as _;
 use chat_core::{Broker, Limits};
 use chat_server::broker::LocalBroker;
-use chat_server::{AbuseLimits, Config, RateLimit, Server};
+use chat_server::{AbuseLimits, Config, RateLimit, Server, TlsConfig};
 use chat_storage::open::{open, StoreConfig};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -22,6 +22,15 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); needs --tls-key.
+    /// Without both, the server speaks plain HTTP (e.g. behind a proxy that terminates TLS).
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 
     /// Directory for embedded (SQLite) data.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./chat-data")]
@@ -194,6 +203,13 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("parsing --log")?)
         .init();
+    // Before anything else is opened: a bad certificate should stop the start at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+        (None, None) => None,
+        // clap's `requires` already refuses one without the other.
+        _ => anyhow::bail!("--tls-cert and --tls-key go together: give both or neither"),
+    };
 
     let defaults = Config::default();
     let config = Config {
@@ -213,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
         ordered_appends: Config::ordered_appends_for(&args.messages),
         presence_grace: Duration::from_millis(args.presence_grace_ms),
         cors_origins: args.abuse.cors_origins.clone(),
+        tls,
         ..defaults
     };
 
@@ -243,7 +260,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("chat-server listening on http://{addr}");
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("chat-server listening on {scheme}://{addr}");
     server.serve(listener, shutdown_signal()).await
 }
 

@@ -121,12 +121,14 @@ impl Server {
         let _sweeper = AbortOnDrop(Some(spawn_session_sweeper(st.clone()).abort_handle()));
         let router = self.router();
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, node_id = %st.config.node_id, "chat server listening");
+            let tls = st.config.tls.is_some();
+            tracing::info!(%addr, tls, node_id = %st.config.node_id, "chat server listening");
         }
         let serving = crate::accept::serve(
             listener,
             router,
             &st.config.abuse,
+            st.config.tls.clone(),
             st.shutting_down.clone(),
             st.crashed.clone(),
         );

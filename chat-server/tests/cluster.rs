@@ -872,3 +872,86 @@ async fn live_frames_are_in_seq_order_on_every_node() {
         assert_eq!(seqs.last(), Some(&(total as i64)));
     }
 }
+
+/// nginx terminating TLS (the shipped template with a certificate) in front of two nodes that
+/// speak plain HTTP: a client on `wss://` through nginx receives, live, a message another client
+/// sent over `https://` through nginx. The plain port stays usable (local development), and a
+/// client that does not trust the certificate gets the typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_terminates_tls_for_https_and_wss_in_front_of_two_nodes() {
+    let redis = RedisProc::start().await;
+    let spec = NodeSpec {
+        database: least_privilege_database().await,
+        messages: None,
+        redis: redis.url(),
+        cache_local_ttl_ms: LOCAL_TTL_MS,
+        replica: None,
+    };
+    let nodes = [
+        NodeProc::start("n1", &spec).await,
+        NodeProc::start("n2", &spec).await,
+    ];
+    let certs = tempfile::tempdir().expect("temp dir");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .expect("self-signed certificate");
+    let root = made.cert.pem();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, &root).expect("write cert");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+    let upstreams: Vec<String> = nodes.iter().map(NodeProc::addr).collect();
+    let nginx = NginxProc::start_with(
+        &upstreams,
+        Some(NginxTls {
+            cert: &cert,
+            key: &key,
+        }),
+    )
+    .await;
+    let https = nginx.https_url().expect("a TLS port");
+
+    let tls_user = |name: &'static str| {
+        let (https, root) = (https.clone(), root.clone());
+        async move {
+            let c = Client::builder(&https)
+                .add_root_certificate_pem(root)
+                .build()
+                .expect("client");
+            let email = format!("{name}-{:016x}@example.com", rand::random::<u64>());
+            c.register(&email, PASSWORD, Some(name))
+                .await
+                .unwrap_or_else(|e| panic!("registering {name} over https: {e}"));
+            c.login(&email, PASSWORD)
+                .await
+                .unwrap_or_else(|e| panic!("logging in {name} over https: {e}"));
+            c
+        }
+    };
+    let sender = tls_user("sender").await;
+    let receiver = tls_user("receiver").await;
+    let chat = sender
+        .create_chat("tls", &[receiver.user_id().expect("id")])
+        .await
+        .expect("create chat over https")
+        .chat_id;
+    let mut sub = receiver.subscribe().await.expect("subscribe over wss");
+    connected(&mut sub, "receiver").await;
+    let sent = sender
+        .send(chat, "through nginx, encrypted")
+        .await
+        .expect("send over https");
+    let got = messages(&mut sub, chat, 1, "receiver").await;
+    assert_eq!(got[0].seq, sent.seq);
+    assert_eq!(got[0].msg_text, "through nginx, encrypted");
+
+    // Plain HTTP is still served on the other port, for local development.
+    let plain = via(&sender, &nginx.url());
+    assert_eq!(plain.chat(chat).await.expect("plain http").chat_id, chat);
+    // Without the root: the typed error, no fallback.
+    let stranger = via(&sender, &https);
+    let e = stranger.chat(chat).await.expect_err("untrusted");
+    assert_eq!(
+        e.transport_kind(),
+        Some(chat_client::TransportKind::CertificateNotTrusted),
+        "{e}"
+    );
+}

@@ -278,6 +278,7 @@ async fn subscriber(
                 Some(Event::Disconnected {
                     reason,
                     reconnecting,
+                    ..
                 }) => {
                     history.record(json!({
                         "type": "note", "what": "disconnected", "subscriber": p.name,

@@ -485,6 +485,7 @@ impl Session {
             Event::Disconnected {
                 reason,
                 reconnecting,
+                ..
             } => {
                 if reconnecting {
                     eprintln!("* connection lost ({reason}); reconnecting");

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             Event::Disconnected {
                 reason,
                 reconnecting: false,
+                ..
             } => anyhow::bail!("disconnected for good: {reason}"),
             _ => {}
         }

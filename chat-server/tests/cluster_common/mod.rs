@@ -414,12 +414,27 @@ impl Drop for NodeProc {
 pub struct NginxProc {
     child: Option<Child>,
     port: u16,
+    /// The HTTPS and WSS port, when started with a certificate.
+    tls_port: Option<u16>,
     dir: TempDir,
 }
 
+/// The PEM files nginx terminates TLS with.
+pub struct NginxTls<'a> {
+    /// The certificate chain.
+    pub cert: &'a Path,
+    /// Its private key.
+    pub key: &'a Path,
+}
+
 impl NginxProc {
-    /// Starts nginx on a free port in front of `upstreams` (`host:port` each).
+    /// Starts nginx on a free port in front of `upstreams` (`host:port` each), plain HTTP only.
     pub async fn start(upstreams: &[String]) -> NginxProc {
+        Self::start_with(upstreams, None).await
+    }
+
+    /// [`NginxProc::start`], also terminating TLS on a second free port when `tls` is given.
+    pub async fn start_with(upstreams: &[String], tls: Option<NginxTls<'_>>) -> NginxProc {
         let dir = tempfile::tempdir().expect("temp dir");
         // Workers may run as another user when the tests run as root: let them into the
         // directory (nginx creates and chowns its temp directories itself).
@@ -438,20 +453,50 @@ impl NginxProc {
             .iter()
             .map(|u| format!("        server {u} max_fails=1 fail_timeout=5s;\n"))
             .collect();
-        // The same filling as scripts/nginx.sh: a line `@UPSTREAMS@` becomes the server list.
+        let tls_port = tls.as_ref().map(|_| free_port());
+        // The same filling as scripts/nginx.sh: a line `@UPSTREAMS@` becomes the server list,
+        // and the lines between the TLS markers stay only with a certificate.
+        let mut in_tls = false;
         let conf: String = template
             .replace("@DIR@", &dir.path().display().to_string())
+            .replace(
+                "@TLS_LISTEN@",
+                &format!("127.0.0.1:{}", tls_port.unwrap_or(0)),
+            )
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace(
+                "@TLS_CERT@",
+                &tls.as_ref()
+                    .map(|t| t.cert.display().to_string())
+                    .unwrap_or_default(),
+            )
+            .replace(
+                "@TLS_KEY@",
+                &tls.as_ref()
+                    .map(|t| t.key.display().to_string())
+                    .unwrap_or_default(),
+            )
             .replace("daemon on;", "daemon off;")
             .lines()
-            .map(|l| {
-                if l.trim() == "@UPSTREAMS@" {
-                    servers.clone()
+            .filter_map(|l| {
+                if l.contains("@TLS_BEGIN@") || l.contains("@TLS_END@") {
+                    in_tls = l.contains("@TLS_BEGIN@");
+                    None
+                } else if in_tls && tls.is_none() {
+                    None
+                } else if l.trim() == "@UPSTREAMS@" {
+                    Some(servers.clone())
                 } else {
-                    format!("{l}\n")
+                    Some(format!("{l}\n"))
                 }
             })
             .collect();
+        assert!(
+            !conf
+                .lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains('@')),
+            "a placeholder left in the nginx config:\n{conf}"
+        );
         assert!(
             conf.contains("server 127.0.0.1:"),
             "no upstreams in the nginx config"
@@ -478,15 +523,24 @@ impl NginxProc {
         let n = NginxProc {
             child: Some(child),
             port,
+            tls_port,
             dir,
         };
         wait_port(port, "nginx").await;
+        if let Some(p) = tls_port {
+            wait_port(p, "nginx (TLS)").await;
+        }
         n
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `https://127.0.0.1:TLS_PORT`, when started with a certificate.
+    pub fn https_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("https://127.0.0.1:{p}"))
     }
 }
 
