@@ -70,6 +70,7 @@ start_services() {
   scripts/mariadb.sh start; STARTED+=(mariadb)
   scripts/redis.sh start; STARTED+=(redis)
   scripts/nginx.sh install
+  scripts/browser.sh install
   scripts/cassandra.sh fetch
   scripts/cassandra.sh start 1; STARTED+=(cassandra)
 }

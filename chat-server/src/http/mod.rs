@@ -1,11 +1,12 @@
 //! The HTTP surface: the router with every REST route and `GET /v1/ws`, the fallbacks that keep
 //! every failure in the contract's JSON error format, and the cross-cutting layers (body limit,
-//! request timeout, panic catching, metrics, tracing).
+//! request timeout, panic catching, metrics, tracing), and the web client at `/` (`web.rs`).
 
 mod chats;
 mod messages;
 mod ops;
 mod users;
+mod web;
 
 use crate::error::{error_response, ApiError};
 use crate::state::AppState;
@@ -60,6 +61,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app_js))
+        .route("/app.css", get(web::app_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))

@@ -1,0 +1,811 @@
+// The web client of chat-server: plain JavaScript, no build step, served from the binary.
+//
+// It speaks the wire contract (docs/protocol.md): REST with a bearer token, and one WebSocket
+// (`/v1/ws?token=`) for live events. Live frames are a fast path, not the record: every chat
+// that is open keeps the highest `seq` it holds with no hole below it, and a jump in `seq` or
+// a reconnect is filled from `GET /v1/fetch?after_seq=`. Every text a user wrote is put in
+// the page with `textContent`, never parsed as HTML. The token lives in sessionStorage (see
+// SECURITY.md for why).
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "chat.token";
+const PAGE = 50;
+const TYPING_EVERY_MS = 3000;
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  me: null,
+  chats: [], // GET /v1/chats, newest activity first
+  current: null, // open chat id
+  view: null, // GET /v1/chats/{id} of the open chat
+  msgs: new Map(), // chat id -> Map(seq -> message)
+  top: new Map(), // chat id -> page token of older history, or null at the start
+  last: new Map(), // chat id -> highest seq held with nothing missing below it
+  pending: new Map(), // client_msg_id -> {chat_id, msg_text, reply_to_seq, timestamp, failed}
+  names: new Map(), // user id -> display name
+  online: new Map(), // user id -> bool
+  typing: new Map(), // user id -> until (ms), for the open chat
+  receipts: new Map(), // user id -> last_read_seq, for the open chat
+  ws: null,
+  wsUp: false,
+  retryMs: 250,
+  reconnectTimer: null,
+  replyTo: null,
+  editing: null,
+  lastTypingSent: 0,
+  loadingOlder: false,
+  catchingUp: new Set(),
+};
+
+// ---- REST ------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "network", "the server cannot be reached");
+  }
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const err = data && data.error ? data.error : {};
+    if (response.status === 401 && state.me) signedOut("Your session ended; log in again.");
+    throw new ApiError(response.status, err.code || "http", err.message || response.statusText);
+  }
+  return data;
+}
+
+// ---- Signing in and out ----------------------------------------------------------------
+
+async function signIn(register) {
+  const email = $("email").value.trim();
+  const password = $("password").value;
+  const displayName = $("display-name").value.trim();
+  $("signin-error").textContent = "";
+  try {
+    if (register) {
+      await api("POST", "/v1/users", {
+        email,
+        password,
+        display_name: displayName || undefined,
+      });
+    }
+    const session = await api("POST", "/v1/sessions", { email, password });
+    state.token = session.token;
+    sessionStorage.setItem(TOKEN_KEY, session.token);
+    $("password").value = "";
+    await start();
+  } catch (e) {
+    $("signin-error").textContent = e.message;
+  }
+}
+
+function signedOut(reason) {
+  state.token = null;
+  state.me = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.ws) {
+    state.ws.onclose = null;
+    state.ws.close();
+    state.ws = null;
+  }
+  clearTimeout(state.reconnectTimer);
+  $("app").hidden = true;
+  $("signin").hidden = false;
+  $("signin-error").textContent = reason || "";
+  $("email").focus();
+}
+
+async function logout() {
+  try {
+    await api("DELETE", "/v1/sessions/current");
+  } catch (_) {
+    // Forget the token locally either way.
+  }
+  signedOut("");
+}
+
+async function start() {
+  state.me = await api("GET", "/v1/users/me");
+  state.names.set(state.me.user_id, state.me.display_name);
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("me-name").textContent = state.me.display_name;
+  await loadChats();
+  connect();
+}
+
+// ---- The chat list ---------------------------------------------------------------------
+
+let chatsTimer = null;
+function loadChatsSoon() {
+  clearTimeout(chatsTimer);
+  chatsTimer = setTimeout(() => loadChats().catch(showError), 100);
+}
+
+async function loadChats() {
+  const list = await api("GET", "/v1/chats");
+  state.chats = list.chats;
+  renderChats();
+}
+
+function renderChats() {
+  const ul = $("chat-list");
+  ul.replaceChildren();
+  for (const c of state.chats) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.chatId = c.chat_id;
+    b.setAttribute("aria-current", String(c.chat_id === state.current));
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = (c.kind === "direct" ? "@ " : "# ") + c.chat_name;
+    const unread = document.createElement("span");
+    unread.className = "unread";
+    const n = c.chat_id === state.current ? 0 : c.unread_count || 0;
+    unread.textContent = n > 0 ? String(n) : "";
+    unread.setAttribute("aria-label", `${n} unread`);
+    const last = document.createElement("span");
+    last.className = "last";
+    const m = c.last_message;
+    last.textContent = m ? (m.deleted ? "(deleted)" : m.msg_text) : "no messages yet";
+    b.append(name, unread, last);
+    b.addEventListener("click", () => openChat(c.chat_id).catch(showError));
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+// ---- A chat ----------------------------------------------------------------------------
+
+async function openChat(chatId) {
+  state.current = chatId;
+  state.replyTo = null;
+  state.editing = null;
+  state.typing.clear();
+  state.receipts.clear();
+  $("app").classList.add("in-chat");
+  $("messages").replaceChildren();
+  $("typing").textContent = "";
+  renderComposing();
+  $("text").disabled = false;
+  $("send").disabled = false;
+  renderChats();
+  const view = await api("GET", `/v1/chats/${chatId}`);
+  state.view = view;
+  for (const m of view.members || []) state.names.set(m.user_id, m.display_name);
+  $("chat-title").textContent = view.chat_name;
+  $("add-member").hidden = view.kind === "direct" || !isManager(view);
+  if (!state.msgs.has(chatId)) {
+    const page = await api("GET", `/v1/fetch?chat_id=${chatId}&limit=${PAGE}`);
+    state.msgs.set(chatId, new Map());
+    state.top.set(chatId, page.next_page_token);
+    // The newest page holds everything from its first seq up.
+    state.last.set(chatId, page.messages.length > 0 ? page.messages[0].seq - 1 : 0);
+    addMessages(chatId, page.messages);
+  } else {
+    await catchUp(chatId);
+  }
+  await Promise.all([loadPresence(view), loadReceipts(chatId)]);
+  renderMembers();
+  renderMessages({ toBottom: true });
+  markRead();
+  $("text").focus();
+}
+
+function isManager(view) {
+  const mine = (view.members || []).find((m) => m.user_id === state.me.user_id);
+  return mine && (mine.role === "owner" || mine.role === "admin");
+}
+
+async function loadPresence(view) {
+  const ids = (view.members || []).map((m) => m.user_id).filter((id) => id !== state.me.user_id);
+  if (ids.length === 0) return;
+  const p = await api("GET", `/v1/presence?user_ids=${ids.join(",")}`);
+  for (const u of p.presence) state.online.set(u.user_id, u.online);
+}
+
+async function loadReceipts(chatId) {
+  const r = await api("GET", `/v1/chats/${chatId}/receipts`);
+  state.receipts.clear();
+  for (const x of r.receipts) state.receipts.set(x.user_id, x.last_read_seq);
+}
+
+function renderMembers() {
+  const span = $("chat-members");
+  span.replaceChildren();
+  if (!state.view) return;
+  for (const m of state.view.members || []) {
+    const who = document.createElement("span");
+    const dot = document.createElement("span");
+    const on = m.user_id === state.me.user_id || state.online.get(m.user_id);
+    dot.className = on ? "dot on" : "dot";
+    dot.setAttribute("aria-label", on ? "online" : "offline");
+    who.append(dot, document.createTextNode(`${m.display_name} `));
+    span.append(who);
+  }
+}
+
+// Adds messages (any order) to a chat's store and moves its contiguous `last`.
+function addMessages(chatId, messages) {
+  const store = state.msgs.get(chatId);
+  if (!store) return;
+  for (const m of messages) {
+    const had = store.get(m.seq);
+    if (!had || (m.rev || 0) >= (had.rev || 0)) store.set(m.seq, m);
+    if (m.client_msg_id && m.sender_id === state.me.user_id) state.pending.delete(m.client_msg_id);
+    if (!state.names.has(m.sender_id)) lookUpName(m.sender_id);
+  }
+  let last = state.last.get(chatId) || 0;
+  while (store.has(last + 1)) last += 1;
+  state.last.set(chatId, last);
+}
+
+const askedNames = new Set();
+function lookUpName(userId) {
+  if (askedNames.has(userId)) return;
+  askedNames.add(userId);
+  api("GET", `/v1/users/${userId}`)
+    .then((u) => {
+      state.names.set(u.user_id, u.display_name);
+      if (state.current) renderMessages({});
+    })
+    .catch(() => {});
+}
+
+// Fetches everything after the chat's last contiguous seq (a hole, or a reconnect).
+async function catchUp(chatId) {
+  if (!state.msgs.has(chatId) || state.catchingUp.has(chatId)) return;
+  state.catchingUp.add(chatId);
+  try {
+    let url = `/v1/fetch?chat_id=${chatId}&after_seq=${state.last.get(chatId) || 0}&limit=500`;
+    for (;;) {
+      const page = await api("GET", url);
+      addMessages(chatId, page.messages);
+      if (!page.next_page_token) break;
+      url = `/v1/fetch?chat_id=${chatId}&page_token=${encodeURIComponent(page.next_page_token)}&limit=500`;
+    }
+  } finally {
+    state.catchingUp.delete(chatId);
+  }
+  if (chatId === state.current) {
+    renderMessages({ stick: true });
+    markRead();
+  }
+}
+
+async function loadOlder() {
+  const chatId = state.current;
+  const token = state.top.get(chatId);
+  if (!chatId || token === null || token === undefined || state.loadingOlder) return;
+  state.loadingOlder = true;
+  try {
+    const page = await api(
+      "GET",
+      `/v1/fetch?chat_id=${chatId}&page_token=${encodeURIComponent(token)}&limit=${PAGE}`,
+    );
+    state.top.set(chatId, page.next_page_token);
+    addMessages(chatId, page.messages);
+    const box = $("messages");
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    renderMessages({});
+    box.scrollTop = box.scrollHeight - fromBottom;
+  } finally {
+    state.loadingOlder = false;
+  }
+  // A short page may not fill the box: keep going while the top is visible.
+  if ($("messages").scrollTop < 80) loadOlder().catch(showError);
+}
+
+function renderMessages({ toBottom, stick }) {
+  const chatId = state.current;
+  const box = $("messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  box.replaceChildren();
+  const store = state.msgs.get(chatId);
+  if (!store) return;
+  if (state.top.get(chatId) === null) {
+    const li = document.createElement("li");
+    li.className = "history-start";
+    li.textContent = "The start of this chat";
+    box.append(li);
+  }
+  const seqs = [...store.keys()].sort((a, b) => a - b);
+  for (const seq of seqs) box.append(messageItem(store.get(seq), store));
+  for (const [id, p] of state.pending) {
+    if (p.chat_id === chatId) box.append(pendingItem(id, p));
+  }
+  if (toBottom || (stick && atBottom)) box.scrollTop = box.scrollHeight;
+}
+
+function messageItem(m, store) {
+  const li = document.createElement("li");
+  li.className = "msg";
+  li.dataset.seq = m.seq;
+  if (m.client_msg_id) li.dataset.clientMsgId = m.client_msg_id;
+  const mine = m.sender_id === state.me.user_id;
+  if (mine) li.classList.add("mine");
+  if (m.deleted) li.classList.add("deleted");
+  if (m.reply_to_seq) {
+    const q = document.createElement("span");
+    q.className = "quote";
+    const orig = store.get(m.reply_to_seq);
+    q.textContent = orig
+      ? `↪ ${nameOf(orig.sender_id)}: ${orig.deleted ? "(deleted)" : orig.msg_text}`
+      : `↪ #${m.reply_to_seq}`;
+    li.append(q);
+  }
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = nameOf(m.sender_id);
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = m.deleted ? "message deleted" : m.msg_text;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  let info = new Date(m.sent_at).toLocaleTimeString();
+  if (m.edited_at && !m.deleted) info += " · edited";
+  if (mine) {
+    const readers = [...state.receipts].filter(
+      ([u, s]) => u !== state.me.user_id && s >= m.seq,
+    ).length;
+    if (readers > 0) info += ` · seen by ${readers}`;
+  }
+  meta.textContent = info;
+  li.append(who, text, meta);
+  if (!m.deleted) li.append(actions(m, mine));
+  if (m.reactions && m.reactions.length > 0) {
+    const r = document.createElement("div");
+    r.className = "reactions";
+    for (const x of m.reactions) {
+      const b = document.createElement("button");
+      b.type = "button";
+      const pressed = x.user_ids.includes(state.me.user_id);
+      b.setAttribute("aria-pressed", String(pressed));
+      b.textContent = `${x.emoji} ${x.count}`;
+      b.addEventListener("click", () => react(m, x.emoji, !pressed).catch(showError));
+      r.append(b);
+    }
+    li.append(r);
+  }
+  return li;
+}
+
+function actions(m, mine) {
+  const span = document.createElement("span");
+  span.className = "actions";
+  const add = (label, title, fn) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.title = title;
+    b.setAttribute("aria-label", `${title} message ${m.seq}`);
+    b.addEventListener("click", () => fn().catch(showError));
+    span.append(b);
+  };
+  add("Reply", "Reply", async () => {
+    state.replyTo = m.seq;
+    state.editing = null;
+    renderComposing();
+    $("text").focus();
+  });
+  add("👍", "React", () => react(m, "👍", !(m.reactions || []).some((x) => x.emoji === "👍" && x.user_ids.includes(state.me.user_id))));
+  if (mine) {
+    add("Edit", "Edit", async () => {
+      state.editing = m.seq;
+      state.replyTo = null;
+      $("text").value = m.msg_text;
+      renderComposing();
+      $("text").focus();
+    });
+  }
+  if (mine || (state.view && isManager(state.view))) {
+    add("Delete", "Delete", async () => {
+      const updated = await api("DELETE", `/v1/chats/${m.chat_id}/messages/${m.seq}`);
+      addMessages(m.chat_id, [updated]);
+      renderMessages({});
+    });
+  }
+  return span;
+}
+
+function pendingItem(id, p) {
+  const li = document.createElement("li");
+  li.className = p.failed ? "msg mine failed" : "msg mine pending";
+  li.dataset.clientMsgId = id;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = state.me.display_name;
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = p.msg_text;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.textContent = p.failed ? `not sent: ${p.failed}` : "sending…";
+  li.append(who, text, meta);
+  if (p.failed) {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.textContent = "Retry";
+    retry.addEventListener("click", () => {
+      p.failed = null;
+      renderMessages({});
+      sendPending(id);
+    });
+    li.append(retry);
+  }
+  return li;
+}
+
+function nameOf(userId) {
+  return state.names.get(userId) || `user ${userId}`;
+}
+
+async function react(m, emoji, add) {
+  const path = `/v1/chats/${m.chat_id}/messages/${m.seq}/reactions/${encodeURIComponent(emoji)}`;
+  const updated = await api(add ? "PUT" : "DELETE", path);
+  addMessages(m.chat_id, [updated]);
+  renderMessages({});
+}
+
+let readTimer = null;
+function markRead() {
+  clearTimeout(readTimer);
+  readTimer = setTimeout(async () => {
+    const chatId = state.current;
+    if (!chatId || document.hidden) return;
+    const last = state.last.get(chatId) || 0;
+    const summary = state.chats.find((c) => c.chat_id === chatId);
+    if (last === 0 || (summary && summary.last_read_seq >= last && summary.unread_count === 0)) return;
+    try {
+      const r = await api("POST", `/v1/chats/${chatId}/read`, { seq: last });
+      if (summary) {
+        summary.last_read_seq = r.last_read_seq;
+        summary.unread_count = 0;
+      }
+      renderChats();
+    } catch (e) {
+      showError(e);
+    }
+  }, 150);
+}
+
+// ---- Sending ---------------------------------------------------------------------------
+
+async function submit() {
+  const text = $("text").value;
+  const chatId = state.current;
+  if (!chatId || text.trim() === "") return;
+  $("text").value = "";
+  if (state.editing !== null) {
+    const seq = state.editing;
+    state.editing = null;
+    renderComposing();
+    const updated = await api("PATCH", `/v1/chats/${chatId}/messages/${seq}`, { msg_text: text });
+    addMessages(chatId, [updated]);
+    renderMessages({});
+    return;
+  }
+  const id = crypto.randomUUID();
+  state.pending.set(id, {
+    chat_id: chatId,
+    msg_text: text,
+    reply_to_seq: state.replyTo,
+    timestamp: Date.now(),
+    failed: null,
+  });
+  state.replyTo = null;
+  renderComposing();
+  renderMessages({ toBottom: true });
+  sendPending(id);
+}
+
+// Sends a queued message: over the WebSocket when it is up (the ack or error frame settles
+// it; a reconnect resends whatever is still pending), else over REST. The same
+// client_msg_id every time, so the server stores it once however often it is sent.
+function sendPending(id) {
+  const p = state.pending.get(id);
+  if (!p || p.failed) return;
+  const frame = {
+    chat_id: p.chat_id,
+    msg_text: p.msg_text,
+    client_msg_id: id,
+    timestamp: p.timestamp,
+  };
+  if (p.reply_to_seq) frame.reply_to_seq = p.reply_to_seq;
+  if (state.wsUp) {
+    state.ws.send(JSON.stringify({ type: "send", ...frame }));
+    return;
+  }
+  api("POST", "/v1/send", frame)
+    .then((m) => {
+      addMessages(m.chat_id, [m]);
+      if (m.chat_id === state.current) renderMessages({ stick: true });
+    })
+    .catch((e) => {
+      // Unreachable: stays pending for the reconnect. Refused: failed, with a retry button.
+      if (e.status === 0) return;
+      p.failed = e.message;
+      if (p.chat_id === state.current) renderMessages({});
+    });
+}
+
+function renderComposing() {
+  const box = $("composing");
+  if (state.replyTo !== null) {
+    box.hidden = false;
+    $("composing-what").textContent = `Replying to #${state.replyTo}`;
+  } else if (state.editing !== null) {
+    box.hidden = false;
+    $("composing-what").textContent = `Editing #${state.editing}`;
+  } else {
+    box.hidden = true;
+  }
+}
+
+function cancelComposing() {
+  if (state.editing !== null) $("text").value = "";
+  state.replyTo = null;
+  state.editing = null;
+  renderComposing();
+}
+
+function typed() {
+  const now = Date.now();
+  if (!state.wsUp || !state.current || now - state.lastTypingSent < TYPING_EVERY_MS) return;
+  state.lastTypingSent = now;
+  state.ws.send(JSON.stringify({ type: "typing", chat_id: state.current }));
+}
+
+// ---- The WebSocket ---------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}/v1/ws?token=${encodeURIComponent(state.token)}`);
+  state.ws = ws;
+  setConn("connecting…", false);
+  ws.onmessage = (e) => {
+    let frame;
+    try {
+      frame = JSON.parse(e.data);
+    } catch (_) {
+      return;
+    }
+    onFrame(frame).catch(showError);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.wsUp = false;
+    setConn(`offline, retrying in ${Math.round(state.retryMs / 100) / 10} s`, true);
+    state.reconnectTimer = setTimeout(async () => {
+      // A rejected session is a 401 on REST; anything else is the network.
+      try {
+        await api("GET", "/v1/users/me");
+      } catch (_) {
+        // Still unreachable, or signed out (api() handled that).
+      }
+      if (state.token) connect();
+    }, state.retryMs * (0.5 + Math.random()));
+    state.retryMs = Math.min(state.retryMs * 2, 5000);
+  };
+}
+
+function setConn(text, down) {
+  $("conn").textContent = text;
+  $("conn").classList.toggle("down", down);
+}
+
+async function onFrame(f) {
+  switch (f.type) {
+    case "ready": {
+      state.wsUp = true;
+      state.retryMs = 250;
+      setConn("online", false);
+      for (const c of f.chats) {
+        if (state.msgs.has(c.chat_id) && c.last_seq > (state.last.get(c.chat_id) || 0)) {
+          catchUp(c.chat_id).catch(showError);
+        }
+      }
+      for (const [id, p] of state.pending) if (!p.failed) sendPending(id);
+      loadChatsSoon();
+      break;
+    }
+    case "message":
+    case "ack": {
+      const m = f.message;
+      const store = state.msgs.get(m.chat_id);
+      if (store) {
+        const last = state.last.get(m.chat_id) || 0;
+        if (m.seq > last + 1) {
+          addMessages(m.chat_id, [m]);
+          await catchUp(m.chat_id);
+        } else {
+          addMessages(m.chat_id, [m]);
+        }
+      } else if (f.type === "ack") {
+        state.pending.delete(f.client_msg_id);
+      }
+      if (m.chat_id === state.current) {
+        state.typing.delete(m.sender_id);
+        renderTyping();
+        renderMessages({ stick: true });
+        markRead();
+      }
+      loadChatsSoon();
+      break;
+    }
+    case "message_updated":
+      if (state.msgs.has(f.message.chat_id)) addMessages(f.message.chat_id, [f.message]);
+      if (f.message.chat_id === state.current) renderMessages({});
+      loadChatsSoon();
+      break;
+    case "error": {
+      const p = f.client_msg_id && state.pending.get(f.client_msg_id);
+      if (p) {
+        p.failed = f.message;
+        if (p.chat_id === state.current) renderMessages({});
+      } else {
+        showError(new Error(f.message));
+      }
+      break;
+    }
+    case "chat_updated":
+      if (f.chat.chat_id === state.current) {
+        state.view = await api("GET", `/v1/chats/${f.chat.chat_id}`);
+        for (const m of state.view.members || []) state.names.set(m.user_id, m.display_name);
+        $("chat-title").textContent = state.view.chat_name;
+        renderMembers();
+      }
+      loadChatsSoon();
+      break;
+    case "removed_from_chat":
+      if (f.chat_id === state.current) closeChat();
+      state.msgs.delete(f.chat_id);
+      loadChatsSoon();
+      break;
+    case "read":
+      if (f.user_id === state.me.user_id) {
+        loadChatsSoon();
+      } else if (f.chat_id === state.current) {
+        state.receipts.set(f.user_id, f.last_read_seq);
+        renderMessages({});
+      }
+      break;
+    case "typing":
+      if (f.chat_id === state.current && f.user_id !== state.me.user_id) {
+        state.typing.set(f.user_id, Date.now() + 5000);
+        renderTyping();
+        setTimeout(renderTyping, 5100);
+      }
+      break;
+    case "presence":
+      state.online.set(f.user_id, f.online);
+      renderMembers();
+      break;
+    default:
+      break;
+  }
+}
+
+function renderTyping() {
+  const now = Date.now();
+  const who = [...state.typing]
+    .filter(([, until]) => until > now)
+    .map(([u]) => nameOf(u));
+  $("typing").textContent =
+    who.length === 0 ? "" : `${who.join(", ")} ${who.length === 1 ? "is" : "are"} typing…`;
+}
+
+function closeChat() {
+  state.current = null;
+  state.view = null;
+  $("app").classList.remove("in-chat");
+  $("chat-title").textContent = "Pick a chat";
+  $("chat-members").replaceChildren();
+  $("messages").replaceChildren();
+  $("text").disabled = true;
+  $("send").disabled = true;
+  renderChats();
+}
+
+function showError(e) {
+  setConn(e.message || String(e), true);
+  setTimeout(() => setConn(state.wsUp ? "online" : "offline", !state.wsUp), 4000);
+}
+
+// ---- Wiring ----------------------------------------------------------------------------
+
+async function findUser(email) {
+  return api("GET", `/v1/users?email=${encodeURIComponent(email)}`);
+}
+
+function wire() {
+  $("signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn(false);
+  });
+  $("register").addEventListener("click", () => signIn(true));
+  $("logout").addEventListener("click", () => logout());
+  $("back").addEventListener("click", () => closeChat());
+  $("new-chat").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const chat = await api("POST", "/v1/chats", {
+        chat_name: $("new-chat-name").value.trim(),
+        member_ids: [],
+      });
+      $("new-chat-name").value = "";
+      await loadChats();
+      await openChat(chat.chat_id);
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("new-dm").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const user = await findUser($("dm-email").value.trim());
+      const chat = await api("POST", "/v1/direct", { user_id: user.user_id });
+      $("dm-email").value = "";
+      await loadChats();
+      await openChat(chat.chat_id);
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("add-member").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const user = await findUser($("add-email").value.trim());
+      await api("POST", `/v1/chats/${state.current}/members`, { user_id: user.user_id });
+      $("add-email").value = "";
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    submit().catch(showError);
+  });
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      submit().catch(showError);
+    } else if (e.key === "Escape") {
+      cancelComposing();
+    }
+  });
+  $("text").addEventListener("input", typed);
+  $("composing-cancel").addEventListener("click", cancelComposing);
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 80) loadOlder().catch(showError);
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) markRead();
+  });
+}
+
+wire();
+if (state.token) {
+  start().catch(() => signedOut(""));
+} else {
+  $("signin").hidden = false;
+}
