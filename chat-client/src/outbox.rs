@@ -243,10 +243,7 @@ impl Outbox {
 
     /// Pending and failed messages, oldest first.
     fn list(&self) -> Vec<Outgoing> {
-        let st = self.lock();
-        let mut all: Vec<&(u64, Outgoing)> = st.entries.values().collect();
-        all.sort_by_key(|(n, _)| *n);
-        all.into_iter().map(|(_, o)| o.clone()).collect()
+        self.lock().ordered().into_iter().cloned().collect()
     }
 
     /// Puts a failed message back at the end of its chat's queue.
@@ -288,11 +285,10 @@ impl Outbox {
     /// in memory is still right, and the next change writes again.
     fn save(&self, st: &State) {
         let Some(path) = &self.file else { return };
-        let mut all: Vec<&(u64, Outgoing)> = st.entries.values().collect();
-        all.sort_by_key(|(n, _)| *n);
-        let stored: Vec<Stored> = all
+        let stored: Vec<Stored> = st
+            .ordered()
             .into_iter()
-            .map(|(_, o)| Stored {
+            .map(|o| Stored {
                 client_msg_id: o.client_msg_id.clone(),
                 chat_id: o.chat_id,
                 text: o.text.clone(),
@@ -311,6 +307,13 @@ impl Outbox {
 }
 
 impl State {
+    /// Pending and failed messages in the order they were queued.
+    fn ordered(&self) -> Vec<&Outgoing> {
+        let mut all: Vec<&(u64, Outgoing)> = self.entries.values().collect();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter().map(|(_, o)| o).collect()
+    }
+
     fn insert(&mut self, out: Outgoing) {
         let n = self.next;
         self.next += 1;
