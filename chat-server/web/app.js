@@ -105,7 +105,20 @@ function signedOut(reason) {
     state.ws.close();
     state.ws = null;
   }
+  state.wsUp = false;
   clearTimeout(state.reconnectTimer);
+  // Nothing of this account may outlive it in the tab: another person may sign in next, and
+  // a pending send left here would go out under their token on their first `ready`.
+  closeChat();
+  for (const k of ["msgs", "top", "last", "pending", "names", "online", "typing", "receipts"]) {
+    state[k].clear();
+  }
+  state.catchingUp.clear();
+  askedNames.clear();
+  state.chats = [];
+  state.retryMs = 250;
+  renderChats();
+  $("me-name").textContent = "";
   $("app").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = reason || "";
@@ -449,7 +462,14 @@ function pendingItem(id, p) {
       renderMessages({});
       sendPending(id);
     });
-    li.append(retry);
+    const discard = document.createElement("button");
+    discard.type = "button";
+    discard.textContent = "Discard";
+    discard.addEventListener("click", () => {
+      state.pending.delete(id);
+      renderMessages({});
+    });
+    li.append(retry, discard);
   }
   return li;
 }
@@ -672,6 +692,8 @@ async function onFrame(f) {
         state.view = await api("GET", `/v1/chats/${f.chat.chat_id}`);
         for (const m of state.view.members || []) state.names.set(m.user_id, m.display_name);
         $("chat-title").textContent = state.view.chat_name;
+        // New members: presence events only tell of changes, so ask where they stand now.
+        await loadPresence(state.view);
         renderMembers();
       }
       loadChatsSoon();
@@ -717,6 +739,11 @@ function renderTyping() {
 function closeChat() {
   state.current = null;
   state.view = null;
+  state.replyTo = null;
+  state.editing = null;
+  $("text").value = "";
+  $("typing").textContent = "";
+  renderComposing();
   $("app").classList.remove("in-chat");
   $("chat-title").textContent = "Pick a chat";
   $("chat-members").replaceChildren();
@@ -794,6 +821,13 @@ function wire() {
     }
   });
   $("text").addEventListener("input", typed);
+  // Escape cancels a reply or an edit wherever the focus is (e.g. on a message's buttons).
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("composing").hidden && e.target !== $("text")) {
+      cancelComposing();
+      $("text").focus();
+    }
+  });
   $("composing-cancel").addEventListener("click", cancelComposing);
   $("messages").addEventListener("scroll", () => {
     if ($("messages").scrollTop < 80) loadOlder().catch(showError);
