@@ -202,21 +202,27 @@ async function openChat(chatId) {
   $("send").disabled = false;
   renderChats();
   const view = await api("GET", `/v1/chats/${chatId}`);
+  // Another chat may have been opened meanwhile; then that one owns the view.
+  if (state.current !== chatId) return;
   state.view = view;
   for (const m of view.members || []) state.names.set(m.user_id, m.display_name);
   $("chat-title").textContent = view.chat_name;
   $("add-member").hidden = view.kind === "direct" || !isManager(view);
   if (!state.msgs.has(chatId)) {
     const page = await api("GET", `/v1/fetch?chat_id=${chatId}&limit=${PAGE}`);
+    if (state.msgs.has(chatId)) return; // opened twice at once: the other call loaded it
     state.msgs.set(chatId, new Map());
     state.top.set(chatId, page.next_page_token);
     // The newest page holds everything from its first seq up.
     state.last.set(chatId, page.messages.length > 0 ? page.messages[0].seq - 1 : 0);
     addMessages(chatId, page.messages);
-  } else {
-    await catchUp(chatId);
   }
+  // Also after a first page: a live message that came while it was on its way was dropped
+  // (the chat had no store yet) and may be missing from it.
+  await catchUp(chatId);
+  if (state.current !== chatId) return;
   await Promise.all([loadPresence(view), loadReceipts(chatId)]);
+  if (state.current !== chatId) return;
   renderMembers();
   renderMessages({ toBottom: true });
   markRead();
@@ -237,6 +243,7 @@ async function loadPresence(view) {
 
 async function loadReceipts(chatId) {
   const r = await api("GET", `/v1/chats/${chatId}/receipts`);
+  if (state.current !== chatId) return;
   state.receipts.clear();
   for (const x of r.receipts) state.receipts.set(x.user_id, x.last_read_seq);
 }
