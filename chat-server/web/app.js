@@ -338,6 +338,7 @@ function renderMessages({ toBottom, stick }) {
   const chatId = state.current;
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const focus = focusedButton(box);
   box.replaceChildren();
   const store = state.msgs.get(chatId);
   if (!store) return;
@@ -353,6 +354,35 @@ function renderMessages({ toBottom, stick }) {
     if (p.chat_id === chatId) box.append(pendingItem(id, p));
   }
   if (toBottom || (stick && atBottom)) box.scrollTop = box.scrollHeight;
+  if (focus) refocus(box, focus);
+}
+
+// The list is drawn anew on every change; someone at the keyboard on a message's button must
+// not lose their place whenever a message arrives. Which button had the focus, by message and
+// by label (or position, for reaction buttons whose text counts change).
+function focusedButton(box) {
+  const el = document.activeElement;
+  if (!el || el.tagName !== "BUTTON" || !box.contains(el)) return null;
+  const li = el.closest("li");
+  if (!li) return null;
+  return {
+    seq: li.dataset.seq,
+    clientMsgId: li.dataset.clientMsgId,
+    label: el.getAttribute("aria-label"),
+    index: [...li.querySelectorAll("button")].indexOf(el),
+  };
+}
+
+function refocus(box, f) {
+  const li = [...box.children].find((x) =>
+    f.seq !== undefined ? x.dataset.seq === f.seq : x.dataset.clientMsgId === f.clientMsgId,
+  );
+  if (!li) return;
+  const buttons = [...li.querySelectorAll("button")];
+  const target =
+    (f.label && buttons.find((b) => b.getAttribute("aria-label") === f.label)) ||
+    buttons[f.index];
+  if (target) target.focus({ preventScroll: true });
 }
 
 function messageItem(m, store) {
@@ -400,6 +430,7 @@ function messageItem(m, store) {
       const pressed = x.user_ids.includes(state.me.user_id);
       b.setAttribute("aria-pressed", String(pressed));
       b.textContent = `${x.emoji} ${x.count}`;
+      b.title = pressed ? "Take your reaction back" : "React the same";
       b.addEventListener("click", () => react(m, x.emoji, !pressed).catch(showError));
       r.append(b);
     }
