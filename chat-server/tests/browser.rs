@@ -93,11 +93,46 @@ impl Driver {
             options["binary"] = json!("/usr/bin/chromium");
         }
         caps.insert("goog:chromeOptions".into(), options);
+        // The console, so a test can check that nothing broke the policy or threw.
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
             .expect("a Chromium session")
+    }
+}
+
+impl Driver {
+    /// The console errors the page logged since the last call: uncaught exceptions and
+    /// Content-Security-Policy violations (network errors while offline are expected and left
+    /// out).
+    async fn console_problems(&self, b: &Browser) -> Vec<String> {
+        let session = b
+            .session_id()
+            .await
+            .expect("session id")
+            .expect("a session");
+        let log: Value = reqwest::Client::new()
+            .post(format!("{}/session/{session}/se/log", self.url))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .expect("read the console")
+            .json()
+            .await
+            .expect("console as JSON");
+        let entries = log["value"].as_array().cloned().unwrap_or_default();
+        assert!(
+            log["value"].is_array(),
+            "chromedriver gave no console log: {log}"
+        );
+        entries
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught"))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -452,6 +487,10 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
     let shot = ada.screenshot().await.expect("screenshot");
     save_artifact("chat.png", &shot);
 
+    for b in [&ada, &bob] {
+        let problems = driver.console_problems(b).await;
+        assert!(problems.is_empty(), "the console: {problems:#?}");
+    }
     ada.close().await.expect("close");
     bob.close().await.expect("close");
 }
@@ -835,6 +874,25 @@ async fn replies_edits_deletes_reactions_receipts_typing_presence_by_keyboard_on
     let shot = ada.screenshot().await.expect("screenshot");
     save_artifact("actions.png", &shot);
 
+    // Someone at the keyboard keeps their place on a message's button while messages arrive
+    // (the list is drawn anew for each).
+    js(
+        &ada,
+        "document.querySelector(\"button[aria-label='Reply message 1']\").focus(); return 0;",
+    )
+    .await;
+    dan.send(plans, "still there?").await.expect("send");
+    wait_until(&ada, &shows("still there?"), "Dan's next message at Ada's").await;
+    assert_eq!(
+        js(
+            &ada,
+            "return document.activeElement.getAttribute('aria-label');"
+        )
+        .await,
+        json!("Reply message 1"),
+        "the focus stayed"
+    );
+
     // Local echo: what Bob sends while his network is down shows at once as pending and is
     // sent, once, when it comes back.
     proxy.cut();
@@ -931,6 +989,10 @@ async fn replies_edits_deletes_reactions_receipts_typing_presence_by_keyboard_on
         .expect("GET /v1/users/me");
     assert_eq!(me.status(), 401, "the old token no longer works");
 
+    for b in [&ada, &bob] {
+        let problems = driver.console_problems(b).await;
+        assert!(problems.is_empty(), "the console: {problems:#?}");
+    }
     ada.close().await.expect("close");
     bob.close().await.expect("close");
 }
