@@ -234,13 +234,31 @@ async fn fill(b: &Browser, id: &str, text: &str) {
     e.send_keys(text).await.expect("type");
 }
 
+/// The page draws the message list anew on every event, so an element found a moment ago may
+/// be gone by the time it is clicked: a stale element is looked up again (the click had not
+/// happened), anything else fails the test.
+async fn again_if_stale<F, Fut>(what: &str, mut act: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    for _ in 0..50 {
+        match act().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: the element kept going stale");
+}
+
 async fn click(b: &Browser, css: &str) {
-    b.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .expect("click");
+    again_if_stale(css, || async {
+        b.find(Locator::Css(css)).await?.click().await
+    })
+    .await;
 }
 
 /// Registers through the page and waits for the signed-in view.
@@ -443,7 +461,8 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         "in order, once each"
     );
 
-    // History: scrolling up reaches the first of 130 messages, each shown once.
+    // History: scrolling up reaches the first of 260 messages (six pages of 50), each
+    // shown once.
     let long = carol
         .create_chat("long history", &[])
         .await
@@ -452,14 +471,14 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         .add_member(long.chat_id, bob_id(&ada).await)
         .await
         .expect("add bob");
-    for i in 0..130 {
+    for i in 0..260 {
         carol
             .send(long.chat_id, &format!("history {i}"))
             .await
             .expect("seed");
     }
     open_chat(&bob, "long history").await;
-    wait_until(&bob, &shows("history 129"), "the newest page").await;
+    wait_until(&bob, &shows("history 259"), "the newest page").await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while js(
         &bob,
@@ -480,7 +499,7 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let history = texts(&bob).await;
-    let want: Vec<String> = (0..130).map(|i| format!("history {i}")).collect();
+    let want: Vec<String> = (0..260).map(|i| format!("history {i}")).collect();
     assert_eq!(history, want, "every message once, oldest first");
 
     // A picture of the chat view, for the record.
@@ -537,14 +556,18 @@ async fn bob_id(ada: &Browser) -> chat_client::UserId {
     chat_client::UserId(v.as_i64().expect("an id"))
 }
 
-/// Presses a key on whatever has the focus, as a person at the keyboard would.
-async fn key(b: &Browser, key: &str) {
-    b.active_element()
-        .await
-        .expect("a focused element")
-        .send_keys(key)
-        .await
-        .expect("key press");
+/// Types `keys` (characters, or WebDriver key codes such as [`ENTER`]) into whatever has the
+/// focus, as a person at the keyboard would: WebDriver key actions, which go to the focused
+/// element whichever it is by then (the list is drawn anew on events, keeping the focus).
+async fn key(b: &Browser, keys: &str) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let mut typing = KeyActions::new("keyboard".to_owned());
+    for c in keys.chars() {
+        typing = typing
+            .then(KeyAction::Down { value: c })
+            .then(KeyAction::Up { value: c });
+    }
+    b.perform_actions(typing).await.expect("key press");
 }
 
 const ENTER: &str = "\u{E007}";
