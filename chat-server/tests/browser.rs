@@ -915,6 +915,15 @@ async fn replies_edits_deletes_reactions_receipts_typing_presence_by_keyboard_on
         json!("Reply message 1"),
         "the focus stayed"
     );
+    assert_eq!(
+        js(
+            &ada,
+            "return document.getElementById('announce').textContent;"
+        )
+        .await,
+        json!("dan: still there?"),
+        "a new message is announced to screen readers"
+    );
 
     // Local echo: what Bob sends while his network is down shows at once as pending and is
     // sent, once, when it comes back.

@@ -197,6 +197,7 @@ async function openChat(chatId) {
   $("app").classList.add("in-chat");
   $("messages").replaceChildren();
   $("typing").textContent = "";
+  $("announce").textContent = "";
   renderComposing();
   $("text").disabled = false;
   $("send").disabled = false;
@@ -702,6 +703,11 @@ async function onFrame(f) {
         state.pending.delete(f.client_msg_id);
       }
       if (m.chat_id === state.current) {
+        // The list is drawn anew on every change, so it is not a live region itself (a screen
+        // reader would read it all again); a new message from someone else is announced here.
+        if (f.type === "message" && m.sender_id !== state.me.user_id) {
+          $("announce").textContent = `${nameOf(m.sender_id)}: ${m.msg_text}`;
+        }
         state.typing.delete(m.sender_id);
         renderTyping();
         renderMessages({ stick: true });
@@ -781,6 +787,7 @@ function closeChat() {
   state.editing = null;
   $("text").value = "";
   $("typing").textContent = "";
+  $("announce").textContent = "";
   renderComposing();
   $("app").classList.remove("in-chat");
   $("chat-title").textContent = "Pick a chat";
