@@ -13,7 +13,8 @@ driver() {
 
 case "${1:-}" in
   install)
-    apt_install chromium chromium-driver
+    # The emoji font only for the screenshots (reactions would be empty boxes without it).
+    apt_install chromium chromium-driver fonts-noto-color-emoji
     d="$(driver)"
     [ -n "$d" ] || die "chromium-driver is installed but chromedriver is not on PATH"
     log "chromedriver: $("$d" --version 2>/dev/null | head -1)"

@@ -2,7 +2,8 @@
 # Runs every test of the project, real services included: the README's test command and CI's.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh --no-services  only what needs no database server (lint, unit, SQLite, e2e)
+#   scripts/test.sh --no-services  only what needs no database server (lint, unit, SQLite, e2e,
+#                                  the web client in Chromium)
 #
 # Services (MariaDB primary + replica, Redis, nginx, Cassandra) are installed if missing and
 # started on loopback with ports and directories of their own under .services/; they are stopped
@@ -80,6 +81,8 @@ step "clippy (all targets, all features)" cargo clippy --workspace --all-targets
 step "build tests" cargo test --workspace --all-features --no-run
 
 if [ $SERVICES_WANTED = 0 ]; then
+  # Not a service, but the web client's test needs it (CHAT_TEST_SKIP_BROWSER=1 opts out).
+  [ "${CHAT_TEST_SKIP_BROWSER:-0}" = 1 ] || step "install Chromium" scripts/browser.sh install
   step "tests (SQLite only)" cargo test --workspace
   exit 0
 fi

@@ -72,8 +72,13 @@ impl Driver {
         panic!("chromedriver did not answer on {}", driver.url);
     }
 
-    /// A new headless Chromium session.
+    /// A new headless Chromium session in a desktop-sized window.
     async fn browser(&self) -> Browser {
+        self.browser_sized(1100, 800).await
+    }
+
+    /// A new headless Chromium session in a window of this size.
+    async fn browser_sized(&self, width: u32, height: u32) -> Browser {
         let mut caps = serde_json::Map::new();
         let mut options = json!({
             "args": [
@@ -81,18 +86,53 @@ impl Driver {
                 "--no-sandbox",
                 "--disable-dev-shm-usage",
                 "--disable-gpu",
-                "--window-size=1100,800",
+                format!("--window-size={width},{height}"),
             ]
         });
         if std::path::Path::new("/usr/bin/chromium").exists() {
             options["binary"] = json!("/usr/bin/chromium");
         }
         caps.insert("goog:chromeOptions".into(), options);
+        // The console, so a test can check that nothing broke the policy or threw.
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
             .expect("a Chromium session")
+    }
+}
+
+impl Driver {
+    /// The console errors the page logged since the last call: uncaught exceptions and
+    /// Content-Security-Policy violations (network errors while offline are expected and left
+    /// out).
+    async fn console_problems(&self, b: &Browser) -> Vec<String> {
+        let session = b
+            .session_id()
+            .await
+            .expect("session id")
+            .expect("a session");
+        let log: Value = reqwest::Client::new()
+            .post(format!("{}/session/{session}/se/log", self.url))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .expect("read the console")
+            .json()
+            .await
+            .expect("console as JSON");
+        let entries = log["value"].as_array().cloned().unwrap_or_default();
+        assert!(
+            log["value"].is_array(),
+            "chromedriver gave no console log: {log}"
+        );
+        entries
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught"))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -194,13 +234,31 @@ async fn fill(b: &Browser, id: &str, text: &str) {
     e.send_keys(text).await.expect("type");
 }
 
+/// The page draws the message list anew on every event, so an element found a moment ago may
+/// be gone by the time it is clicked: a stale element is looked up again (the click had not
+/// happened), anything else fails the test.
+async fn again_if_stale<F, Fut>(what: &str, mut act: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    for _ in 0..50 {
+        match act().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: the element kept going stale");
+}
+
 async fn click(b: &Browser, css: &str) {
-    b.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .expect("click");
+    again_if_stale(css, || async {
+        b.find(Locator::Css(css)).await?.click().await
+    })
+    .await;
 }
 
 /// Registers through the page and waits for the signed-in view.
@@ -262,8 +320,13 @@ async fn open_chat(b: &Browser, name: &str) {
     .await;
 }
 
+/// One browser scenario at a time: each runs two Chromiums, and on a 2-core machine two
+/// scenarios at once would only make both slow.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_going_offline() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(driver) = Driver::start().await else {
         return;
     };
@@ -398,7 +461,8 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         "in order, once each"
     );
 
-    // History: scrolling up reaches the first of 130 messages, each shown once.
+    // History: scrolling up reaches the first of 260 messages (six pages of 50), each
+    // shown once.
     let long = carol
         .create_chat("long history", &[])
         .await
@@ -407,14 +471,14 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         .add_member(long.chat_id, bob_id(&ada).await)
         .await
         .expect("add bob");
-    for i in 0..130 {
+    for i in 0..260 {
         carol
             .send(long.chat_id, &format!("history {i}"))
             .await
             .expect("seed");
     }
     open_chat(&bob, "long history").await;
-    wait_until(&bob, &shows("history 129"), "the newest page").await;
+    wait_until(&bob, &shows("history 259"), "the newest page").await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while js(
         &bob,
@@ -435,15 +499,17 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let history = texts(&bob).await;
-    let want: Vec<String> = (0..130).map(|i| format!("history {i}")).collect();
+    let want: Vec<String> = (0..260).map(|i| format!("history {i}")).collect();
     assert_eq!(history, want, "every message once, oldest first");
 
     // A picture of the chat view, for the record.
     let shot = ada.screenshot().await.expect("screenshot");
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
-    std::fs::create_dir_all(&dir).expect("artifact dir");
-    std::fs::write(dir.join("chat.png"), shot).expect("save screenshot");
+    save_artifact("chat.png", &shot);
 
+    for b in [&ada, &bob] {
+        let problems = driver.console_problems(b).await;
+        assert!(problems.is_empty(), "the console: {problems:#?}");
+    }
     ada.close().await.expect("close");
     bob.close().await.expect("close");
 }
@@ -488,4 +554,499 @@ async fn bob_id(ada: &Browser) -> chat_client::UserId {
     )
     .await;
     chat_client::UserId(v.as_i64().expect("an id"))
+}
+
+/// Types `keys` (characters, or WebDriver key codes such as [`ENTER`]) into whatever has the
+/// focus, as a person at the keyboard would: WebDriver key actions, which go to the focused
+/// element whichever it is by then (the list is drawn anew on events, keeping the focus).
+async fn key(b: &Browser, keys: &str) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let mut typing = KeyActions::new("keyboard".to_owned());
+    for c in keys.chars() {
+        typing = typing
+            .then(KeyAction::Down { value: c })
+            .then(KeyAction::Up { value: c });
+    }
+    b.perform_actions(typing).await.expect("key press");
+}
+
+const ENTER: &str = "\u{E007}";
+const ESCAPE: &str = "\u{E00C}";
+const TAB: &str = "\u{E004}";
+
+/// Moves the focus to the element `css` and presses Enter on it (a button, by keyboard).
+async fn press(b: &Browser, css: &str) {
+    js(
+        b,
+        &format!(
+            "const e = document.querySelector({}); if (!e) throw new Error('no ' + {0}); \
+             e.focus(); return 0;",
+            json!(css)
+        ),
+    )
+    .await;
+    key(b, ENTER).await;
+}
+
+/// A JS expression: the open chat's message `seq` (an element, or undefined).
+fn msg(seq: u64) -> String {
+    format!("document.querySelector('#messages .msg[data-seq=\"{seq}\"]')")
+}
+
+/// A JS expression: whether the member `name` shows an online dot in the chat's header.
+fn online(name: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#chat-members > span')]\
+         .find(s => s.textContent.trim() === {})?.querySelector('.dot')?.classList.contains('on')",
+        json!(name)
+    )
+}
+
+/// A JS expression: whether the element `id` is laid out (not `display: none`, itself or above).
+fn displayed(id: &str) -> String {
+    format!(
+        "document.getElementById({}).offsetParent !== null",
+        json!(id)
+    )
+}
+
+/// The chat list as shown: `name|unread` per entry, top first.
+async fn chat_list(b: &Browser) -> Vec<String> {
+    let v = js(
+        b,
+        "return [...document.querySelectorAll('#chat-list button')].map(e => \
+         e.querySelector('.name').textContent + '|' + e.querySelector('.unread').textContent);",
+    )
+    .await;
+    serde_json::from_value(v).expect("strings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_edits_deletes_reactions_receipts_typing_presence_by_keyboard_on_a_phone() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let server = TestServer::start("browser_actions").await;
+    let proxy = Proxy::start(server.addr()).await;
+    let ada = driver.browser().await;
+    // Bob is on a phone-sized screen, and reaches the server through a network the test can cut.
+    let bob = driver.browser_sized(390, 800).await;
+
+    // The sign-in form in keyboard order.
+    ada.goto(&format!("{}/", server.url()))
+        .await
+        .expect("open the page");
+    wait_until(
+        &ada,
+        "!document.getElementById('signin').hidden",
+        "the sign-in form",
+    )
+    .await;
+    js(&ada, "document.getElementById('email').focus(); return 0;").await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        key(&ada, TAB).await;
+        order.push(js(&ada, "return document.activeElement.id;").await);
+    }
+    assert_eq!(
+        order,
+        [
+            json!("password"),
+            json!("display-name"),
+            json!("login"),
+            json!("register")
+        ],
+        "Tab walks the form in order"
+    );
+
+    register(&ada, &server.url(), "ada@web.test", "Ada").await;
+    register(&bob, &proxy.url(), "bob@web.test", "Bob").await;
+    let dan = server.user("dan").await;
+
+    // A direct chat first, then a group with Bob and the SDK user Dan, all by email.
+    fill(&ada, "dm-email", "bob@web.test").await;
+    click(&ada, "#new-dm button").await;
+    wait_until(
+        &ada,
+        "!document.getElementById('text').disabled",
+        "the direct chat",
+    )
+    .await;
+    say(&ada, "dm first").await;
+    wait_until(&ada, &shows("dm first"), "the direct message acked").await;
+    fill(&ada, "new-chat-name", "plans").await;
+    click(&ada, "#new-chat button").await;
+    wait_until(
+        &ada,
+        "document.getElementById('chat-title').textContent === 'plans'",
+        "the new chat",
+    )
+    .await;
+    for email in ["bob@web.test", "dan@e2e.test"] {
+        fill(&ada, "add-email", email).await;
+        click(&ada, "#add-member button").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let plans = wait_for_chat(&dan, "plans").await;
+
+    // On the phone, the list and the chat take the screen in turn. (Headless Chromium keeps a
+    // window at least 500 px wide; the page's one-column layout starts below 700.)
+    let width = js(&bob, "return window.innerWidth;").await;
+    assert!(
+        width.as_u64().is_some_and(|w| w < 700),
+        "a narrow window: {width}"
+    );
+    wait_until(
+        &bob,
+        "[...document.querySelectorAll('#chat-list .name')].some(e => e.textContent === '# plans')",
+        "plans in Bob's list",
+    )
+    .await;
+    assert_eq!(
+        js(&bob, &format!("return {};", displayed("chat"))).await,
+        json!(false)
+    );
+    open_chat(&bob, "plans").await;
+    assert_eq!(
+        js(
+            &bob,
+            &format!("return [{}, {}];", displayed("sidebar"), displayed("back"))
+        )
+        .await,
+        json!([false, true]),
+        "on a phone an open chat hides the list and offers a way back"
+    );
+
+    // Presence: Bob's page is open; Dan comes online when his SDK connects.
+    wait_until(&ada, &online("Bob"), "Bob's online dot").await;
+    assert_eq!(
+        js(&ada, &format!("return !!({});", online("dan"))).await,
+        json!(false)
+    );
+    let mut dan_events = dan.subscribe_chat(plans).await.expect("subscribe");
+    wait_until(&ada, &online("dan"), "Dan's online dot").await;
+
+    // Typing.
+    bob.find(Locator::Id("text"))
+        .await
+        .expect("composer")
+        .send_keys("hm")
+        .await
+        .expect("type");
+    wait_until(
+        &ada,
+        "document.getElementById('typing').textContent === 'Bob is typing…'",
+        "Bob typing, at Ada's",
+    )
+    .await;
+    js(
+        &bob,
+        "document.getElementById('text').value = ''; return 0;",
+    )
+    .await;
+
+    dan.send(plans, "lunch at noon?").await.expect("send"); // seq 1
+    wait_until(&ada, &shows("lunch at noon?"), "Dan's message at Ada's").await;
+
+    // A reply, by keyboard: the message's Reply button, then type and Enter.
+    press(&ada, "button[aria-label='Reply message 1']").await;
+    wait_until(
+        &ada,
+        "document.getElementById('composing-what').textContent === 'Replying to #1' \
+         && document.activeElement.id === 'text'",
+        "the reply bar, focus in the composer",
+    )
+    .await;
+    key(&ada, "see you there").await;
+    key(&ada, ENTER).await; // seq 2
+    wait_until(
+        &bob,
+        &format!(
+            "{m}?.querySelector('.quote')?.textContent === '↪ dan: lunch at noon?' \
+             && {m}.querySelector('.text').textContent === 'see you there'",
+            m = msg(2)
+        ),
+        "the reply, quoted, at Bob's",
+    )
+    .await;
+    let reply = next_event_message(&mut dan_events, "see you there").await;
+    assert_eq!(
+        reply.reply_to_seq.map(|s| s.0),
+        Some(1),
+        "the SDK sees the reply"
+    );
+
+    // Escape cancels a reply: the next message is a plain one.
+    press(&ada, "button[aria-label='Reply message 1']").await;
+    wait_until(
+        &ada,
+        "!document.getElementById('composing').hidden",
+        "reply bar",
+    )
+    .await;
+    key(&ada, ESCAPE).await;
+    wait_until(
+        &ada,
+        "document.getElementById('composing').hidden",
+        "reply cancelled",
+    )
+    .await;
+    say(&ada, "or at one").await; // seq 3
+    wait_until(
+        &bob,
+        &format!("{}?.textContent.includes('or at one')", msg(3)),
+        "seq 3",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &bob,
+            &format!("return !!{}.querySelector('.quote');", msg(3))
+        )
+        .await,
+        json!(false),
+        "a cancelled reply sends a plain message"
+    );
+
+    // An edit, by keyboard; then an edit cancelled with Escape leaves the message alone.
+    press(&ada, "button[aria-label='Edit message 2']").await;
+    wait_until(
+        &ada,
+        "document.getElementById('text').value === 'see you there'",
+        "the text to edit in the composer",
+    )
+    .await;
+    fill(&ada, "text", "see you at noon").await;
+    key(&ada, ENTER).await;
+    wait_until(
+        &bob,
+        &format!(
+            "{m}?.querySelector('.text').textContent === 'see you at noon' \
+             && {m}.querySelector('.meta').textContent.includes('edited')",
+            m = msg(2)
+        ),
+        "the edit at Bob's",
+    )
+    .await;
+    press(&ada, "button[aria-label='Edit message 3']").await;
+    wait_until(
+        &ada,
+        "document.getElementById('text').value === 'or at one'",
+        "edit 3",
+    )
+    .await;
+    key(&ada, ESCAPE).await;
+    wait_until(
+        &ada,
+        "document.getElementById('composing').hidden && document.getElementById('text').value === ''",
+        "the edit cancelled",
+    )
+    .await;
+
+    // A reaction from Bob, seen by Ada; then Ada deletes her message 3.
+    click(&bob, "button[aria-label='React message 1']").await;
+    wait_until(
+        &ada,
+        &format!(
+            "{}?.querySelector('.reactions button')?.textContent === '👍 1'",
+            msg(1)
+        ),
+        "Bob's reaction at Ada's",
+    )
+    .await;
+    wait_until(
+        &bob,
+        &format!(
+            "{}?.querySelector('.reactions button')?.getAttribute('aria-pressed') === 'true'",
+            msg(1)
+        ),
+        "Bob's own reaction, pressed",
+    )
+    .await;
+    click(&ada, "button[aria-label='Delete message 3']").await;
+    wait_until(
+        &bob,
+        &format!(
+            "{m}?.classList.contains('deleted') && {m}.querySelector('.text').textContent === 'message deleted'",
+            m = msg(3)
+        ),
+        "the delete at Bob's",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &bob,
+            "return document.getElementById('messages').textContent.includes('or at one');"
+        )
+        .await,
+        json!(false),
+        "a deleted text is gone"
+    );
+
+    // Read receipts: Bob has the chat open, so Ada's message is seen by one (Dan reads nothing).
+    wait_until(
+        &ada,
+        &format!(
+            "{}?.querySelector('.meta').textContent.includes('seen by 1')",
+            msg(2)
+        ),
+        "seen by Bob",
+    )
+    .await;
+    let shot = ada.screenshot().await.expect("screenshot");
+    save_artifact("actions.png", &shot);
+
+    // Someone at the keyboard keeps their place on a message's button while messages arrive
+    // (the list is drawn anew for each).
+    js(
+        &ada,
+        "document.querySelector(\"button[aria-label='Reply message 1']\").focus(); return 0;",
+    )
+    .await;
+    dan.send(plans, "still there?").await.expect("send");
+    wait_until(&ada, &shows("still there?"), "Dan's next message at Ada's").await;
+    assert_eq!(
+        js(
+            &ada,
+            "return document.activeElement.getAttribute('aria-label');"
+        )
+        .await,
+        json!("Reply message 1"),
+        "the focus stayed"
+    );
+    assert_eq!(
+        js(
+            &ada,
+            "return document.getElementById('announce').textContent;"
+        )
+        .await,
+        json!("dan: still there?"),
+        "a new message is announced to screen readers"
+    );
+
+    // Local echo: what Bob sends while his network is down shows at once as pending and is
+    // sent, once, when it comes back.
+    proxy.cut();
+    wait_until(
+        &bob,
+        "document.getElementById('conn').classList.contains('down')",
+        "Bob offline",
+    )
+    .await;
+    say(&bob, "typed offline").await;
+    wait_until(
+        &bob,
+        "[...document.querySelectorAll('#messages .msg.pending .text')]\
+         .some(e => e.textContent === 'typed offline')",
+        "the pending echo",
+    )
+    .await;
+    proxy.restore();
+    wait_until(&bob, &shows("typed offline"), "the echo acked").await;
+    wait_until(
+        &ada,
+        &shows("typed offline"),
+        "the offline message at Ada's",
+    )
+    .await;
+    let once = "return [...document.querySelectorAll('#messages .msg .text')]\
+                .filter(e => e.textContent === 'typed offline').length;";
+    assert_eq!(js(&bob, once).await, json!(1), "once at Bob's");
+    assert_eq!(js(&ada, once).await, json!(1), "once at Ada's");
+
+    // A send the server refuses (too long) is marked failed, with Retry and Discard.
+    js(
+        &bob,
+        "document.getElementById('text').value = 'x'.repeat(5000); return 0;",
+    )
+    .await;
+    bob.find(Locator::Id("text"))
+        .await
+        .expect("composer")
+        .send_keys(ENTER)
+        .await
+        .expect("enter");
+    wait_until(
+        &bob,
+        "[...document.querySelectorAll('#messages .msg.failed button')].map(b => b.textContent).join() === 'Retry,Discard'",
+        "the failed send",
+    )
+    .await;
+    let shot = bob.screenshot().await.expect("screenshot");
+    save_artifact("phone.png", &shot);
+    click(&bob, "#messages .msg.failed button:last-child").await;
+    wait_until(
+        &bob,
+        "!document.querySelector('#messages .msg.failed')",
+        "discarded",
+    )
+    .await;
+
+    // The chat list on the phone: latest activity first, unread counts.
+    click(&bob, "#back").await;
+    wait_until(&bob, &displayed("sidebar"), "the list again").await;
+    dan.send(plans, "one").await.expect("send");
+    dan.send(plans, "two").await.expect("send");
+    wait_until(
+        &bob,
+        "document.querySelector('#chat-list button .unread').textContent === '2'",
+        "two unread in plans",
+    )
+    .await;
+    let list = chat_list(&bob).await;
+    assert_eq!(list[0], "# plans|2", "{list:?}");
+    assert!(
+        list[1].ends_with("|1"),
+        "the direct chat, one unread: {list:?}"
+    );
+
+    // Logging out forgets the token in the tab and ends it on the server.
+    let token = js(&bob, "return sessionStorage.getItem('chat.token');").await;
+    let token = token.as_str().expect("a token").to_owned();
+    click(&bob, "#logout").await;
+    wait_until(
+        &bob,
+        "!document.getElementById('signin').hidden \
+         && sessionStorage.getItem('chat.token') === null \
+         && document.querySelectorAll('#chat-list li, #messages li').length === 0",
+        "signed out, nothing left on the page",
+    )
+    .await;
+    let me = reqwest::Client::new()
+        .get(format!("{}/v1/users/me", server.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /v1/users/me");
+    assert_eq!(me.status(), 401, "the old token no longer works");
+
+    for b in [&ada, &bob] {
+        let problems = driver.console_problems(b).await;
+        assert!(problems.is_empty(), "the console: {problems:#?}");
+    }
+    ada.close().await.expect("close");
+    bob.close().await.expect("close");
+}
+
+/// Saves a test artifact under the target directory (`tmp/browser-artifacts/`).
+fn save_artifact(name: &str, bytes: &[u8]) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    std::fs::write(dir.join(name), bytes).expect("save artifact");
+}
+
+/// The next message on an SDK stream with this text.
+async fn next_event_message(
+    sub: &mut chat_client::Subscription,
+    text: &str,
+) -> chat_client::Message {
+    loop {
+        match tokio::time::timeout(PATIENCE, sub.next()).await {
+            Ok(Some(Event::Message(m))) if m.msg_text == text => return m,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended"),
+            Err(_) => panic!("no message {text:?} in time"),
+        }
+    }
 }

@@ -1435,3 +1435,71 @@ async fn graceful_shutdown_closes_sockets_with_1012() {
             .unwrap();
     assert_eq!(page.len(), 1);
 }
+
+/// The web client's files: each with its content type, the page's security headers and an
+/// ETag that turns a reload into a 304; everything else under `/` stays the API's JSON 404.
+#[tokio::test]
+async fn the_web_client_is_served_with_its_headers_and_other_paths_stay_api_errors() {
+    let h = Harness::start().await;
+    for (path, content_type, needle) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "<script type=\"module\" src=\"/app.js\">",
+        ),
+        ("/app.js", "text/javascript; charset=utf-8", "textContent"),
+        ("/app.css", "text/css; charset=utf-8", "@media"),
+    ] {
+        let r = h.http.get(h.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("content-type"), content_type, "{path}");
+        let csp = header("content-security-policy");
+        for part in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+        ] {
+            assert!(csp.contains(part), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(header("cache-control"), "no-cache", "{path}");
+        let etag = header("etag");
+        assert!(etag.starts_with('"') && etag.len() > 2, "{path}: {etag}");
+        assert!(r.text().await.unwrap().contains(needle), "{path}");
+
+        let again = h
+            .http
+            .get(h.url(path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert!(again.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // No inline script in the page: the CSP would refuse it, so none may be needed.
+    let page = h.http.get(h.url("/")).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    assert_eq!(page.matches("<script").count(), 1, "only the module script");
+    let inline_handler = page.match_indices(" on").any(|(i, _)| {
+        let rest = &page[i + 3..];
+        let name_len = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+        name_len > 0 && rest[name_len..].starts_with('=')
+    });
+    assert!(!inline_handler, "no inline event handler attributes");
+
+    for path in ["/index.html", "/app.js.map", "/v1", "/web/app.js"] {
+        let (status, body, _) = h.call(Method::GET, path, None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}

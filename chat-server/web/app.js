@@ -105,7 +105,20 @@ function signedOut(reason) {
     state.ws.close();
     state.ws = null;
   }
+  state.wsUp = false;
   clearTimeout(state.reconnectTimer);
+  // Nothing of this account may outlive it in the tab: another person may sign in next, and
+  // a pending send left here would go out under their token on their first `ready`.
+  closeChat();
+  for (const k of ["msgs", "top", "last", "pending", "names", "online", "typing", "receipts"]) {
+    state[k].clear();
+  }
+  state.catchingUp.clear();
+  askedNames.clear();
+  state.chats = [];
+  state.retryMs = 250;
+  renderChats();
+  $("me-name").textContent = "";
   $("app").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = reason || "";
@@ -184,26 +197,33 @@ async function openChat(chatId) {
   $("app").classList.add("in-chat");
   $("messages").replaceChildren();
   $("typing").textContent = "";
+  $("announce").textContent = "";
   renderComposing();
   $("text").disabled = false;
   $("send").disabled = false;
   renderChats();
   const view = await api("GET", `/v1/chats/${chatId}`);
+  // Another chat may have been opened meanwhile; then that one owns the view.
+  if (state.current !== chatId) return;
   state.view = view;
   for (const m of view.members || []) state.names.set(m.user_id, m.display_name);
   $("chat-title").textContent = view.chat_name;
   $("add-member").hidden = view.kind === "direct" || !isManager(view);
   if (!state.msgs.has(chatId)) {
     const page = await api("GET", `/v1/fetch?chat_id=${chatId}&limit=${PAGE}`);
+    if (state.msgs.has(chatId)) return; // opened twice at once: the other call loaded it
     state.msgs.set(chatId, new Map());
     state.top.set(chatId, page.next_page_token);
     // The newest page holds everything from its first seq up.
     state.last.set(chatId, page.messages.length > 0 ? page.messages[0].seq - 1 : 0);
     addMessages(chatId, page.messages);
-  } else {
-    await catchUp(chatId);
   }
+  // Also after a first page: a live message that came while it was on its way was dropped
+  // (the chat had no store yet) and may be missing from it.
+  await catchUp(chatId);
+  if (state.current !== chatId) return;
   await Promise.all([loadPresence(view), loadReceipts(chatId)]);
+  if (state.current !== chatId) return;
   renderMembers();
   renderMessages({ toBottom: true });
   markRead();
@@ -224,6 +244,7 @@ async function loadPresence(view) {
 
 async function loadReceipts(chatId) {
   const r = await api("GET", `/v1/chats/${chatId}/receipts`);
+  if (state.current !== chatId) return;
   state.receipts.clear();
   for (const x of r.receipts) state.receipts.set(x.user_id, x.last_read_seq);
 }
@@ -318,6 +339,7 @@ function renderMessages({ toBottom, stick }) {
   const chatId = state.current;
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const focus = focusedButton(box);
   box.replaceChildren();
   const store = state.msgs.get(chatId);
   if (!store) return;
@@ -333,6 +355,35 @@ function renderMessages({ toBottom, stick }) {
     if (p.chat_id === chatId) box.append(pendingItem(id, p));
   }
   if (toBottom || (stick && atBottom)) box.scrollTop = box.scrollHeight;
+  if (focus) refocus(box, focus);
+}
+
+// The list is drawn anew on every change; someone at the keyboard on a message's button must
+// not lose their place whenever a message arrives. Which button had the focus, by message and
+// by label (or position, for reaction buttons whose text counts change).
+function focusedButton(box) {
+  const el = document.activeElement;
+  if (!el || el.tagName !== "BUTTON" || !box.contains(el)) return null;
+  const li = el.closest("li");
+  if (!li) return null;
+  return {
+    seq: li.dataset.seq,
+    clientMsgId: li.dataset.clientMsgId,
+    label: el.getAttribute("aria-label"),
+    index: [...li.querySelectorAll("button")].indexOf(el),
+  };
+}
+
+function refocus(box, f) {
+  const li = [...box.children].find((x) =>
+    f.seq !== undefined ? x.dataset.seq === f.seq : x.dataset.clientMsgId === f.clientMsgId,
+  );
+  if (!li) return;
+  const buttons = [...li.querySelectorAll("button")];
+  const target =
+    (f.label && buttons.find((b) => b.getAttribute("aria-label") === f.label)) ||
+    buttons[f.index];
+  if (target) target.focus({ preventScroll: true });
 }
 
 function messageItem(m, store) {
@@ -380,6 +431,7 @@ function messageItem(m, store) {
       const pressed = x.user_ids.includes(state.me.user_id);
       b.setAttribute("aria-pressed", String(pressed));
       b.textContent = `${x.emoji} ${x.count}`;
+      b.title = pressed ? "Take your reaction back" : "React the same";
       b.addEventListener("click", () => react(m, x.emoji, !pressed).catch(showError));
       r.append(b);
     }
@@ -449,7 +501,14 @@ function pendingItem(id, p) {
       renderMessages({});
       sendPending(id);
     });
-    li.append(retry);
+    const discard = document.createElement("button");
+    discard.type = "button";
+    discard.textContent = "Discard";
+    discard.addEventListener("click", () => {
+      state.pending.delete(id);
+      renderMessages({});
+    });
+    li.append(retry, discard);
   }
   return li;
 }
@@ -644,6 +703,11 @@ async function onFrame(f) {
         state.pending.delete(f.client_msg_id);
       }
       if (m.chat_id === state.current) {
+        // The list is drawn anew on every change, so it is not a live region itself (a screen
+        // reader would read it all again); a new message from someone else is announced here.
+        if (f.type === "message" && m.sender_id !== state.me.user_id) {
+          $("announce").textContent = `${nameOf(m.sender_id)}: ${m.msg_text}`;
+        }
         state.typing.delete(m.sender_id);
         renderTyping();
         renderMessages({ stick: true });
@@ -672,6 +736,8 @@ async function onFrame(f) {
         state.view = await api("GET", `/v1/chats/${f.chat.chat_id}`);
         for (const m of state.view.members || []) state.names.set(m.user_id, m.display_name);
         $("chat-title").textContent = state.view.chat_name;
+        // New members: presence events only tell of changes, so ask where they stand now.
+        await loadPresence(state.view);
         renderMembers();
       }
       loadChatsSoon();
@@ -717,6 +783,12 @@ function renderTyping() {
 function closeChat() {
   state.current = null;
   state.view = null;
+  state.replyTo = null;
+  state.editing = null;
+  $("text").value = "";
+  $("typing").textContent = "";
+  $("announce").textContent = "";
+  renderComposing();
   $("app").classList.remove("in-chat");
   $("chat-title").textContent = "Pick a chat";
   $("chat-members").replaceChildren();
@@ -794,6 +866,13 @@ function wire() {
     }
   });
   $("text").addEventListener("input", typed);
+  // Escape cancels a reply or an edit wherever the focus is (e.g. on a message's buttons).
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("composing").hidden && e.target !== $("text")) {
+      cancelComposing();
+      $("text").focus();
+    }
+  });
   $("composing-cancel").addEventListener("click", cancelComposing);
   $("messages").addEventListener("scroll", () => {
     if ($("messages").scrollTop < 80) loadOlder().catch(showError);
