@@ -6,18 +6,31 @@
 
 use anyhow::Context as _;
 use chat_client::{Client, ErrorCode};
+use std::path::Path;
 
 /// Logs in as `email`, registering the account first if the server does not know it yet.
+///
+/// `ca_cert` is a PEM file of extra root certificates to trust for `https://` servers (a private
+/// CA, or a self-signed development certificate); the public web roots are always trusted.
 ///
 /// A wrong password for an existing account fails (registration then answers `conflict`), so a
 /// typo never silently creates a second account.
 pub async fn sign_in(
     server: &str,
+    ca_cert: Option<&Path>,
     email: &str,
     password: &str,
     display_name: Option<&str>,
 ) -> anyhow::Result<Client> {
-    let client = Client::new(server).with_context(|| format!("server URL {server}"))?;
+    let mut builder = Client::builder(server);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        builder = builder.add_root_certificate_pem(pem);
+    }
+    let client = builder
+        .build()
+        .with_context(|| format!("server URL {server}"))?;
     match client.login(email, password).await {
         Ok(_) => return Ok(client),
         Err(e) if e.code() == Some(&ErrorCode::Unauthenticated) => {}

@@ -43,6 +43,10 @@ struct Args {
     /// Server URL.
     #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// A PEM file of extra root certificates to trust for an `https://` server (a private CA or a
+    /// self-signed certificate).
+    #[arg(long, env = "CHAT_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Your email (the account is registered on first use).
     #[arg(long, env = "CHAT_EMAIL")]
     email: String,
@@ -63,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = chat_term::sign_in(
         &args.server,
+        args.ca_cert.as_deref(),
         &args.email,
         &args.password,
         args.name.as_deref(),

@@ -23,6 +23,9 @@ struct Args {
     /// Server URL.
     #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// A PEM file of extra root certificates to trust for an `https://` server.
+    #[arg(long, env = "CHAT_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// The bot's email (registered on first use).
     #[arg(long, env = "CHAT_EMAIL")]
     email: String,
@@ -38,7 +41,14 @@ const PREFIX: &str = "bot:";
 async fn main() -> anyhow::Result<()> {
     examples::init_tracing();
     let args = Args::parse();
-    let client = examples::sign_in(&args.server, &args.email, &args.password, Some("bot")).await?;
+    let client = examples::sign_in(
+        &args.server,
+        args.ca_cert.as_deref(),
+        &args.email,
+        &args.password,
+        Some("bot"),
+    )
+    .await?;
     let me = client.me().await.context("reading the bot's account")?;
     println!("bot is user {}; add it to a chat to talk to it", me.user_id);
 
