@@ -78,6 +78,7 @@ start_services() {
 
 step "format" cargo fmt --all -- --check
 step "clippy (all targets, all features)" cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "docs (rustdoc warnings are errors)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 step "build tests" cargo test --workspace --all-features --no-run
 
 if [ $SERVICES_WANTED = 0 ]; then
