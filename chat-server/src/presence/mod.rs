@@ -2,7 +2,7 @@
 //! presence).
 //!
 //! A user is online while any connection of theirs is open on any node. Each node counts its
-//! own connections per user ([`Presence`]); when a user's first connection opens here, the
+//! own connections per user (`Presence`); when a user's first connection opens here, the
 //! node tells the shared [`PresenceStore`]; when the last one closes, it waits a grace period
 //! (a reconnect within it is not a flap) and then tells the store the user left this node. The
 //! store answers whether that changed the user's state on the whole cluster, and only then the
