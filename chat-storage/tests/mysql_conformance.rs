@@ -53,6 +53,7 @@ chat_storage::metadata_store_conformance!(fresh_store(false));
 chat_storage::message_store_conformance!(fresh_store(false));
 chat_storage::message_change_conformance!(fresh_store(false));
 chat_storage::message_activity_conformance!(fresh_store(false));
+chat_storage::message_search_conformance!(fresh_store(false));
 
 /// The same suite with reads routed to the replica where the replication rule allows.
 mod with_replica {
@@ -62,6 +63,7 @@ mod with_replica {
     chat_storage::message_store_conformance!(fresh_store(true));
     chat_storage::message_change_conformance!(fresh_store(true));
     chat_storage::message_activity_conformance!(fresh_store(true));
+    chat_storage::message_search_conformance!(fresh_store(true));
 }
 
 /// The store runs as a least-privilege user (rows only: `SELECT, INSERT, UPDATE, DELETE`) once
