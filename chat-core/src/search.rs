@@ -20,7 +20,7 @@
 //! Every store computes a message's [`terms`] with this code when it writes the message and
 //! looks up the query's [`SearchQuery::terms`] made by the same code, so SQLite, MySQL and
 //! Cassandra find exactly the same messages for the same query (the conformance suite checks
-//! it). A term longer than [`MAX_QUERY_BYTES`] can never be part of a query, so it is not
+//! it). A term longer than [`MAX_TERM_BYTES`] can never be part of a query, so it is not
 //! indexed.
 //!
 //! # Order and paging
@@ -40,6 +40,12 @@ use std::collections::BTreeSet;
 
 /// The longest query, in bytes of UTF-8 (the contract's limit on `q`).
 pub const MAX_QUERY_BYTES: usize = 256;
+
+/// The longest term a store indexes, in bytes. Case folding can make a word longer (`İ`, two
+/// bytes, folds to `i̇`, three), so a word of a valid query folds to at most 1.5 times
+/// [`MAX_QUERY_BYTES`]; this bound is above that with room to spare, and longer terms (which no
+/// query can ask for) are not indexed.
+pub const MAX_TERM_BYTES: usize = 1024;
 
 /// Whether `c` may be part of a word: letters, digits, and combining diacritical marks (which
 /// decomposed text uses for accents, and which are neither letters nor digits to Unicode).
@@ -84,7 +90,7 @@ fn has_letter(w: &str) -> bool {
 }
 
 /// The distinct search terms of a message's text, sorted: what a store indexes for it. Terms
-/// longer than [`MAX_QUERY_BYTES`] are left out (no query can ask for them). A deleted
+/// longer than [`MAX_TERM_BYTES`] are left out (no query can ask for them). A deleted
 /// message has no terms (its text is empty).
 ///
 /// ```
@@ -93,7 +99,7 @@ fn has_letter(w: &str) -> bool {
 /// ```
 pub fn terms(text: &str) -> Vec<String> {
     words(text)
-        .filter(|w| w.len() <= MAX_QUERY_BYTES)
+        .filter(|w| w.len() <= MAX_TERM_BYTES)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
@@ -273,7 +279,11 @@ mod tests {
             ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "near"]
         );
         assert_eq!(terms("\u{301}\u{301} ?!"), Vec::<String>::new());
-        assert!(terms(&"x".repeat(300)).is_empty());
+        assert_eq!(terms(&"x".repeat(300)).len(), 1);
+        assert!(terms(&"x".repeat(MAX_TERM_BYTES + 1)).is_empty());
+        // Folding may lengthen a word; a full-length query still finds its own text.
+        let long = "İ".repeat(MAX_QUERY_BYTES / 2);
+        assert!(q(&long).matches(&long));
     }
 
     #[test]

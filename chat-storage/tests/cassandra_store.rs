@@ -2,7 +2,7 @@
 //! (`CHAT_TEST_CASSANDRA_URL`, see `scripts/cassandra.sh`): paging across partition buckets, the
 //! bucket size pinned per keyspace, a claimer (of appends or of a change) that died between its
 //! claim and its writes (also as the chat list finds it), data written before revisions existed,
-//! and a cluster that cannot be reached.
+//! search across many buckets, and a cluster that cannot be reached.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
 use chat_core::{
@@ -48,6 +48,22 @@ async fn open(url: &str) -> CassandraMessageStore {
     CassandraMessageStore::connect(CassandraConfig::from_url(url).expect("url"))
         .await
         .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reads_every_bucket_of_a_chat() {
+    // Bucket size 5: the search suite's chats span many partitions, and a search must read
+    // each of them (newest first) and still page exactly.
+    for run in 0..2 {
+        let url = with_params(&fresh_keyspace_url(&base()), "bucket_size=5");
+        let store = open(&url).await;
+        assert_eq!(store.bucket_size(), 5);
+        if run == 0 {
+            chat_storage::testing::search::pages_tile_exactly(store).await;
+        } else {
+            chat_storage::testing::search::random_texts_match_the_reference(store).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,18 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY ((chat_id), seq))
           WITH CLUSTERING ORDER BY (seq ASC)"],
     },
+    Migration {
+        version: 4,
+        description: "message search: a terms set per message with a Storage-Attached Index",
+        // Cassandra 5.0's SAI has no analyzer: the store writes each message's terms (chat-core's
+        // tokenizer) with its text, and a search asks `terms CONTAINS` per chat partition. See
+        // `search.rs`. Messages written before this version have no terms (not backfilled).
+        statements: &[
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS terms set<text>",
+            "CREATE CUSTOM INDEX IF NOT EXISTS messages_terms ON {ks}.messages (values(terms)) \
+             USING 'StorageAttachedIndex'",
+        ],
+    },
 ];
 
 /// The current schema version this code expects.

@@ -50,7 +50,7 @@ const BACKFILL_BATCH: u32 = 1000;
 /// The `CREATE TABLE` of migration 5.
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS message_terms (
             chat_id BIGINT NOT NULL,
-            term VARBINARY(256) NOT NULL,
+            term VARBINARY(1024) NOT NULL,
             seq BIGINT NOT NULL,
             PRIMARY KEY (chat_id, term, seq)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
