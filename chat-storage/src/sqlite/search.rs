@@ -118,8 +118,11 @@ fn match_expression(chats: &[ChatId], query: &SearchQuery) -> String {
     out
 }
 
+/// Chats per `MATCH` expression; a user in more chats gets one query per chunk, merged.
+const CHAT_CHUNK: usize = 500;
+
 /// Up to `limit` results of `query` in `chats`, strictly after `after`, newest first. Runs on
-/// a reader.
+/// a reader, in one read transaction (one snapshot for every chunk of chats).
 pub(crate) fn search(
     conn: &Connection,
     chats: &[ChatId],
@@ -130,6 +133,25 @@ pub(crate) fn search(
     if chats.is_empty() || query.terms().is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
+    let tx = conn.unchecked_transaction().map_err(db("begin a search"))?;
+    let mut found = Vec::new();
+    for chunk in chats.chunks(CHAT_CHUNK) {
+        found.extend(search_chunk(&tx, chunk, query, after, limit)?);
+    }
+    tx.commit().map_err(db("end a search"))?;
+    chat_core::search::sort_results(&mut found);
+    found.truncate(limit as usize);
+    Ok(found)
+}
+
+/// [`search`] in at most [`CHAT_CHUNK`] chats.
+fn search_chunk(
+    conn: &Connection,
+    chats: &[ChatId],
+    query: &SearchQuery,
+    after: Option<SearchCursor>,
+    limit: u32,
+) -> Result<Vec<chat_core::Message>> {
     let expr = match_expression(chats, query);
     let (sent_at, chat, seq) = after.map_or((None, None, None), |a| {
         (Some(a.sent_at), Some(a.chat_id.get()), Some(a.seq.get()))
@@ -166,6 +188,7 @@ pub(crate) fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn match_expressions_quote_everything() {
@@ -174,5 +197,31 @@ mod tests {
             match_expression(&[ChatId(1), ChatId(22)], &q),
             "(\"x1\" OR \"x22\") AND \"68c3a9\" AND \"6e656172\" AND \"78\""
         );
+    }
+
+    #[test]
+    fn a_user_in_many_chats_is_searched_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(5))
+                .unwrap();
+        for (chat, seq, at) in [(3, 1, 10), (1_200, 1, 11), (777, 1, 12), (5_000, 1, 13)] {
+            conn.execute(
+                "INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at, rev) \
+                 VALUES (?1, ?2, 1, 'needle', ?3, ?2)",
+                params![chat, seq, at],
+            )
+            .unwrap();
+            index(&conn, ChatId(chat), Seq(seq), "needle").unwrap();
+        }
+        let chats: Vec<ChatId> = (1..=1_500).map(ChatId).collect();
+        let q = SearchQuery::parse("NEEDLE").unwrap();
+        let found = search(&conn, &chats, &q, None, 10).unwrap();
+        let keys: Vec<i64> = found.iter().map(|m| m.chat_id.get()).collect();
+        assert_eq!(keys, vec![777, 1_200, 3]);
+        let after = Some(SearchCursor::of(&found[0]));
+        let rest = search(&conn, &chats, &q, after, 1).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].chat_id, ChatId(1_200));
     }
 }
