@@ -23,17 +23,84 @@
 //! store's in-flight semaphore) and merged. A search costs one indexed query per bucket of
 //! each chat (one for a chat under `bucket_size` messages).
 //!
-//! Messages stored before schema version 4 have no terms until their next change: they are
-//! not found (see ARCHITECTURE.md).
+//! # Messages stored before schema version 4
+//! Migration 4 runs [`backfill`] after its DDL, before it records itself as done: one paged scan
+//! of `messages` that writes the terms of every row that has text, `USING TIMESTAMP` of that
+//! text's own write time. So a change written meanwhile (a newer timestamp) keeps its own
+//! terms, a rerun (a crashed migration taken over) writes the same cells again, and the scan
+//! never needs a lock. It reads every message of the keyspace once, at the first start of a
+//! node of this version.
 
 use super::{error, rows_to_messages, Inner};
 use chat_core::search::sort_results;
 use chat_core::{ChatId, Message, Result, SearchCursor, SearchQuery};
+use scylla::client::session::Session;
+use scylla::response::PagingState;
 use scylla::value::CqlValue;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// Most `CONTAINS` restrictions one query carries; further words are checked on the rows.
 pub(super) const MAX_CONTAINS: usize = 4;
+
+/// Rows per page of the backfill's scan.
+const BACKFILL_PAGE: i32 = 1000;
+
+/// Writes the terms of every message of keyspace `ks` that has text (see the module doc).
+/// Returns how many rows it wrote.
+pub(super) async fn backfill(session: &Session, ks: &str) -> Result<u64> {
+    let mut scan = session
+        .prepare(format!(
+            "SELECT chat_id, bucket, seq, msg_text, deleted, WRITETIME(msg_text) \
+             FROM {ks}.messages"
+        ))
+        .await
+        .map_err(|e| error::prepare("search backfill scan", e))?;
+    scan.set_page_size(BACKFILL_PAGE);
+    let mut write = session
+        .prepare(format!(
+            "UPDATE {ks}.messages USING TIMESTAMP ? SET terms = ? \
+             WHERE chat_id = ? AND bucket = ? AND seq = ?"
+        ))
+        .await
+        .map_err(|e| error::prepare("search backfill write", e))?;
+    write.set_is_idempotent(true);
+    type Row = (i64, i64, i64, Option<String>, Option<bool>, Option<i64>);
+    let mut paging = PagingState::start();
+    let mut written = 0u64;
+    loop {
+        let (result, next) = session
+            .execute_single_page(&scan, (), paging)
+            .await
+            .map_err(|e| error::execution("search backfill: scanning messages", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| error::rows("messages", e))?;
+        for row in rows.rows::<Row>().map_err(|e| error::rows("messages", e))? {
+            let (chat, bucket, seq, text, deleted, wts) =
+                row.map_err(|e| error::rows("messages", e))?;
+            let (Some(text), Some(wts)) = (text, wts) else {
+                continue;
+            };
+            if deleted == Some(true) {
+                continue;
+            }
+            let terms = chat_core::search::terms(&text);
+            if terms.is_empty() {
+                continue;
+            }
+            session
+                .execute_unpaged(&write, (wts, terms, chat, bucket, seq))
+                .await
+                .map_err(|e| error::execution("search backfill: writing terms", e))?;
+            written += 1;
+        }
+        match next.into_paging_control_flow() {
+            ControlFlow::Break(()) => return Ok(written),
+            ControlFlow::Continue(state) => paging = state,
+        }
+    }
+}
 
 /// The CQL of a search with `n` `CONTAINS` restrictions (`1..=MAX_CONTAINS`).
 pub(super) fn search_cql(ks: &str, columns: &str, n: usize) -> String {
