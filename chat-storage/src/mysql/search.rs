@@ -132,10 +132,12 @@ pub(crate) async fn backfill(conn: &mut mysql_async::Conn) -> Result<u64, Failur
     loop {
         let rows: Vec<Row> = conn
             .exec(
+                // Written as ranges (not a row comparison) so every batch is a range scan
+                // of the primary key on every MariaDB / MySQL version.
                 "SELECT chat_id, seq, msg_text FROM messages \
-                 WHERE (chat_id, seq) > (?, ?) AND NOT deleted \
+                 WHERE (chat_id > ? OR (chat_id = ? AND seq > ?)) AND NOT deleted \
                  ORDER BY chat_id, seq LIMIT ?",
-                (from.0, from.1, BACKFILL_BATCH),
+                (from.0, from.0, from.1, BACKFILL_BATCH),
             )
             .await?;
         if rows.is_empty() {
