@@ -14,6 +14,8 @@
 #   scripts/bench.sh writes-sdk    # the SDK's send: over its subscription's WebSocket, then REST
 #   scripts/bench.sh writes-store  # appends/s straight into SQLite (no server)
 #   scripts/bench.sh criterion     # cargo bench: frames, hub fan-out, SQLite append batches
+#   scripts/bench.sh search        # SQLite: appends/s with the search index, search p50/p99
+#                                  # (args: CHATS MESSAGES USER_CHATS SEARCHES, default 200 1000 50 300)
 #
 # Arguments after the scenario replace its default load-generator flags (shown below), e.g.
 # `scripts/bench.sh fanout --users 200 --groups 10 --group-size 20 --rate 500 --duration 5`.
@@ -187,12 +189,19 @@ case "$scenario" in
     "$LOADGEN" writes-store --data-dir "$dir" \
       --out "$OUT/writes-store.json" --plot "$OUT/writes-store.png" "${F[@]}"
     ;;
+  search)
+    # Store level, no server: chat-storage/examples/search_timing.rs. Its output goes to
+    # $OUT/search.txt too. Append cost before search: `writes-store` on the parent commit.
+    mapfile -t F < <(flags 200 1000 50 300)
+    (cd "$ROOT" && cargo run --release -q -p chat-storage --features sqlite,testing \
+      --example search_timing -- "${F[@]}") | tee "$OUT/search.txt"
+    ;;
   criterion)
     (cd "$ROOT" && cargo bench -p chat-server --bench frames --bench fanout \
       && cargo bench -p chat-storage --features sqlite --bench sqlite_append)
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

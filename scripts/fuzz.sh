@@ -15,7 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-TARGETS=(ws_frame rest_body page_token config)
+TARGETS=(ws_frame rest_body page_token config search_query)
 
 ensure_tools() {
   if ! rustup run nightly rustc --version >/dev/null 2>&1; then

@@ -104,9 +104,9 @@ skips=(); for t in "${DISRUPTIVE[@]}"; do skips+=(--skip "$t"); done
 step "tests: workspace (all features)" \
   cargo test --workspace --all-features -- "${skips[@]}"
 step "tests: e2e with metadata and messages on MySQL" \
-  env CHAT_TEST_METADATA=mysql CHAT_TEST_MESSAGES=mysql cargo test -p chat-server --all-features --test e2e --test e2e_changes --test e2e_social
+  env CHAT_TEST_METADATA=mysql CHAT_TEST_MESSAGES=mysql cargo test -p chat-server --all-features --test e2e --test e2e_changes --test e2e_social --test e2e_search
 step "tests: e2e with messages on Cassandra" \
-  env CHAT_TEST_METADATA=sqlite CHAT_TEST_MESSAGES=cassandra cargo test -p chat-server --all-features --test e2e --test e2e_changes --test e2e_social
+  env CHAT_TEST_METADATA=sqlite CHAT_TEST_MESSAGES=cassandra cargo test -p chat-server --all-features --test e2e --test e2e_changes --test e2e_social --test e2e_search
 step "tests: MariaDB primary stopped and killed under a running store" \
   cargo test -p chat-storage --features mysql,testing --test mysql_outage
 step "restore MariaDB" scripts/mariadb.sh start

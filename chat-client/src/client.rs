@@ -15,8 +15,8 @@ use chat_core::protocol::{
     AddMemberRequest, ChangesResponse, ChatList, ChatSummary, ChatView, CreateChatRequest,
     DirectRequest, EditRequest, ErrorBody, FetchResponse, LoginRequest, PresenceResponse,
     PresenceView, PublicUser, ReadRequest, ReadState, Receipt, ReceiptsResponse, RegisterRequest,
-    RenameChatRequest, RoleView, SendRequest, SessionView, SetRoleRequest, UpdateMeRequest,
-    UserView,
+    RenameChatRequest, RoleView, SearchResponse, SendRequest, SessionView, SetRoleRequest,
+    UpdateMeRequest, UserView,
 };
 pub use chat_core::Role;
 use chat_core::{ChatId, Message, Millis, Rev, Seq, UserId};
@@ -32,6 +32,13 @@ use std::time::Duration;
 /// One page of history, as `GET /v1/fetch` returns it: messages in ascending `seq` and the token
 /// of the next page (`None` at the end).
 pub type Page = FetchResponse;
+
+/// One page of search results, as `GET /v1/search` returns them: messages newest first and
+/// the token of the next page (`None` at the end).
+pub type SearchPage = SearchResponse;
+
+/// The pages of one search, as [`Client::search`] reads them: each item is one request.
+pub type SearchPages = futures::stream::BoxStream<'static, Result<SearchPage>>;
 
 /// One page of a chat's change feed, as `GET /v1/chats/{chat_id}/changes` returns it.
 pub type Changes = ChangesResponse;
@@ -302,6 +309,49 @@ impl FetchOptions {
     #[must_use]
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);
+        self
+    }
+}
+
+/// What [`Client::search`] and [`Client::search_page`] look for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchOptions {
+    q: String,
+    chat_id: Option<ChatId>,
+    limit: Option<u32>,
+    page_token: Option<String>,
+}
+
+impl SearchOptions {
+    /// Messages containing every word of `q` (1 to 256 bytes; case-insensitive, whole words),
+    /// in every chat of the caller.
+    pub fn new(q: impl Into<String>) -> Self {
+        SearchOptions {
+            q: q.into(),
+            chat_id: None,
+            limit: None,
+            page_token: None,
+        }
+    }
+
+    /// Only in this chat (the caller must be a member: else `not_a_member`).
+    #[must_use]
+    pub fn chat(mut self, chat_id: ChatId) -> Self {
+        self.chat_id = Some(chat_id);
+        self
+    }
+
+    /// Sets the page size (1..=500; the server's default is 50).
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Continues after the page whose `next_page_token` this is (same `q` and chat).
+    #[must_use]
+    pub fn page(mut self, token: impl Into<String>) -> Self {
+        self.page_token = Some(token.into());
         self
     }
 }
@@ -838,6 +888,82 @@ impl Client {
                 return Ok((out, cursor));
             }
         }
+    }
+
+    /// `GET /v1/search`: one page of the messages that contain every word of the query,
+    /// newest first, in the caller's chats (or the one chat asked). Bad input is
+    /// `invalid_argument` (empty or over 256 bytes, a token of another search); a chat the
+    /// caller is not in is `not_a_member`.
+    #[tracing::instrument(level = "debug", skip_all, fields(chat_id = ?options.chat_id), err(Display, level = "debug"))]
+    pub async fn search_page(&self, options: &SearchOptions) -> Result<SearchPage> {
+        let mut query: Vec<(&str, String)> = vec![("q", options.q.clone())];
+        if let Some(chat) = options.chat_id {
+            query.push(("chat_id", chat.to_string()));
+        }
+        if let Some(limit) = options.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(t) = &options.page_token {
+            query.push(("page_token", t.clone()));
+        }
+        let page: SearchPage = self
+            .retrying(|| async {
+                let rb = self.request(Method::GET, "/v1/search", true)?.query(&query);
+                json(execute(rb).await?).await
+            })
+            .await?;
+        if let Some(chat) = options.chat_id {
+            if let Some(m) = page.messages.iter().find(|m| m.chat_id != chat) {
+                return Err(Error::Protocol(format!(
+                    "searched chat {chat}, got a message of chat {}",
+                    m.chat_id
+                )));
+            }
+        }
+        let key = |m: &Message| (m.sent_at, m.chat_id, m.seq);
+        if page.messages.windows(2).any(|w| key(&w[0]) <= key(&w[1])) {
+            return Err(Error::Protocol(
+                "search results are not newest first".into(),
+            ));
+        }
+        Ok(page)
+    }
+
+    /// Every page of a search, as a stream: the first page of `options`, then each page its
+    /// `next_page_token` points at, until the last. Each page is one request, made when the
+    /// stream is polled for it; the stream ends after an error.
+    ///
+    /// ```no_run
+    /// use chat_client::{Client, SearchOptions};
+    /// use futures::TryStreamExt;
+    ///
+    /// # async fn run(client: Client) -> chat_client::Result<()> {
+    /// let mut pages = client.search(SearchOptions::new("lunch friday").limit(20));
+    /// while let Some(page) = pages.try_next().await? {
+    ///     for m in page.messages {
+    ///         println!("chat {} #{}: {}", m.chat_id, m.seq, m.msg_text);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn search(&self, options: SearchOptions) -> SearchPages {
+        let client = self.clone();
+        let stream = futures::stream::try_unfold(Some(options), move |next| {
+            let client = client.clone();
+            async move {
+                let Some(options) = next else {
+                    return Ok(None);
+                };
+                let page = client.search_page(&options).await?;
+                let next = page
+                    .next_page_token
+                    .clone()
+                    .map(|t| options.clone().page(t));
+                Ok(Some((page, next)))
+            }
+        });
+        Box::pin(stream)
     }
 
     /// `GET /v1/fetch`: one page of a chat's history (members only).

@@ -99,7 +99,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`client`]: [`Client`], its builder, [`SendOptions`], [`FetchOptions`], [`Page`].
+//! - [`client`]: [`Client`], its builder, [`SendOptions`], [`FetchOptions`], [`Page`],
+//!   [`SearchOptions`] and the paging stream of a search ([`SearchPages`]).
 //! - [`outbox`]: the send queue, [`Outgoing`] and [`SendState`].
 //! - [`subscription`]: [`Subscription`] and [`Event`].
 //! - [`error`]: the one [`Error`] enum and [`TransportKind`].
@@ -114,7 +115,10 @@ pub mod subscription;
 #[cfg(feature = "rustls")]
 mod tls;
 
-pub use client::{Changes, Client, ClientBuilder, FetchOptions, Page, Role, SendOptions};
+pub use client::{
+    Changes, Client, ClientBuilder, FetchOptions, Page, Role, SearchOptions, SearchPage,
+    SearchPages, SendOptions,
+};
 pub use error::{Error, Result, TransportKind};
 pub use outbox::{Outgoing, SendState};
 pub use retry::RetryPolicy;

@@ -10,6 +10,7 @@
 //! - [`error`]: the one error enum; each variant maps onto a stable wire code and HTTP status.
 //! - [`limits`]: the contract's limits and the validation of everything a client sends.
 //! - [`page`]: opaque page tokens for `GET /v1/fetch`.
+//! - [`search`]: the search tokenizer and query parser, result order and page tokens.
 //! - [`protocol`]: the serde types of every REST body and WebSocket frame.
 //! - [`store`]: the `MetadataStore` and `MessageStore` traits.
 //! - [`broker`]: the `Broker` trait that carries events between server nodes.
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod model;
 pub mod page;
 pub mod protocol;
+pub mod search;
 pub mod store;
 
 pub use broker::{Broker, BrokerEvent, BrokerStream, Event, Topic};
@@ -33,4 +35,5 @@ pub use model::{
     Session, User, UserChat, UserCredentials,
 };
 pub use page::PageToken;
+pub use search::{SearchCursor, SearchQuery};
 pub use store::{MessageStore, MetadataStore};

@@ -490,6 +490,30 @@ impl FetchResponse {
     }
 }
 
+/// `GET /v1/search` answer: one page of results.
+///
+/// Non-exhaustive: later versions may add fields. Outside this crate, build one with
+/// [`SearchResponse::new`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SearchResponse {
+    /// Matching messages in their current state, newest first (`sent_at` descending, then
+    /// `chat_id` and `seq` descending).
+    pub messages: Vec<Message>,
+    /// Token for the next page (older results), `null` at the end.
+    pub next_page_token: Option<String>,
+}
+
+impl SearchResponse {
+    /// A page of results, newest first, and the token of the next page (`None` at the end).
+    pub fn new(messages: Vec<Message>, next_page_token: Option<String>) -> Self {
+        SearchResponse {
+            messages,
+            next_page_token,
+        }
+    }
+}
+
 /// The body of every error answer: `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -12,6 +12,7 @@ use crate::model::{
     Appended, Chat, ChatActivity, FetchQuery, Member, Message, MessageChange, NewChat, NewMessage,
     NewSession, NewUser, ReadMarker, Role, Session, User, UserChat, UserCredentials,
 };
+use crate::search::{SearchCursor, SearchQuery};
 use async_trait::async_trait;
 
 /// Users, sessions, chats and memberships (the seed's Users, Chats and UserChat tables).
@@ -271,6 +272,28 @@ pub trait MessageStore: Send + Sync + 'static {
             });
         }
         Ok(out)
+    }
+
+    /// Message search: up to `limit` messages of the chats `chat_ids` that contain every term
+    /// of `query` (as [`search::terms`](crate::search::terms) computes them from the
+    /// message's current text), newest first in the order of [`SearchCursor`], strictly after
+    /// `after` when given.
+    ///
+    /// A deleted message is never found; an edited one only by its new text, from the moment
+    /// the edit returned. A query without terms finds nothing. Only the chats asked are read:
+    /// the caller passes the chats the user belongs to. The default answers
+    /// [`Error::NotImplemented`](crate::Error::NotImplemented) (the server then answers 501).
+    async fn search(
+        &self,
+        chat_ids: &[ChatId],
+        query: &SearchQuery,
+        after: Option<SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let _ = (chat_ids, query, after, limit);
+        Err(crate::Error::NotImplemented(
+            "this message store has no search".into(),
+        ))
     }
 
     /// Waits until everything acked is on disk and background work is done (graceful shutdown).

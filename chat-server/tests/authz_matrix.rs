@@ -61,6 +61,7 @@ enum Action {
     LeaveChat,
     Send,
     Fetch,
+    Search,
     EditMessage,
     DeleteMessage,
     React,
@@ -123,6 +124,8 @@ const MATRIX: &[(Action, [Want; 8])] = &[
     // Sending (for "other": a member sending with the owner's user_id).
     (Action::Send,           [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     CREATED,    CREATED,    CREATED]),
     (Action::Fetch,          [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
+    // Searching one chat (`chat_id` given): members only.
+    (Action::Search,         [UNAUTH, UNAUTH, UNAUTH, OK,             NOT_MEMBER,     OK,         OK,         OK]),
     // Editing: one's own message (for "other": the owner's message).
     (Action::EditMessage,    [UNAUTH, UNAUTH, UNAUTH, FORBIDDEN,      NOT_MEMBER,     OK,         OK,         OK]),
     // Deleting the owner's message: the owner and admins may, members may not.
@@ -442,6 +445,15 @@ async fn cell(w: &World, action: Action, who: Who) -> (u16, String) {
             w.call(
                 Method::GET,
                 &format!("/v1/fetch?chat_id={chat}"),
+                token,
+                None,
+            )
+            .await,
+        ),
+        Action::Search => http(
+            w.call(
+                Method::GET,
+                &format!("/v1/search?q=hello&chat_id={chat}"),
                 token,
                 None,
             )

@@ -16,3 +16,7 @@ chat_storage::message_change_conformance!(async {
 chat_storage::message_activity_conformance!(async {
     fresh_store(&url_from_env("CHAT_TEST_CASSANDRA_URL")).await
 });
+
+chat_storage::message_search_conformance!(async {
+    fresh_store(&url_from_env("CHAT_TEST_CASSANDRA_URL")).await
+});

@@ -2,7 +2,7 @@
 //! (`CHAT_TEST_CASSANDRA_URL`, see `scripts/cassandra.sh`): paging across partition buckets, the
 //! bucket size pinned per keyspace, a claimer (of appends or of a change) that died between its
 //! claim and its writes (also as the chat list finds it), data written before revisions existed,
-//! and a cluster that cannot be reached.
+//! search across many buckets, and a cluster that cannot be reached.
 #![cfg(all(feature = "cassandra", feature = "testing"))]
 
 use chat_core::{
@@ -48,6 +48,22 @@ async fn open(url: &str) -> CassandraMessageStore {
     CassandraMessageStore::connect(CassandraConfig::from_url(url).expect("url"))
         .await
         .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reads_every_bucket_of_a_chat() {
+    // Bucket size 5: the search suite's chats span many partitions, and a search must read
+    // each of them (newest first) and still page exactly.
+    for run in 0..2 {
+        let url = with_params(&fresh_keyspace_url(&base()), "bucket_size=5");
+        let store = open(&url).await;
+        assert_eq!(store.bucket_size(), 5);
+        if run == 0 {
+            chat_storage::testing::search::pages_tile_exactly(store).await;
+        } else {
+            chat_storage::testing::search::random_texts_match_the_reference(store).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,6 +640,90 @@ async fn data_from_before_revisions_reads_as_rev_equal_to_seq() {
             .collect::<Vec<_>>(),
         vec![(1, 1), (2, 2), (3, 4), (4, 5)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stored_before_search_are_backfilled_by_the_migration() {
+    let url = fresh_keyspace_url(&base());
+    let store = open(&url).await;
+    let ks = store.keyspace().to_owned();
+    let chat = ChatId(41);
+    for text in ["Alpha beta", "beta GAMMA", "alpha doomed"] {
+        store
+            .append(msg(chat, 1, text, None))
+            .await
+            .expect("append");
+    }
+    store
+        .change(chat, Seq(3), MessageChange::Delete)
+        .await
+        .expect("delete");
+    // Make the rows look written before schema version 4: no terms, and the text written after
+    // the terms were dropped (as it was, before there were terms at all).
+    let raw = raw_session(&url).await;
+    for seq in 1..=3_i64 {
+        let (text, wts): (String, i64) = raw
+            .query_unpaged(
+                format!(
+                    "SELECT msg_text, WRITETIME(msg_text) FROM {ks}.messages \
+                     WHERE chat_id = ? AND bucket = 0 AND seq = ?"
+                ),
+                (chat.get(), seq),
+            )
+            .await
+            .expect("read")
+            .into_rows_result()
+            .expect("rows")
+            .single_row()
+            .expect("one row");
+        raw.query_unpaged(
+            format!(
+                "DELETE terms FROM {ks}.messages USING TIMESTAMP ? \
+                 WHERE chat_id = ? AND bucket = 0 AND seq = ?"
+            ),
+            (wts + 5, chat.get(), seq),
+        )
+        .await
+        .expect("drop terms");
+        raw.query_unpaged(
+            format!(
+                "UPDATE {ks}.messages USING TIMESTAMP ? SET msg_text = ? \
+                 WHERE chat_id = ? AND bucket = 0 AND seq = ?"
+            ),
+            (wts + 10, text, chat.get(), seq),
+        )
+        .await
+        .expect("touch");
+    }
+    let query = chat_core::SearchQuery::parse("beta").expect("query");
+    assert!(
+        store
+            .search(&[chat], &query, None, 10)
+            .await
+            .expect("search")
+            .is_empty(),
+        "the rows have no terms"
+    );
+    drop(store);
+    // A node of this version starting on that data: migration 4 runs (again) with its backfill.
+    raw.query_unpaged(
+        format!("DELETE FROM {ks}.schema_migrations WHERE version = 4"),
+        (),
+    )
+    .await
+    .expect("forget migration 4");
+    let store = open(&url).await;
+    let found = store
+        .search(&[chat], &query, None, 10)
+        .await
+        .expect("search");
+    assert_eq!(seqs(&found), vec![2, 1]);
+    let alpha = chat_core::SearchQuery::parse("ALPHA").expect("query");
+    let found = store
+        .search(&[chat], &alpha, None, 10)
+        .await
+        .expect("search");
+    assert_eq!(seqs(&found), vec![1], "a deleted message stays unfound");
 }
 
 /// A plain session to play other processes with.

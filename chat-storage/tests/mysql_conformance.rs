@@ -53,6 +53,7 @@ chat_storage::metadata_store_conformance!(fresh_store(false));
 chat_storage::message_store_conformance!(fresh_store(false));
 chat_storage::message_change_conformance!(fresh_store(false));
 chat_storage::message_activity_conformance!(fresh_store(false));
+chat_storage::message_search_conformance!(fresh_store(false));
 
 /// The same suite with reads routed to the replica where the replication rule allows.
 mod with_replica {
@@ -62,6 +63,7 @@ mod with_replica {
     chat_storage::message_store_conformance!(fresh_store(true));
     chat_storage::message_change_conformance!(fresh_store(true));
     chat_storage::message_activity_conformance!(fresh_store(true));
+    chat_storage::message_search_conformance!(fresh_store(true));
 }
 
 /// The store runs as a least-privilege user (rows only: `SELECT, INSERT, UPDATE, DELETE`) once
@@ -127,7 +129,8 @@ async fn a_least_privilege_user_runs_a_migrated_schema_and_is_told_when_it_canno
 
 /// A database migrated by a build before messages could change (schema version 1) is migrated
 /// to version 2 on open: its messages get `rev = seq` and its chats `last_rev = last_seq`, so
-/// the next append takes `rev = seq` and the next change the revision after it.
+/// the next append takes `rev = seq` and the next change the revision after it. Its messages
+/// are searchable (migration 5's backfill).
 #[tokio::test]
 async fn a_version_1_schema_is_migrated_with_rev_equal_to_seq() {
     use chat_core::ids::now_millis;
@@ -185,6 +188,18 @@ async fn a_version_1_schema_is_migrated_with_rev_equal_to_seq() {
         })
         .collect();
     assert_eq!(revs, vec![(1, 1, true), (2, 2, true)]);
+    // Migration 5 indexed the stored messages for search.
+    for (q, seq) in [("TWO", 2), ("one", 1)] {
+        let query = chat_core::SearchQuery::parse(q).expect("query");
+        let found = store
+            .search(&[chat], &query, None, 10)
+            .await
+            .expect("search");
+        assert_eq!(
+            found.iter().map(|m| m.seq.get()).collect::<Vec<_>>(),
+            vec![seq]
+        );
+    }
     let third = store
         .append(NewMessage {
             reply_to_seq: Some(Seq(1)),

@@ -22,6 +22,7 @@ chat_storage::metadata_store_conformance!(fresh());
 chat_storage::message_store_conformance!(fresh());
 chat_storage::message_change_conformance!(fresh());
 chat_storage::message_activity_conformance!(fresh());
+chat_storage::message_search_conformance!(fresh());
 
 /// A message for `chat` from `sender`.
 fn msg(chat: i64, sender: i64, text: &str, client_msg_id: Option<String>) -> NewMessage {

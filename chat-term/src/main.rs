@@ -23,13 +23,17 @@
 //! /name NAME               change your display name
 //! /rename NAME             rename the current chat (owner or admin)
 //! /admin USER_ID           make a member an admin (owner); /unadmin USER_ID takes it back
+//! /search WORDS            messages with all these words in your chats, newest first
+//! /search! WORDS           the same, in the current chat only
 //! /me                      show who you are
 //! /quit                    exit
 //! //text                   send "/text" (e.g. `//time` asks the bot example for the time)
 //! ```
 
 use anyhow::Context as _;
-use chat_client::{ChatId, ChatKind, Client, Event, FetchOptions, Message, Role, Seq, UserId};
+use chat_client::{
+    ChatId, ChatKind, Client, Event, FetchOptions, Message, Role, SearchOptions, Seq, UserId,
+};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -108,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many results `/search` prints.
+const SEARCH_PAGE: u32 = 20;
+
 /// Sends queued lines one after another, so typing never waits for the network and the lines
 /// of one chat keep their order.
 fn spawn_sender(client: Client) -> mpsc::UnboundedSender<(ChatId, String)> {
@@ -146,6 +153,7 @@ impl Session {
                 println!("/chats | /create NAME [USER_ID..] | /join CHAT_ID | /add USER_ID | /leave | /me | /quit | //text sends /text");
                 println!("/reply SEQ TEXT | /edit SEQ TEXT | /delete SEQ | /react SEQ EMOJI | /unreact SEQ EMOJI");
                 println!("/dm USER | /who | /read | /name NAME | /rename NAME | /admin USER_ID | /unadmin USER_ID");
+                println!("/search WORDS (all your chats) | /search! WORDS (the current chat)");
                 Ok(())
             }
             "/chats" => {
@@ -184,6 +192,21 @@ impl Session {
                 Some(who) => self.direct(who).await,
                 None => Err(anyhow::anyhow!("usage: /dm USER_ID or /dm EMAIL")),
             },
+            cmd @ ("/search" | "/search!") => {
+                let words = line[cmd.len()..].trim();
+                let only = if cmd == "/search!" {
+                    self.current
+                } else {
+                    None
+                };
+                if cmd == "/search!" && only.is_none() {
+                    Err(anyhow::anyhow!("pick a chat first: /join CHAT_ID"))
+                } else if words.is_empty() {
+                    Err(anyhow::anyhow!("usage: /search WORDS"))
+                } else {
+                    self.search(words, only).await
+                }
+            }
             "/who" => self.who().await,
             "/read" => self.receipts().await,
             "/name" => {
@@ -324,6 +347,37 @@ impl Session {
             }
             Err(e) => eprintln!("! listing chats: {e}"),
         }
+    }
+
+    /// `/search WORDS`: the newest matches (one page of [`SEARCH_PAGE`]), in every chat or in
+    /// `only`, each with its chat, `seq` and age.
+    async fn search(&mut self, words: &str, only: Option<ChatId>) -> anyhow::Result<()> {
+        let mut options = SearchOptions::new(words).limit(SEARCH_PAGE);
+        if let Some(chat) = only {
+            options = options.chat(chat);
+        }
+        let page = self.client.search_page(&options).await?;
+        if page.messages.is_empty() {
+            println!("No messages with {words:?}.");
+        }
+        for m in &page.messages {
+            let who = if m.sender_id == self.me {
+                "me".to_owned()
+            } else {
+                self.name_of(m.sender_id).await
+            };
+            println!(
+                "[chat {}] #{} {who} ({}): {}",
+                m.chat_id,
+                m.seq,
+                ago(m.sent_at),
+                m.msg_text
+            );
+        }
+        if page.next_page_token.is_some() {
+            println!("(only the newest {SEARCH_PAGE}; add words to narrow it down)");
+        }
+        Ok(())
     }
 
     /// A user's display name, looked up once.

@@ -1,4 +1,4 @@
-//! REST handlers for messages: `POST /v1/send`, `GET /v1/fetch`, and the changes to a stored
+//! REST handlers for messages: `POST /v1/send`, `GET /v1/fetch`, `GET /v1/search`, and the changes to a stored
 //! message (edit, delete, reactions) with the chat's change feed.
 
 use crate::auth::Caller;
@@ -7,12 +7,15 @@ use crate::extract::{ClientAddr, JsonBody, PathParams, QueryParams};
 use crate::ops;
 use crate::ops::change::{ChangeInput, ChangesInput};
 use crate::ops::fetch::FetchInput;
+use crate::ops::search::SearchInput;
 use crate::ops::send::SendInput;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chat_core::protocol::{ChangesResponse, EditRequest, FetchResponse, SendRequest};
+use chat_core::protocol::{
+    ChangesResponse, EditRequest, FetchResponse, SearchResponse, SendRequest,
+};
 use chat_core::{ChatId, Error, Message, Seq};
 use std::sync::Arc;
 
@@ -55,6 +58,16 @@ pub(crate) async fn fetch(
 ) -> ApiResult<Json<FetchResponse>> {
     let input = FetchInput::parse(&q, &st.config.limits)?;
     Ok(Json(ops::fetch::run(&st, caller.user_id, input).await?))
+}
+
+/// `GET /v1/search?q&chat_id&limit&page_token`: 200 with one page of results, newest first.
+pub(crate) async fn search(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(q): QueryParams,
+) -> ApiResult<Json<SearchResponse>> {
+    let input = SearchInput::parse(&q, &st.config.limits)?;
+    Ok(Json(ops::search::run(&st, caller.user_id, input).await?))
 }
 
 /// `PATCH /v1/chats/{chat_id}/messages/{seq}`: 200 with the edited message.

@@ -58,6 +58,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chats/{chat_id}/changes", get(messages::changes))
         .route("/v1/send", post(messages::send))
         .route("/v1/fetch", get(messages::fetch))
+        .route("/v1/search", get(messages::search))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/health", get(ops::health))
         .route("/metrics", get(ops::metrics))

@@ -25,6 +25,7 @@ pub(crate) mod presence;
 pub(crate) mod read;
 pub(crate) mod register;
 pub(crate) mod remove_member;
+pub(crate) mod search;
 pub(crate) mod send;
 pub(crate) mod show_chat;
 pub(crate) mod typing;

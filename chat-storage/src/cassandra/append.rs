@@ -422,6 +422,8 @@ impl Inner {
                 c.deleted,
                 c.reaction_rows(),
                 rev,
+                // A tombstone has no text and so no terms.
+                chat_core::search::terms(if c.deleted { "" } else { &c.msg_text }),
                 chat_id.get(),
                 self.bucket(c.seq),
                 c.seq,
@@ -515,6 +517,7 @@ impl Inner {
             Option<&'a str>,
             Option<i64>,
             i64,
+            Vec<String>,
             i64,
         );
         let values: Vec<MessageRow<'_>> = range
@@ -536,6 +539,7 @@ impl Inner {
                     p.client_msg_id.as_deref(),
                     p.reply_to_seq,
                     rev,
+                    chat_core::search::terms(&p.msg_text),
                     wts,
                 )
             })

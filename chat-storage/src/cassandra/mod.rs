@@ -9,6 +9,7 @@
 //! - `change`: edits, deletes and reactions, and the change feed (below).
 //! - `fetch`: pages, walking buckets backward and forward.
 //! - `activity`: the chat list's read (head, newest row, tombstone count per chat).
+//! - `search`: message search (a `terms` set per row with a Storage-Attached Index).
 //! - `error`: driver errors to [`chat_core::Error`].
 //! - `testing` (features `cassandra` + `testing`): a unique keyspace per test, the test URL.
 //!
@@ -18,6 +19,8 @@
 //!   the partition of any `seq` is known without a lookup.
 //!   A message row also holds what changes (`msg_text`, `edited_at`, `deleted`, `reactions`)
 //!   and `rev`, the revision of its latest change (null: stored before revisions, `rev = seq`).
+//!   Since schema version 4 it also holds `terms`, the message's search terms (`set<text>`,
+//!   indexed by SAI), written with the text (see `search`).
 //! - `message_dedupe ((chat_id, sender_id, client_msg_id)) -> seq`.
 //! - `message_revs ((chat_id, bucket), rev) -> seq` with `bucket = rev / bucket_size`: the change
 //!   feed, one row per revision handed out since schema version 2.
@@ -160,13 +163,14 @@ mod activity;
 mod append;
 mod change;
 mod head;
+mod search;
 
 pub use config::{CassandraConfig, Replication, DEFAULT_BUCKET_SIZE, MAX_CLAIM};
 
 use async_trait::async_trait;
 use chat_core::{
     Appended, ChatActivity, ChatId, Error, FetchQuery, Message, MessageChange, MessageStore,
-    NewMessage, Result, Rev, Seq, UserId,
+    NewMessage, Result, Rev, SearchCursor, SearchQuery, Seq, UserId,
 };
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -257,6 +261,8 @@ struct Statements {
     tombstone_read: PreparedStatement,
     /// `SELECT release_version FROM system.local`.
     health: PreparedStatement,
+    /// Search queries of one chat bucket with 1, 2, ... `search::MAX_CONTAINS` terms.
+    search: Vec<PreparedStatement>,
 }
 
 /// The columns every message read selects, in the order [`rows_to_messages`] decodes them.
@@ -318,8 +324,8 @@ impl Statements {
                 "message_write",
                 format!(
                     "INSERT INTO {ks}.messages (chat_id, bucket, seq, sender_id, msg_text, \
-                     sent_at, timestamp, client_msg_id, reply_to_seq, rev) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                     sent_at, timestamp, client_msg_id, reply_to_seq, rev, terms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
                 ),
                 true,
             )
@@ -328,7 +334,7 @@ impl Statements {
                 "message_change",
                 format!(
                     "UPDATE {ks}.messages USING TIMESTAMP ? SET msg_text = ?, edited_at = ?, \
-                     deleted = ?, reactions = ?, rev = ? \
+                     deleted = ?, reactions = ?, rev = ?, terms = ? \
                      WHERE chat_id = ? AND bucket = ? AND seq = ?"
                 ),
                 true,
@@ -445,6 +451,15 @@ impl Statements {
                 true,
             )
             .await?,
+            search: {
+                let mut stmts = Vec::with_capacity(search::MAX_CONTAINS);
+                for n in 1..=search::MAX_CONTAINS {
+                    stmts.push(
+                        prepare("search", search::search_cql(ks, MESSAGE_COLUMNS, n), true).await?,
+                    );
+                }
+                stmts
+            },
         })
     }
 }
@@ -733,6 +748,16 @@ impl MessageStore for CassandraMessageStore {
             inner.activity(chat_id, marker).await
         })
         .await
+    }
+
+    async fn search(
+        &self,
+        chat_ids: &[ChatId],
+        query: &SearchQuery,
+        after: Option<SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        search::search(&self.inner, chat_ids, query, after, limit).await
     }
 
     async fn health(&self) -> Result<()> {

@@ -130,7 +130,23 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY ((chat_id), seq))
           WITH CLUSTERING ORDER BY (seq ASC)"],
     },
+    Migration {
+        version: SEARCH_VERSION,
+        description: "message search: a terms set per message with a Storage-Attached Index",
+        // Cassandra 5.0's SAI has no analyzer: the store writes each message's terms (chat-core's
+        // tokenizer) with its text, and a search asks `terms CONTAINS` per chat partition. See
+        // `search.rs`. The messages written before this version get their terms from
+        // `search::backfill`, run after these statements and before the version is recorded.
+        statements: &[
+            "ALTER TABLE {ks}.messages ADD IF NOT EXISTS terms set<text>",
+            "CREATE CUSTOM INDEX IF NOT EXISTS messages_terms ON {ks}.messages (values(terms)) \
+             USING 'StorageAttachedIndex'",
+        ],
+    },
 ];
+
+/// The migration that adds search (its backfill runs after its statements).
+const SEARCH_VERSION: i32 = 4;
 
 /// The current schema version this code expects.
 pub(crate) fn latest_version() -> i32 {
@@ -292,6 +308,14 @@ async fn apply(
             );
             for statement in migration.statements {
                 ddl(session, &statement.replace("{ks}", ks)).await?;
+            }
+            if migration.version == SEARCH_VERSION {
+                let n = super::search::backfill(session, ks).await?;
+                tracing::info!(
+                    keyspace = ks,
+                    messages = n,
+                    "indexed stored messages for search"
+                );
             }
             applied(
                 session

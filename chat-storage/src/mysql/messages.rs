@@ -12,7 +12,7 @@ use super::{decode, scalar, MysqlStore};
 use async_trait::async_trait;
 use chat_core::{
     Appended, ChatActivity, ChatId, FetchQuery, Message, MessageChange, MessageStore, NewMessage,
-    Reaction, Result, Rev, Seq, UserId,
+    Reaction, Result, Rev, SearchCursor, SearchQuery, Seq, UserId,
 };
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Row, Transaction, TxOpts};
@@ -138,6 +138,9 @@ async fn append_in(tx: &mut Transaction<'_>, m: &NewMessage) -> Result<(Seq, Rev
         Some(rev) => rev,
         None => read_counter(tx, m.chat_id, "last_rev").await?,
     };
+    // The search terms commit with the message (read LAST_INSERT_ID above first: these
+    // inserts do not change it, but nothing must come between).
+    super::search::index(tx, m.chat_id, Seq(seq), &m.msg_text).await?;
     Ok((Seq(seq), Rev(rev)))
 }
 
@@ -236,6 +239,11 @@ async fn change_in(
         ),
     )
     .await?;
+    if next.msg_text != current.msg_text || next.deleted != current.deleted {
+        // The search terms follow the text in the same transaction.
+        let new = (!next.deleted).then_some(next.msg_text.as_str());
+        super::search::reindex(tx, chat, seq, &current.msg_text, new).await?;
+    }
     if next.deleted && !current.deleted {
         // The chat list's tombstone count, in the delete's own transaction: committed (or
         // rolled back) with it. A delete happens once (a repeated delete changes nothing and
@@ -500,6 +508,37 @@ impl MessageStore for MysqlStore {
             .on_primary("changes", |mut conn| async move {
                 let rows: Vec<Row> = conn.exec(sql, (chat_id.get(), after.get(), limit)).await?;
                 messages_from(rows)
+            })
+            .await
+    }
+
+    async fn search(
+        &self,
+        chat_ids: &[ChatId],
+        query: &SearchQuery,
+        after: Option<SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        if chat_ids.is_empty() || query.terms().is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let cols = MESSAGE_COLS
+            .split(", ")
+            .map(|c| format!("m.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cols = cols.as_str();
+        // Primary: a search right after an edit or a delete must see it.
+        self.pools
+            .on_primary("search", |mut conn| async move {
+                let mut found = Vec::new();
+                for chunk in super::search::chunks(chat_ids) {
+                    let rows =
+                        super::search::search_chunk(&mut conn, cols, chunk, query, after, limit)
+                            .await?;
+                    found.extend(messages_from(rows)?);
+                }
+                Ok(super::search::merge(found, limit))
             })
             .await
     }

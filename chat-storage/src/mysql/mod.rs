@@ -80,6 +80,7 @@ mod messages;
 mod metadata;
 mod routing;
 pub mod schema;
+mod search;
 #[cfg(feature = "testing")]
 pub mod testing;
 

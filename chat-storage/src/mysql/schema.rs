@@ -29,6 +29,8 @@
 //! - `message_tombstones (chat_id, seq)` (migration 3): one row per deleted message, inserted in
 //!   the transaction that deletes it; the chat list counts a chat's tombstones above a reader's
 //!   marker from it (why a table and not an index: see the migration).
+//! - `message_terms (chat_id, term, seq)` (migration 5): one row per distinct search term of
+//!   each live message, written with the message (why not FULLTEXT: see `search.rs`).
 
 use super::error::{bad_row, Failure};
 use mysql_async::prelude::Queryable;
@@ -175,10 +177,23 @@ const MIGRATIONS: &[Migration] = &[
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         ],
     },
+    Migration {
+        version: SEARCH_VERSION,
+        name: "message_terms: each live message's search terms",
+        // Why a terms table and not a FULLTEXT index: see `search.rs`. The stored messages are
+        // indexed by `search::backfill` (Rust: it needs chat-core's tokenizer) after this
+        // statement and before the version is recorded; it uses INSERT IGNORE, so it is safe
+        // to run again. A node of a build before this migration would append without terms:
+        // upgrade the nodes together.
+        statements: &[super::search::CREATE_TABLE],
+    },
 ];
 
+/// The migration that adds search; its backfill runs after its statements.
+const SEARCH_VERSION: u32 = 5;
+
 /// The newest schema version this code knows.
-pub(crate) const LATEST_VERSION: u32 = 4;
+pub(crate) const LATEST_VERSION: u32 = 5;
 
 /// How long a node waits for another node's migration before giving up (seconds).
 const LOCK_WAIT_SECS: u32 = 30;
@@ -294,6 +309,13 @@ async fn apply_missing(conn: &mut Conn) -> Result<(), Failure> {
         );
         for statement in m.statements {
             conn.query_drop(*statement).await?;
+        }
+        if m.version == SEARCH_VERSION {
+            let n = super::search::backfill(conn).await?;
+            tracing::info!(
+                messages = n,
+                "mysql: indexed the stored messages for search"
+            );
         }
         conn.exec_drop(
             "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",

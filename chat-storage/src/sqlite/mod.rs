@@ -18,6 +18,8 @@
 //!   mode they never wait for the writer. See `reader.rs`. The chat list (`activity`) is one
 //!   read transaction for the whole list; it counts tombstones from a partial index of deleted
 //!   messages (`ops.rs`, `schema.rs`).
+//! - **Search** is an FTS5 index of each message's terms (tokenized by `chat-core`), written in
+//!   the transaction of the append, edit or delete. See `search.rs`.
 //! - **Checkpoints** run on a thread of their own, off the commit path. See `checkpoint.rs`.
 //! - **Schema** is versioned in `PRAGMA user_version` and migrated at open. See `schema.rs`.
 //!
@@ -38,6 +40,7 @@ mod ops;
 mod reader;
 mod roles;
 mod schema;
+mod search;
 mod social;
 mod writer;
 
@@ -48,7 +51,7 @@ use chat_core::ids::now_millis;
 use chat_core::{
     Appended, Chat, ChatId, Error, FetchQuery, Member, Message, MessageChange, MessageStore,
     MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, ReadMarker, Result, Rev, Role,
-    Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
+    SearchCursor, SearchQuery, Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
 use reader::ReaderPool;
 use roles::{Lookup, RoleCache};
@@ -472,6 +475,21 @@ impl MessageStore for SqliteStore {
         let chats = chats.to_vec();
         // One reader connection and one read transaction for the whole batch.
         self.read(move |c| ops::activity(c, &chats)).await
+    }
+
+    async fn search(
+        &self,
+        chat_ids: &[ChatId],
+        query: &SearchQuery,
+        after: Option<SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        if chat_ids.is_empty() || query.terms().is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (chat_ids, query) = (chat_ids.to_vec(), query.clone());
+        self.read(move |c| search::search(c, &chat_ids, &query, after, limit))
+            .await
     }
 
     async fn flush(&self) -> Result<()> {

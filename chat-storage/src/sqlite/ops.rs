@@ -19,7 +19,7 @@ const MESSAGE_COLUMNS: &str = "chat_id, seq, sender_id, msg_text, sent_at, times
 
 /// A message from a row of [`MESSAGE_COLUMNS`] (`activity` names them with a table prefix: keep
 /// the two lists in step).
-fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+pub(crate) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     let reactions: String = r.get(10)?;
     let reactions = serde_json::from_str(&reactions).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e))
@@ -117,6 +117,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
         ),
         _ => db_error("insert a message", e),
     })?;
+    super::search::index(conn, m.chat_id, Seq(seq), &m.msg_text)?;
     Ok(Appended {
         message: m.stored(Seq(seq), Rev(rev)),
         created: true,
@@ -169,6 +170,14 @@ pub(crate) fn change(
         ])
     })
     .map_err(db("store a changed message"))?;
+    // The search index follows the text in the same transaction: an edit is found by its new
+    // words only, a tombstone by none.
+    if next.msg_text != current.msg_text || next.deleted != current.deleted {
+        super::search::unindex(conn, chat_id, seq)?;
+        if !next.deleted {
+            super::search::index(conn, chat_id, seq, &next.msg_text)?;
+        }
+    }
     next.rev = Rev(rev);
     Ok(next)
 }

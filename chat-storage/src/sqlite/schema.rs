@@ -115,7 +115,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         CHECK (user_lo < user_hi)
     ) WITHOUT ROWID;
     "#,
+    // 5: message search (issue 17). A rowid per indexed message and a contentless FTS5 index
+    // of its terms (see `search.rs` for why hex tokens). The messages stored before this are
+    // indexed by `search::backfill` in the same transaction (`migrate`).
+    r#"
+    CREATE TABLE search_docs (
+        doc_id  INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        UNIQUE (chat_id, seq)
+    );
+    CREATE VIRTUAL TABLE search_fts USING fts5(
+        terms, content = '', contentless_delete = 1, detail = 'none', tokenize = 'ascii'
+    );
+    "#,
 ];
+
+/// The migration after which the existing messages are indexed for search (the backfill needs
+/// the tokenizer of `chat-core`, so it is Rust, not SQL).
+const SEARCH_MIGRATION: usize = 5;
 
 /// The schema version this build writes.
 pub(crate) fn current_version() -> i64 {
@@ -197,6 +215,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
         tracing::info!(from = i, to = i + 1, "sqlite: migrating schema");
         tx.execute_batch(sql).map_err(db("apply a migration"))?;
+        if i + 1 == SEARCH_MIGRATION {
+            let n = super::search::backfill(&tx)?;
+            tracing::info!(
+                messages = n,
+                "sqlite: indexed the stored messages for search"
+            );
+        }
     }
     tx.pragma_update(None, "user_version", target)
         .map_err(db("write the schema version"))?;
@@ -301,6 +326,33 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn messages_stored_before_search_are_indexed_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..SEARCH_MIGRATION - 1] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", SEARCH_MIGRATION - 1)
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at, rev) VALUES \
+                 (7, 1, 1, 'Hello old World', 10, 1), (7, 2, 1, 'hello again', 11, 2);
+                 INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at, rev, deleted) \
+                 VALUES (7, 3, 1, '', 12, 3, 1);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(&path, Duration::from_secs(5)).unwrap();
+        let query = chat_core::SearchQuery::parse("HELLO").unwrap();
+        let found =
+            super::super::search::search(&conn, &[chat_core::ChatId(7)], &query, None, 10).unwrap();
+        let seqs: Vec<i64> = found.iter().map(|m| m.seq.get()).collect();
+        assert_eq!(seqs, vec![2, 1]);
     }
 
     #[test]

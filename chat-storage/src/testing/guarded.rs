@@ -198,6 +198,16 @@ where
         self.store.activity(chats).await
     }
 
+    async fn search(
+        &self,
+        chat_ids: &[ChatId],
+        query: &chat_core::SearchQuery,
+        after: Option<chat_core::SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        self.store.search(chat_ids, query, after, limit).await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.store.flush().await
     }

@@ -10,7 +10,9 @@
 //! tokio runtime with 4 workers and calling the setup expression for a fresh store. A backend
 //! that implements edits, deletes and reactions also runs [`changes`] and [`activity`] (the chat
 //! list's read) with [`message_change_conformance!`](crate::message_change_conformance) and
-//! [`message_activity_conformance!`](crate::message_activity_conformance).
+//! [`message_activity_conformance!`](crate::message_activity_conformance), and one that
+//! implements search runs [`search`] with
+//! [`message_search_conformance!`](crate::message_search_conformance).
 //!
 //! ```no_run
 //! # #[cfg(feature = "sqlite")]
@@ -46,6 +48,7 @@ pub mod changes;
 mod guarded;
 pub mod messages;
 pub mod metadata;
+pub mod search;
 
 pub use guarded::Guarded;
 
@@ -197,6 +200,25 @@ macro_rules! message_activity_conformance {
             a_message_deleted_twice_is_one_tombstone,
             the_newest_message_is_in_its_current_state,
             a_batch_matches_reading_every_message,
+        );
+    };
+}
+
+/// The conformance tests of message search, `MessageStore::search` (every word, whole words,
+/// Unicode case folding, edits and deletes visible at once, only the chats asked, pages that
+/// tile exactly, engine syntax as plain words), for a backend that also implements
+/// `MessageStore::change`. Same setup expression as [`message_store_conformance!`].
+#[macro_export]
+macro_rules! message_search_conformance {
+    ($setup:expr $(,)?) => {
+        $crate::__conformance_tests!(message_search_conformance, search, $setup;
+            finds_every_word_case_insensitively,
+            unicode_words_match,
+            edits_and_deletes_show_at_once,
+            only_the_chats_asked,
+            pages_tile_exactly,
+            engine_syntax_is_plain_words,
+            random_texts_match_the_reference,
         );
     };
 }
