@@ -26,8 +26,8 @@ SERVICES="$ROOT/.services/cassandra"
 START_TIMEOUT="${CASSANDRA_START_TIMEOUT:-180}"
 # Every test makes a keyspace (tables and their metadata stay on the heap until the node
 # stops), and the README's test command makes a few hundred: 768 MB ran out once the change
-# feed added a table per keyspace.
-HEAP="${CASSANDRA_HEAP:-1536m}"
+# feed added a table per keyspace, and 1536 MB once search added an SAI index per keyspace.
+HEAP="${CASSANDRA_HEAP:-2560m}"
 CQL_PORT=9042
 # Balanced Murmur3 tokens for a 3-node ring (a 1-node ring uses the first).
 TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)
