@@ -4,7 +4,8 @@
 //! Two browser sessions register through the page and chat with each other and with an SDK
 //! client; one loses its network (a TCP proxy between it and the server is cut) and catches up
 //! when it comes back; history scrolls back to a chat's first message; message text that looks
-//! like HTML shows as text; the page carries its Content-Security-Policy. A screenshot of the
+//! like HTML shows as text; the page carries its Content-Security-Policy. Search finds messages
+//! newest first and opens one deep in a chat's history. A screenshot of the
 //! chat view is saved under the target directory (`tmp/browser-artifacts/chat.png`).
 //!
 //! Needs `chromedriver` and `chromium` (`scripts/browser.sh install`, run by `scripts/test.sh`);
@@ -1049,4 +1050,157 @@ async fn next_event_message(
             Err(_) => panic!("no message {text:?} in time"),
         }
     }
+}
+
+/// The texts of the search results shown, top first.
+async fn result_texts(b: &Browser) -> Vec<String> {
+    let v = js(
+        b,
+        "return [...document.querySelectorAll('#result-list .text')].map(e => e.textContent);",
+    )
+    .await;
+    serde_json::from_value(v).expect("strings")
+}
+
+/// Types `q` into the search box and submits it with Enter.
+async fn search_for(b: &Browser, q: &str) {
+    fill(b, "search-q", q).await;
+    b.find(Locator::Id("search-q"))
+        .await
+        .expect("search box")
+        .send_keys(ENTER)
+        .await
+        .expect("enter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_finds_messages_newest_first_and_opens_one_deep_in_history() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let server = TestServer::start("browser_search").await;
+    let ada = driver.browser().await;
+    register(&ada, &server.url(), "ada@search.test", "Ada").await;
+    let token = js(&ada, "return sessionStorage.getItem('chat.token');").await;
+    let sdk = chat_client::Client::with_token(&server.url(), token.as_str().expect("a token"))
+        .expect("an SDK client with the page's token");
+
+    // Two chats; the oldest hit sits under a page and a half of later messages.
+    let trip = sdk.create_chat("trip", &[]).await.expect("create").chat_id;
+    let other = sdk.create_chat("other", &[]).await.expect("create").chat_id;
+    let first = sdk
+        .send(trip, "The address is 42 Elm Street")
+        .await
+        .expect("send");
+    for i in 0..80 {
+        sdk.send(trip, &format!("filler {i}")).await.expect("send");
+    }
+    sdk.send(trip, "<b>address</b> in bold?")
+        .await
+        .expect("send");
+    let gone = sdk.send(trip, "old address, deleted").await.expect("send");
+    sdk.delete_message(trip, gone.seq).await.expect("delete");
+    let edited = sdk.send(trip, "an address typo").await.expect("send");
+    sdk.edit(trip, edited.seq, "fixed now").await.expect("edit");
+    sdk.send(other, "Address of the other place")
+        .await
+        .expect("send");
+    js(&ada, "location.reload(); return 0;").await;
+    wait_until(
+        &ada,
+        "!document.getElementById('app').hidden && document.querySelectorAll('#chat-list li').length === 2",
+        "both chats listed",
+    )
+    .await;
+
+    // Case-insensitive whole words, newest first, every chat of hers; no deleted or
+    // edited-away text; HTML shows as text.
+    search_for(&ada, "ADDRESS").await;
+    wait_until(
+        &ada,
+        "document.querySelectorAll('#result-list li').length === 3",
+        "three results",
+    )
+    .await;
+    assert_eq!(
+        result_texts(&ada).await,
+        [
+            "Address of the other place",
+            "<b>address</b> in bold?",
+            "The address is 42 Elm Street",
+        ]
+    );
+    assert_eq!(
+        js(
+            &ada,
+            "return document.querySelectorAll('#result-list b').length;"
+        )
+        .await,
+        json!(0),
+        "message text is never HTML"
+    );
+    assert!(
+        js(&ada, &format!("return {};", displayed("chat-list"))).await == json!(false),
+        "the results replace the chat list"
+    );
+
+    // Opening the oldest result pages back until it is on screen, marked.
+    js(
+        &ada,
+        "[...document.querySelectorAll('#result-list button')].at(-1).click(); return 0;",
+    )
+    .await;
+    wait_until(
+        &ada,
+        &format!(
+            "document.querySelector('#messages .msg.hit[data-seq=\"{}\"]')",
+            first.seq
+        ),
+        "the oldest hit opened in its chat",
+    )
+    .await;
+    let visible = js(
+        &ada,
+        "const r = document.querySelector('#messages .msg.hit').getBoundingClientRect(); \
+         const box = document.getElementById('messages').getBoundingClientRect(); \
+         return r.bottom > box.top && r.top < box.bottom;",
+    )
+    .await;
+    assert_eq!(visible, json!(true), "the hit is scrolled into view");
+
+    // Only in the open chat.
+    click(&ada, "#search-here").await;
+    search_for(&ada, "address").await;
+    wait_until(
+        &ada,
+        "document.getElementById('results-title').textContent.includes('in trip') \
+         && document.querySelectorAll('#result-list li').length === 2",
+        "two results in trip",
+    )
+    .await;
+
+    // Too long is said before asking the server; nothing matching says so.
+    search_for(&ada, &"x".repeat(300)).await;
+    wait_until(
+        &ada,
+        "document.getElementById('results-title').textContent.includes('1 to 256 bytes')",
+        "the length rule",
+    )
+    .await;
+    search_for(&ada, "NEAR \"street\" -elm*").await;
+    wait_until(
+        &ada,
+        "document.getElementById('results-title').textContent.startsWith('No messages')",
+        "engine syntax taken as plain words",
+    )
+    .await;
+
+    // Back to the chat list.
+    click(&ada, "#results-close").await;
+    wait_until(&ada, &displayed("chat-list"), "the chat list again").await;
+
+    let problems = driver.console_problems(&ada).await;
+    assert!(problems.is_empty(), "the console: {problems:#?}");
+    ada.close().await.expect("close");
 }

@@ -35,6 +35,8 @@ const state = {
   lastTypingSent: 0,
   loadingOlder: false,
   catchingUp: new Set(),
+  search: null, // {q, chatId, token, results, done}: the search shown instead of the chat list
+  hit: null, // {chatId, seq}: the search result opened, marked in its chat
 };
 
 // ---- REST ------------------------------------------------------------------------------
@@ -110,6 +112,8 @@ function signedOut(reason) {
   // Nothing of this account may outlive it in the tab: another person may sign in next, and
   // a pending send left here would go out under their token on their first `ready`.
   closeChat();
+  closeResults();
+  $("search-q").value = "";
   for (const k of ["msgs", "top", "last", "pending", "names", "online", "typing", "receipts"]) {
     state[k].clear();
   }
@@ -189,6 +193,7 @@ function renderChats() {
 // ---- A chat ----------------------------------------------------------------------------
 
 async function openChat(chatId) {
+  if (!state.hit || state.hit.chatId !== chatId) state.hit = null;
   state.current = chatId;
   state.replyTo = null;
   state.editing = null;
@@ -201,6 +206,7 @@ async function openChat(chatId) {
   renderComposing();
   $("text").disabled = false;
   $("send").disabled = false;
+  $("search-here-label").hidden = false;
   renderChats();
   const view = await api("GET", `/v1/chats/${chatId}`);
   // Another chat may have been opened meanwhile; then that one owns the view.
@@ -312,18 +318,26 @@ async function catchUp(chatId) {
   }
 }
 
+// One page of older history into the chat's store (nothing when the start is loaded).
+async function olderPage(chatId) {
+  const token = state.top.get(chatId);
+  if (token === null || token === undefined) return;
+  const page = await api(
+    "GET",
+    `/v1/fetch?chat_id=${chatId}&page_token=${encodeURIComponent(token)}&limit=${PAGE}`,
+  );
+  state.top.set(chatId, page.next_page_token);
+  addMessages(chatId, page.messages);
+}
+
 async function loadOlder() {
   const chatId = state.current;
   const token = state.top.get(chatId);
   if (!chatId || token === null || token === undefined || state.loadingOlder) return;
   state.loadingOlder = true;
   try {
-    const page = await api(
-      "GET",
-      `/v1/fetch?chat_id=${chatId}&page_token=${encodeURIComponent(token)}&limit=${PAGE}`,
-    );
-    state.top.set(chatId, page.next_page_token);
-    addMessages(chatId, page.messages);
+    await olderPage(chatId);
+    if (state.current !== chatId) return;
     const box = $("messages");
     const fromBottom = box.scrollHeight - box.scrollTop;
     renderMessages({});
@@ -394,6 +408,9 @@ function messageItem(m, store) {
   const mine = m.sender_id === state.me.user_id;
   if (mine) li.classList.add("mine");
   if (m.deleted) li.classList.add("deleted");
+  if (state.hit && state.hit.chatId === m.chat_id && state.hit.seq === m.seq) {
+    li.classList.add("hit");
+  }
   if (m.reply_to_seq) {
     const q = document.createElement("span");
     q.className = "quote";
@@ -795,7 +812,126 @@ function closeChat() {
   $("messages").replaceChildren();
   $("text").disabled = true;
   $("send").disabled = true;
+  $("search-here").checked = false;
+  $("search-here-label").hidden = true;
+  state.hit = null;
   renderChats();
+}
+
+// ---- Search ----------------------------------------------------------------------------
+
+const MAX_QUERY_BYTES = 256;
+const SEARCH_PAGE = 20;
+
+// A new search from the box (more = false), or the next page of the shown one.
+async function runSearch(more) {
+  let s = state.search;
+  if (!more) {
+    const q = $("search-q").value.trim();
+    const bytes = new TextEncoder().encode(q).length;
+    if (bytes === 0 || bytes > MAX_QUERY_BYTES) {
+      state.search = null;
+      renderResults(`A search is 1 to ${MAX_QUERY_BYTES} bytes long; this one is ${bytes}.`);
+      return;
+    }
+    const chatId = $("search-here").checked && state.current ? state.current : null;
+    s = { q, chatId, token: null, results: [], done: false };
+    state.search = s;
+  }
+  if (!s || s.done) return;
+  let url = `/v1/search?q=${encodeURIComponent(s.q)}&limit=${SEARCH_PAGE}`;
+  if (s.chatId) url += `&chat_id=${s.chatId}`;
+  if (s.token) url += `&page_token=${encodeURIComponent(s.token)}`;
+  let page;
+  try {
+    page = await api("GET", url);
+  } catch (e) {
+    if (state.search === s) renderResults(e.message || String(e));
+    return;
+  }
+  if (state.search !== s) return; // a newer search (or signing out) replaced this one
+  s.results.push(...page.messages);
+  s.token = page.next_page_token;
+  s.done = !s.token;
+  renderResults();
+}
+
+function chatName(chatId) {
+  const c = state.chats.find((x) => x.chat_id === chatId);
+  return c ? c.chat_name : `chat ${chatId}`;
+}
+
+// The results replace the chat list; `error` is shown instead of them.
+function renderResults(error) {
+  const s = state.search;
+  $("results").hidden = false;
+  $("chat-list").hidden = true;
+  const list = $("result-list");
+  list.replaceChildren();
+  if (error || !s) {
+    $("results-title").textContent = error || "";
+    $("results-more").hidden = true;
+    return;
+  }
+  const where = s.chatId ? ` in ${chatName(s.chatId)}` : "";
+  const n = s.results.length;
+  $("results-title").textContent =
+    n === 0
+      ? `No messages with “${s.q}”${where}`
+      : `${n}${s.done ? "" : "+"} message${n === 1 ? "" : "s"} with “${s.q}”${where}`;
+  for (const m of s.results) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.chatId = m.chat_id;
+    b.dataset.seq = m.seq;
+    const at = document.createElement("span");
+    at.className = "where";
+    at.textContent = `${chatName(m.chat_id)} · ${nameOf(m.sender_id)} · ${new Date(
+      m.sent_at,
+    ).toLocaleString()}`;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = m.msg_text;
+    b.append(at, text);
+    b.addEventListener("click", () => openResult(m).catch(showError));
+    li.append(b);
+    list.append(li);
+    if (!state.names.has(m.sender_id)) lookUpName(m.sender_id);
+  }
+  $("results-more").hidden = s.done;
+}
+
+function closeResults() {
+  state.search = null;
+  $("results").hidden = true;
+  $("result-list").replaceChildren();
+  $("chat-list").hidden = false;
+}
+
+// Opens a result's chat and pages back through its history until the message is on screen.
+async function openResult(m) {
+  state.hit = { chatId: m.chat_id, seq: m.seq };
+  await openChat(m.chat_id);
+  if (state.current !== m.chat_id) return;
+  state.loadingOlder = true; // the scroll handler must not page at the same time
+  try {
+    for (let i = 0; i < 1000 && state.current === m.chat_id; i += 1) {
+      const store = state.msgs.get(m.chat_id);
+      if (!store || store.has(m.seq) || !state.top.get(m.chat_id)) break;
+      await olderPage(m.chat_id);
+    }
+  } finally {
+    state.loadingOlder = false;
+  }
+  if (state.current !== m.chat_id) return;
+  renderMessages({});
+  const li = [...$("messages").children].find((x) => x.dataset.seq === String(m.seq));
+  if (li) {
+    li.tabIndex = -1;
+    li.scrollIntoView({ block: "center" });
+    li.focus({ preventScroll: true });
+  }
 }
 
 function showError(e) {
@@ -852,6 +988,21 @@ function wire() {
     } catch (err) {
       showError(err);
     }
+  });
+  $("search").addEventListener("submit", (e) => {
+    e.preventDefault();
+    runSearch(false).catch(showError);
+  });
+  $("search-q").addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      $("search-q").value = "";
+      closeResults();
+    }
+  });
+  $("results-more").addEventListener("click", () => runSearch(true).catch(showError));
+  $("results-close").addEventListener("click", () => {
+    closeResults();
+    $("search-q").focus();
   });
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
