@@ -1074,7 +1074,7 @@ async fn search_for(b: &Browser, q: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn search_finds_messages_newest_first_and_opens_one_deep_in_history() {
+async fn search_finds_messages_newest_first_and_a_chat_is_renamed_and_left() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some(driver) = Driver::start().await else {
         return;
@@ -1199,6 +1199,31 @@ async fn search_finds_messages_newest_first_and_opens_one_deep_in_history() {
     // Back to the chat list.
     click(&ada, "#results-close").await;
     wait_until(&ada, &displayed("chat-list"), "the chat list again").await;
+
+    // The owner renames a chat (everyone hears it) and then leaves it.
+    open_chat(&ada, "other").await;
+    fill(&ada, "rename-name", "elsewhere").await;
+    click(&ada, "#rename button").await;
+    wait_until(
+        &ada,
+        "document.getElementById('chat-title').textContent === 'elsewhere' \
+         && [...document.querySelectorAll('#chat-list .name')].some(e => e.textContent.includes('elsewhere'))",
+        "the new name in the title and the list",
+    )
+    .await;
+    assert_eq!(
+        sdk.chat(other).await.expect("the chat").chat_name,
+        "elsewhere"
+    );
+    click(&ada, "#leave").await;
+    ada.accept_alert().await.expect("confirm leaving");
+    wait_until(
+        &ada,
+        "document.querySelectorAll('#chat-list li').length === 1 \
+         && document.getElementById('chat-title').textContent === 'Pick a chat'",
+        "the chat gone from the list",
+    )
+    .await;
 
     let problems = driver.console_problems(&ada).await;
     assert!(problems.is_empty(), "the console: {problems:#?}");

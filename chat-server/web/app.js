@@ -214,7 +214,7 @@ async function openChat(chatId) {
   state.view = view;
   for (const m of view.members || []) state.names.set(m.user_id, m.display_name);
   $("chat-title").textContent = view.chat_name;
-  $("add-member").hidden = view.kind === "direct" || !isManager(view);
+  renderChatTools(view);
   if (!state.msgs.has(chatId)) {
     const page = await api("GET", `/v1/fetch?chat_id=${chatId}&limit=${PAGE}`);
     if (state.msgs.has(chatId)) return; // opened twice at once: the other call loaded it
@@ -234,6 +234,18 @@ async function openChat(chatId) {
   renderMessages({ toBottom: true });
   markRead();
   $("text").focus();
+}
+
+// Renaming (owner or admin, group chats), leaving (group chats) and adding members.
+function renderChatTools(view) {
+  const group = view && view.kind !== "direct";
+  const manager = group && isManager(view);
+  $("add-member").hidden = !manager;
+  $("rename").hidden = !manager;
+  if (manager && document.activeElement !== $("rename-name")) {
+    $("rename-name").value = view.chat_name;
+  }
+  $("leave").hidden = !group;
 }
 
 function isManager(view) {
@@ -753,6 +765,7 @@ async function onFrame(f) {
         state.view = await api("GET", `/v1/chats/${f.chat.chat_id}`);
         for (const m of state.view.members || []) state.names.set(m.user_id, m.display_name);
         $("chat-title").textContent = state.view.chat_name;
+        renderChatTools(state.view);
         // New members: presence events only tell of changes, so ask where they stand now.
         await loadPresence(state.view);
         renderMembers();
@@ -808,6 +821,7 @@ function closeChat() {
   renderComposing();
   $("app").classList.remove("in-chat");
   $("chat-title").textContent = "Pick a chat";
+  renderChatTools(null);
   $("chat-members").replaceChildren();
   $("messages").replaceChildren();
   $("text").disabled = true;
@@ -1003,6 +1017,30 @@ function wire() {
   $("results-close").addEventListener("click", () => {
     closeResults();
     $("search-q").focus();
+  });
+  $("rename").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("PATCH", `/v1/chats/${state.current}`, {
+        chat_name: $("rename-name").value.trim(),
+      });
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("leave").addEventListener("click", async () => {
+    const chatId = state.current;
+    if (!chatId || !window.confirm(`Leave ${chatName(chatId)}? Its messages go from this list.`)) {
+      return;
+    }
+    try {
+      await api("DELETE", `/v1/chats/${chatId}/members/${state.me.user_id}`);
+      if (state.current === chatId) closeChat();
+      state.msgs.delete(chatId);
+      await loadChats();
+    } catch (err) {
+      showError(err);
+    }
   });
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
