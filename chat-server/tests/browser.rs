@@ -402,6 +402,32 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         "the SDK's message at Ada's",
     )
     .await;
+    // Ada, the owner, makes Carol an admin from the member list (and the SDK sees it).
+    wait_until(
+        &ada,
+        "document.querySelector('#chat-members button[aria-label=\"make admin: carol\"]')",
+        "Carol's make-admin button",
+    )
+    .await;
+    click(
+        &ada,
+        "#chat-members button[aria-label=\"make admin: carol\"]",
+    )
+    .await;
+    wait_until(
+        &ada,
+        "document.getElementById('chat-members').textContent.includes('carol (admin)')",
+        "Carol shown as an admin",
+    )
+    .await;
+    let carol_id = common::uid(&carol);
+    let view = carol.chat(trio).await.expect("the chat");
+    let role = view
+        .members
+        .iter()
+        .find(|m| m.user_id == carol_id)
+        .map(|m| m.role.clone());
+    assert_eq!(role, Some(chat_client::Role::Admin));
     open_chat(&bob, "trio").await;
     wait_until(
         &bob,

@@ -271,13 +271,31 @@ function renderMembers() {
   const span = $("chat-members");
   span.replaceChildren();
   if (!state.view) return;
+  const mine = (state.view.members || []).find((m) => m.user_id === state.me.user_id);
+  const owner = state.view.kind !== "direct" && mine && mine.role === "owner";
   for (const m of state.view.members || []) {
     const who = document.createElement("span");
     const dot = document.createElement("span");
     const on = m.user_id === state.me.user_id || state.online.get(m.user_id);
     dot.className = on ? "dot on" : "dot";
     dot.setAttribute("aria-label", on ? "online" : "offline");
-    who.append(dot, document.createTextNode(`${m.display_name} `));
+    const role = m.role === "member" ? "" : ` (${m.role})`;
+    who.append(dot, document.createTextNode(`${m.display_name}${role} `));
+    // The owner of a group makes members admins and takes it back.
+    if (owner && m.role !== "owner") {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "role";
+      const to = m.role === "admin" ? "member" : "admin";
+      b.textContent = to === "admin" ? "make admin" : "remove admin";
+      b.setAttribute("aria-label", `${b.textContent}: ${m.display_name}`);
+      b.addEventListener("click", () =>
+        api("PUT", `/v1/chats/${state.current}/members/${m.user_id}/role`, { role: to }).catch(
+          showError,
+        ),
+      );
+      who.append(b, document.createTextNode(" "));
+    }
     span.append(who);
   }
 }
