@@ -426,7 +426,7 @@ async fn two_browsers_and_an_sdk_client_chat_and_a_browser_catches_up_after_goin
         .members
         .iter()
         .find(|m| m.user_id == carol_id)
-        .map(|m| m.role.clone());
+        .map(|m| m.role);
     assert_eq!(role, Some(chat_client::Role::Admin));
     open_chat(&bob, "trio").await;
     wait_until(
@@ -624,7 +624,7 @@ fn msg(seq: u64) -> String {
 fn online(name: &str) -> String {
     format!(
         "[...document.querySelectorAll('#chat-members > span')]\
-         .find(s => s.textContent.trim() === {})?.querySelector('.dot')?.classList.contains('on')",
+         .find(s => s.querySelector('.member-name')?.textContent === {})?.querySelector('.dot')?.classList.contains('on')",
         json!(name)
     )
 }

@@ -279,8 +279,12 @@ function renderMembers() {
     const on = m.user_id === state.me.user_id || state.online.get(m.user_id);
     dot.className = on ? "dot on" : "dot";
     dot.setAttribute("aria-label", on ? "online" : "offline");
-    const role = m.role === "member" ? "" : ` (${m.role})`;
-    who.append(dot, document.createTextNode(`${m.display_name}${role} `));
+    const name = document.createElement("span");
+    name.className = "member-name";
+    name.textContent = m.display_name;
+    who.append(dot, name);
+    if (m.role !== "member") who.append(document.createTextNode(` (${m.role})`));
+    who.append(document.createTextNode(" "));
     // The owner of a group makes members admins and takes it back.
     if (owner && m.role !== "owner") {
       const b = document.createElement("button");
