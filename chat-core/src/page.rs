@@ -51,11 +51,7 @@ impl PageToken {
     /// Parses a token and checks that it belongs to `chat_id`.
     pub fn decode(token: &str, chat_id: ChatId) -> Result<PageToken> {
         let bad = || Error::InvalidArgument("page_token is not valid for this chat".into());
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(bad());
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-        let raw = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+        let raw = opaque_text(token, MAX_TOKEN_LEN).ok_or_else(bad)?;
         let mut parts = raw.split(':');
         let (Some("v1"), Some(chat), Some(dir), Some(seq), None) = (
             parts.next(),
@@ -88,6 +84,16 @@ impl PageToken {
         }
         Ok(parsed)
     }
+}
+
+/// The text inside an opaque page token (URL-safe base64 without padding), or `None` when it is
+/// empty, longer than `max_len` or not base64 of UTF-8. Shared by every kind of page token.
+pub(crate) fn opaque_text(token: &str, max_len: usize) -> Option<String> {
+    if token.is_empty() || token.len() > max_len {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]

@@ -225,11 +225,7 @@ pub fn decode_token(
     chat: Option<ChatId>,
 ) -> Result<SearchCursor> {
     let bad = || Error::InvalidArgument("page_token is not valid for this search".into());
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(bad());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let raw = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+    let raw = crate::page::opaque_text(token, MAX_TOKEN_LEN).ok_or_else(bad)?;
     let mut parts = raw.split(':');
     let (Some("s1"), Some(fp), Some(sent_at), Some(chat_id), Some(seq), None) = (
         parts.next(),

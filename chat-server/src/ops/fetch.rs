@@ -31,16 +31,7 @@ impl FetchInput {
             parse_int(q.get("chat_id"), "chat_id")?
                 .ok_or_else(|| Error::BadRequest("missing query parameter chat_id".into()))?,
         );
-        let limit = match q.get("limit") {
-            None => None,
-            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "limit must be an integer from 1 to {}",
-                    limits.max_page
-                ))
-            })?),
-        };
-        let limit = limits.page_limit(limit)?;
+        let limit = parse_limit(q.get("limit"), limits)?;
         let position = position(chat_id, q.get("page_token"), q.get("after_seq"))?;
         Ok(FetchInput {
             chat_id,
@@ -150,6 +141,21 @@ fn backward_token(chat_id: ChatId, msgs: &[Message]) -> Option<String> {
         }
         .encode()
     })
+}
+
+/// `limit` of a paged read: absent is the default page, otherwise an integer within the
+/// server's page bounds (`invalid_argument` outside them or when not an integer).
+pub(crate) fn parse_limit(raw: Option<&String>, limits: &Limits) -> Result<u32> {
+    let limit = match raw {
+        None => None,
+        Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "limit must be an integer from 1 to {}",
+                limits.max_page
+            ))
+        })?),
+    };
+    limits.page_limit(limit)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::state::AppState;
 use chat_core::protocol::SearchResponse;
 use chat_core::search::{decode_token, encode_token};
-use chat_core::{ChatId, Error, Limits, Result, SearchCursor, SearchQuery, UserId};
+use chat_core::{ChatId, Limits, Result, SearchCursor, SearchQuery, UserId};
 use std::collections::HashMap;
 
 /// A parsed `GET /v1/search`: the query, the optional chat, where to start, how many.
@@ -26,16 +26,7 @@ impl SearchInput {
     pub(crate) fn parse(q: &HashMap<String, String>, limits: &Limits) -> Result<SearchInput> {
         let query = SearchQuery::parse(q.get("q").map_or("", String::as_str))?;
         let chat_id = super::fetch::parse_int(q.get("chat_id"), "chat_id")?.map(ChatId);
-        let limit = match q.get("limit") {
-            None => None,
-            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "limit must be an integer from 1 to {}",
-                    limits.max_page
-                ))
-            })?),
-        };
-        let limit = limits.page_limit(limit)?;
+        let limit = super::fetch::parse_limit(q.get("limit"), limits)?;
         let after = q
             .get("page_token")
             .map(|t| decode_token(t, &query, chat_id))
