@@ -15,6 +15,10 @@
 //!
 //! The append cost of the index is the difference to the same appends on the commit before
 //! search (`scripts/bench.sh writes-store` on both commits, e.g. with `BENCH_LOADGEN`).
+//!
+//! `SEARCH_TIMING_DB=PATH` keeps the database at `PATH` instead of a temporary directory; when
+//! `PATH` already exists its messages are searched as they are (no appends), so the searches of
+//! a 10-million-message run can be repeated, on a quiet machine, without seeding again.
 
 #[cfg(all(feature = "sqlite", feature = "testing"))]
 mod timing {
@@ -73,7 +77,15 @@ mod timing {
     pub async fn run() {
         let p = params();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path().join("search.db")).expect("open sqlite");
+        let (path, reuse) = match std::env::var_os("SEARCH_TIMING_DB") {
+            Some(p) => {
+                let p = std::path::PathBuf::from(p);
+                let exists = p.exists();
+                (p, exists)
+            }
+            None => (dir.path().join("search.db"), false),
+        };
+        let store = SqliteStore::open(&path).expect("open sqlite");
         let weights: Vec<f64> = (0..VOCABULARY).map(|i| 1.0 / (i as f64 + 1.0)).collect();
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
@@ -85,14 +97,24 @@ mod timing {
             })
             .collect();
 
-        // Appends: 64 tasks, each its share of every chat's messages.
+        if reuse {
+            println!("appends: none, searching {} as it is", path.display());
+        } else {
+            append_all(&store, &p, &cdf).await;
+        }
+        search_all(&store, &p).await;
+        store.close().await.expect("close");
+    }
+
+    /// Appends `chats * messages` messages: 64 tasks, each its share of every chat's messages.
+    async fn append_all(store: &SqliteStore, p: &Params, cdf: &[f64]) {
         let n = p.chats * p.messages;
         let tasks = 64;
         let started = Instant::now();
         let mut handles = Vec::new();
         for t in 0..tasks {
             let store = store.clone();
-            let cdf = cdf.clone();
+            let cdf = cdf.to_vec();
             let chats = p.chats;
             handles.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(t as u64);
@@ -130,8 +152,10 @@ mod timing {
             n as f64 / secs,
             summary(lat)
         );
+    }
 
-        // Searches by a user in `user_chats` chats.
+    /// The searches by a user in `user_chats` of the chats, by kind of query.
+    async fn search_all(store: &SqliteStore, p: &Params) {
         let mut rng = StdRng::seed_from_u64(99);
         let mut mine: Vec<ChatId> = (1..=p.chats as i64).map(ChatId).collect();
         for i in (1..mine.len()).rev() {
@@ -179,7 +203,6 @@ mod timing {
                 hits as f64 / p.searches as f64
             );
         }
-        store.close().await.expect("close");
     }
 }
 

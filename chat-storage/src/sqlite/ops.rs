@@ -117,7 +117,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage) -> Result<Appended> {
         ),
         _ => db_error("insert a message", e),
     })?;
-    super::search::index(conn, m.chat_id, Seq(seq), &m.msg_text)?;
+    super::search::index(conn, m.chat_id, Seq(seq), m.sent_at, &m.msg_text)?;
     Ok(Appended {
         message: m.stored(Seq(seq), Rev(rev)),
         created: true,
@@ -175,7 +175,7 @@ pub(crate) fn change(
     if next.msg_text != current.msg_text || next.deleted != current.deleted {
         super::search::unindex(conn, chat_id, seq)?;
         if !next.deleted {
-            super::search::index(conn, chat_id, seq, &next.msg_text)?;
+            super::search::index(conn, chat_id, seq, next.sent_at, &next.msg_text)?;
         }
     }
     next.rev = Rev(rev);

@@ -116,9 +116,24 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 5: message search (issue 17). A rowid per indexed message and a contentless FTS5 index
-    // of its terms (see `search.rs` for why hex tokens). The messages stored before this are
-    // indexed by `search::backfill` in the same transaction (`migrate`).
+    // of its terms (see `search.rs` for why hex tokens). Rebuilt by 6.
     r#"
+    CREATE TABLE search_docs (
+        doc_id  INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        UNIQUE (chat_id, seq)
+    );
+    CREATE VIRTUAL TABLE search_fts USING fts5(
+        terms, content = '', contentless_delete = 1, detail = 'none', tokenize = 'ascii'
+    );
+    "#,
+    // 6: search documents numbered in result order (rowid = sent_at ms << 21 | counter), so a
+    // search reads one page of matches instead of all of them (`search.rs`). The index is
+    // rebuilt: `search::backfill` runs after this migration, in the same transaction.
+    r#"
+    DROP TABLE search_fts;
+    DROP TABLE search_docs;
     CREATE TABLE search_docs (
         doc_id  INTEGER PRIMARY KEY,
         chat_id INTEGER NOT NULL,
@@ -131,9 +146,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The migration after which the existing messages are indexed for search (the backfill needs
-/// the tokenizer of `chat-core`, so it is Rust, not SQL).
-const SEARCH_MIGRATION: usize = 5;
+/// The migration after which the existing messages are (re)indexed for search (the backfill
+/// needs the tokenizer of `chat-core`, so it is Rust, not SQL).
+const SEARCH_MIGRATION: usize = 6;
 
 /// The schema version this build writes.
 pub(crate) fn current_version() -> i64 {

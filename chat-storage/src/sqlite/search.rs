@@ -3,7 +3,11 @@
 //!
 //! # Design
 //! - `search_docs (doc_id INTEGER PRIMARY KEY, chat_id, seq)` gives each indexed message a
-//!   rowid (`messages` is `WITHOUT ROWID`, and FTS5 documents are keyed by rowid).
+//!   rowid (`messages` is `WITHOUT ROWID`, and FTS5 documents are keyed by rowid). The rowid
+//!   **is the result order**: `sent_at` (clamped to `0..2^42` ms, year 2109) in the high bits and
+//!   a counter among the documents of that millisecond in the low [`COUNTER_BITS`]
+//!   (see [`doc_id_range`]). So FTS5 can hand out a query's matches newest first
+//!   (`ORDER BY rowid DESC`, which it walks lazily) and a search stops after one page.
 //! - `search_fts` is a contentless FTS5 table (`content=''`, `contentless_delete=1`,
 //!   `detail='none'`: no copy of the text, no positions, only which documents hold a token),
 //!   with the `ascii` tokenizer. Its one column holds the message's terms as computed by
@@ -12,19 +16,24 @@
 //!   anything: a hex token is one ASCII word to it, and a query's words reach FTS5 only as hex
 //!   in double quotes, so no character of a query is ever FTS5 syntax (`"`, `*`, `NEAR`, `-`
 //!   are plain words, encoded like any other). Results are exactly those of the other backends.
-//! - A query is one `MATCH` of `("x<chat>" OR ...) AND "<hex term>" AND ...`: FTS5 intersects
-//!   the chat tokens' doclists with the terms', so only the asked chats' matches are read; the
-//!   rows are then joined to `messages` (current state: a message never found by old text)
-//!   and sorted into the result order with `LIMIT`.
+//! - A query is one `MATCH` of `("x<chat>" OR ...) AND "<hex term>" AND ...` with
+//!   `ORDER BY rowid DESC`: FTS5 intersects the chat tokens' doclists with the terms' from the
+//!   newest end, so only the asked chats' newest matches are read. Each match is joined to
+//!   `messages` (current state: a message is never found by old text) and the walk stops once
+//!   it holds `limit` results and the next match is from an older millisecond than all of them
+//!   (matches of one millisecond are all read, then sorted exactly by `(sent_at, chat_id,
+//!   seq)`). The cost is one page, not every match: a common word in 10 million messages costs
+//!   what it costs in a thousand.
 //! - An append indexes the message; an edit or a delete takes its document out (and an edit
-//!   puts the new terms in), all in the writer's transaction of that change: a search sees a
-//!   change exactly when a fetch does.
-//! - Migration 5 creates the tables; [`backfill`] indexes the messages stored before it, in
-//!   the migration's transaction.
+//!   puts the new terms in, under a new rowid of the same millisecond), all in the writer's
+//!   transaction of that change: a search sees a change exactly when a fetch does.
+//! - Migration 5 created the tables with plain rowids; migration 6 recreates them and
+//!   [`backfill`] indexes every stored message with ordered rowids, in the migration's
+//!   transaction.
 
 use super::error::db;
 use chat_core::search::terms;
-use chat_core::{ChatId, Result, SearchCursor, SearchQuery, Seq};
+use chat_core::{ChatId, Error, Result, SearchCursor, SearchQuery, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -41,9 +50,33 @@ fn chat_token(chat_id: ChatId) -> String {
     format!("x{}", chat_id.get())
 }
 
-/// Indexes message `seq` of `chat_id` with the terms of `text`. Runs on the writer, inside the
-/// transaction that stores the text.
-pub(crate) fn index(conn: &Connection, chat_id: ChatId, seq: Seq, text: &str) -> Result<()> {
+/// Bits of a document's rowid that count the documents of one millisecond.
+const COUNTER_BITS: u32 = 21;
+
+/// The largest `sent_at` prefix a rowid holds (`2^42 - 1` ms, in the year 2109); later and
+/// negative times are clamped, which keeps the order (their ties are sorted exactly).
+const MAX_PREFIX: i64 = (1 << 42) - 1;
+
+/// The rowid prefix of a message sent at `sent_at` (ms).
+fn prefix(sent_at: i64) -> i64 {
+    sent_at.clamp(0, MAX_PREFIX)
+}
+
+/// The rowids of the documents of messages sent at `sent_at`: inclusive bounds.
+fn doc_id_range(sent_at: i64) -> (i64, i64) {
+    let lo = prefix(sent_at) << COUNTER_BITS;
+    (lo, lo | ((1 << COUNTER_BITS) - 1))
+}
+
+/// Indexes message `seq` of `chat_id`, sent at `sent_at`, with the terms of `text`. Runs on the
+/// writer, inside the transaction that stores the text.
+pub(crate) fn index(
+    conn: &Connection,
+    chat_id: ChatId,
+    seq: Seq,
+    sent_at: i64,
+    text: &str,
+) -> Result<()> {
     let terms = terms(text);
     if terms.is_empty() {
         return Ok(());
@@ -53,9 +86,23 @@ pub(crate) fn index(conn: &Connection, chat_id: ChatId, seq: Seq, text: &str) ->
         doc.push(' ');
         hex(t, &mut doc);
     }
-    let doc_id: i64 = conn
-        .prepare_cached("INSERT INTO search_docs (chat_id, seq) VALUES (?1, ?2) RETURNING doc_id")
-        .and_then(|mut st| st.query_row(params![chat_id.get(), seq.get()], |r| r.get(0)))
+    let (lo, hi) = doc_id_range(sent_at);
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT max(doc_id) FROM search_docs WHERE doc_id BETWEEN ?1 AND ?2")
+        .and_then(|mut st| st.query_row(params![lo, hi], |r| r.get(0)))
+        .map_err(db("number a search document"))?;
+    let doc_id = match last {
+        None => lo,
+        Some(last) if last < hi => last + 1,
+        Some(_) => {
+            return Err(Error::internal(
+                format!("sqlite: more than 2^{COUNTER_BITS} messages indexed at {sent_at} ms"),
+                std::io::Error::other("search rowids of one millisecond exhausted"),
+            ))
+        }
+    };
+    conn.prepare_cached("INSERT INTO search_docs (doc_id, chat_id, seq) VALUES (?1, ?2, ?3)")
+        .and_then(|mut st| st.execute(params![doc_id, chat_id.get(), seq.get()]))
         .map_err(db("add a search document"))?;
     conn.prepare_cached("INSERT INTO search_fts (rowid, terms) VALUES (?1, ?2)")
         .and_then(|mut st| st.execute(params![doc_id, doc]))
@@ -80,18 +127,19 @@ pub(crate) fn unindex(conn: &Connection, chat_id: ChatId, seq: Seq) -> Result<()
     Ok(())
 }
 
-/// Indexes every message that is not deleted: the backfill of migration 5, in its transaction.
+/// Indexes every message that is not deleted: the backfill of migration 6, in its transaction.
 pub(crate) fn backfill(conn: &Connection) -> Result<u64> {
     let mut st = conn
-        .prepare("SELECT chat_id, seq, msg_text FROM messages WHERE deleted = 0")
+        .prepare("SELECT chat_id, seq, sent_at, msg_text FROM messages WHERE deleted = 0")
         .map_err(db("read messages to index"))?;
     let mut rows = st.query([]).map_err(db("read messages to index"))?;
     let mut n = 0u64;
     while let Some(r) = rows.next().map_err(db("read messages to index"))? {
         let chat: i64 = r.get(0).map_err(db("read messages to index"))?;
         let seq: i64 = r.get(1).map_err(db("read messages to index"))?;
-        let text: String = r.get(2).map_err(db("read messages to index"))?;
-        index(conn, ChatId(chat), Seq(seq), &text)?;
+        let sent_at: i64 = r.get(2).map_err(db("read messages to index"))?;
+        let text: String = r.get(3).map_err(db("read messages to index"))?;
+        index(conn, ChatId(chat), Seq(seq), sent_at, &text)?;
         n += 1;
     }
     Ok(n)
@@ -144,7 +192,8 @@ pub(crate) fn search(
     Ok(found)
 }
 
-/// [`search`] in at most [`CHAT_CHUNK`] chats.
+/// [`search`] in at most [`CHAT_CHUNK`] chats: walks the matches newest first (by rowid) and
+/// stops after the page (see the module's design).
 fn search_chunk(
     conn: &Connection,
     chats: &[ChatId],
@@ -153,36 +202,51 @@ fn search_chunk(
     limit: u32,
 ) -> Result<Vec<chat_core::Message>> {
     let expr = match_expression(chats, query);
-    let (sent_at, chat, seq) = after.map_or((None, None, None), |a| {
-        (Some(a.sent_at), Some(a.chat_id.get()), Some(a.seq.get()))
-    });
-    let mut st = conn
+    // Only documents of the cursor's millisecond or older can come after it.
+    let below = after.map_or(i64::MAX, |a| doc_id_range(a.sent_at).1.saturating_add(1));
+    let mut matches = conn
+        .prepare_cached(
+            "SELECT rowid FROM search_fts WHERE search_fts MATCH ?1 AND rowid < ?2 \
+             ORDER BY rowid DESC",
+        )
+        .map_err(db("prepare a search"))?;
+    let mut message = conn
         .prepare_cached(
             "SELECT m.chat_id, m.seq, m.sender_id, m.msg_text, m.sent_at, m.timestamp, \
                     m.client_msg_id, m.reply_to_seq, m.edited_at, m.deleted, m.reactions, m.rev \
-             FROM search_fts \
-             JOIN search_docs AS d ON d.doc_id = search_fts.rowid \
-             JOIN messages AS m ON m.chat_id = d.chat_id AND m.seq = d.seq \
-             WHERE search_fts MATCH ?1 AND m.deleted = 0 \
-               AND (?2 IS NULL OR (m.sent_at, m.chat_id, m.seq) < (?2, ?3, ?4)) \
-             ORDER BY m.sent_at DESC, m.chat_id DESC, m.seq DESC LIMIT ?5",
+             FROM search_docs AS d JOIN messages AS m ON m.chat_id = d.chat_id AND m.seq = d.seq \
+             WHERE d.doc_id = ?1 AND m.deleted = 0",
         )
         .map_err(db("prepare a search"))?;
-    let rows = st
-        .query_map(
-            params![expr, sent_at, chat, seq, i64::from(limit)],
-            super::ops::message_from_row,
-        )
-        .map_err(db("search"))?;
-    let found = rows
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(db("read a search result"))?;
-    // The MATCH already names only these chats; this keeps it so if that ever changed.
     let asked: HashSet<ChatId> = chats.iter().copied().collect();
-    Ok(found
-        .into_iter()
-        .filter(|m| asked.contains(&m.chat_id))
-        .collect())
+    let mut rows = matches.query(params![expr, below]).map_err(db("search"))?;
+    let mut found = Vec::new();
+    // Once `limit` results are held: the millisecond of the last one. Matches of that
+    // millisecond may still sort before it; older ones never do.
+    let mut last_prefix = None;
+    while let Some(row) = rows.next().map_err(db("search"))? {
+        let doc_id: i64 = row.get(0).map_err(db("read a search match"))?;
+        if last_prefix.is_some_and(|p| doc_id >> COUNTER_BITS < p) {
+            break;
+        }
+        let Some(m) = message
+            .query_row([doc_id], super::ops::message_from_row)
+            .optional()
+            .map_err(db("read a search result"))?
+        else {
+            continue;
+        };
+        // The MATCH already names only these chats; this keeps it so if that ever changed.
+        if !asked.contains(&m.chat_id) || after.is_some_and(|a| !SearchCursor::of(&m).is_after(&a))
+        {
+            continue;
+        }
+        found.push(m);
+        if last_prefix.is_none() && found.len() >= limit as usize {
+            last_prefix = Some(doc_id >> COUNTER_BITS);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -212,7 +276,7 @@ mod tests {
                 params![chat, seq, at],
             )
             .unwrap();
-            index(&conn, ChatId(chat), Seq(seq), "needle").unwrap();
+            index(&conn, ChatId(chat), Seq(seq), at, "needle").unwrap();
         }
         let chats: Vec<ChatId> = (1..=1_500).map(ChatId).collect();
         let q = SearchQuery::parse("NEEDLE").unwrap();
@@ -223,5 +287,41 @@ mod tests {
         let rest = search(&conn, &chats, &q, after, 1).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].chat_id, ChatId(1_200));
+    }
+
+    #[test]
+    fn times_outside_the_rowid_range_keep_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(5))
+                .unwrap();
+        let times = [-5_i64, 1 << 50, 0, -1, 7, (1 << 50) + 1, -5, MAX_PREFIX];
+        for (i, at) in times.iter().enumerate() {
+            let seq = i as i64 + 1;
+            conn.execute(
+                "INSERT INTO messages (chat_id, seq, sender_id, msg_text, sent_at, rev) \
+                 VALUES (1, ?1, 1, 'needle', ?2, ?1)",
+                params![seq, at],
+            )
+            .unwrap();
+            index(&conn, ChatId(1), Seq(seq), *at, "needle").unwrap();
+        }
+        let q = SearchQuery::parse("needle").unwrap();
+        let want: Vec<(i64, i64)> = vec![(1 << 50) + 1, 1 << 50, MAX_PREFIX, 7, 0, -1, -5, -5]
+            .into_iter()
+            .zip([6, 2, 8, 5, 3, 4, 7, 1])
+            .collect();
+        let mut paged = Vec::new();
+        loop {
+            let after = paged.last().map(|&(at, seq)| SearchCursor {
+                sent_at: at,
+                chat_id: ChatId(1),
+                seq: Seq(seq),
+            });
+            let page = search(&conn, &[ChatId(1)], &q, after, 1).unwrap();
+            let Some(m) = page.first() else { break };
+            paged.push((m.sent_at, m.seq.get()));
+        }
+        assert_eq!(paged, want);
     }
 }
