@@ -496,7 +496,7 @@ fn acked_appends_survive_kill_9() {
     });
 }
 
-/// The role cache (`roles.rs`) never answers from before a membership change: with readers
+/// The role cache (`exact_cache.rs`) never answers from before a membership change: with readers
 /// hammering `role` all the time, each `remove_member` / `add_member` is seen by the very next
 /// call, and a chat id asked about before the chat existed is not stuck as "not a member".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -567,6 +567,60 @@ async fn role_answers_follow_every_membership_change_under_concurrent_reads() {
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.await.expect("reader");
+    }
+}
+
+/// The session cache (`exact_cache.rs`) never answers from before a logout: with readers
+/// asking for the session all the time, each logout is seen by the very next call, and a
+/// token asked about before its session existed is found once it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_answers_follow_every_logout_under_concurrent_reads() {
+    use chat_core::{NewSession, TokenHash};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let store = fresh().await;
+    let user = new_user(store.store(), "user").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    for round in 0..100u8 {
+        let hash = TokenHash([round; 32]);
+        // Unknown before it is created: a miss that must not stick.
+        assert_eq!(store.session(&hash).await.expect("session"), None);
+        store
+            .create_session(NewSession {
+                token_hash: hash,
+                user_id: user,
+                created_at: now_millis(),
+                expires_at: now_millis() + 60_000,
+            })
+            .await
+            .expect("create_session");
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let store: SqliteStore = store.store().clone();
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        store.session(&hash).await.expect("session");
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let found = store.session(&hash).await.expect("session");
+        assert_eq!(found.map(|s| s.user_id), Some(user), "round {round}");
+        assert!(store.delete_session(&hash).await.expect("logout"));
+        assert_eq!(
+            store.session(&hash).await.expect("session"),
+            None,
+            "round {round}: logged out but still a session"
+        );
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.await.expect("reader");
+        }
+        stop.store(false, Ordering::Relaxed);
+        assert_eq!(store.session(&hash).await.expect("session"), None);
     }
 }
 

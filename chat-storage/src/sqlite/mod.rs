@@ -36,9 +36,9 @@
 
 mod checkpoint;
 mod error;
+mod exact_cache;
 mod ops;
 mod reader;
-mod roles;
 mod schema;
 mod search;
 mod social;
@@ -53,8 +53,8 @@ use chat_core::{
     MetadataStore, Millis, NewChat, NewMessage, NewSession, NewUser, ReadMarker, Result, Rev, Role,
     SearchCursor, SearchQuery, Seq, Session, TokenHash, User, UserChat, UserCredentials, UserId,
 };
+use exact_cache::{Lookup, RoleCache, SessionCache};
 use reader::ReaderPool;
-use roles::{Lookup, RoleCache};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,9 +74,13 @@ pub struct SqliteOptions {
     /// same file, or a checkpoint) before failing with `Unavailable`.
     pub busy_timeout: Duration,
     /// Entries of the in-process `role(chat, user)` cache (exact: invalidated by this store's
-    /// own membership writes; see `roles.rs`). 0 turns it off, which is needed only if another
-    /// program changes memberships in the same file while the store is open.
+    /// own membership writes; see `exact_cache.rs`). 0 turns it off, which is needed only if
+    /// another program changes memberships in the same file while the store is open.
     pub role_cache: usize,
+    /// Entries of the in-process `session(token_hash)` cache (exact: a logout invalidates its
+    /// entry before it returns; see `exact_cache.rs`). 0 turns it off, which is needed only if
+    /// another program deletes sessions in the same file while the store is open.
+    pub session_cache: usize,
 }
 
 impl Default for SqliteOptions {
@@ -87,6 +91,7 @@ impl Default for SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             role_cache: 1 << 18,
+            session_cache: 1 << 16,
         }
     }
 }
@@ -107,8 +112,10 @@ struct Inner {
     writer: Writer,
     /// The read connections.
     readers: ReaderPool,
-    /// Known roles (see `roles.rs`).
+    /// Known roles (see `exact_cache.rs`).
     roles: Arc<RoleCache>,
+    /// Known live sessions (see `exact_cache.rs`).
+    sessions: Arc<SessionCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -163,6 +170,7 @@ impl SqliteStore {
                 writer,
                 readers: ReaderPool::new(readers),
                 roles: Arc::new(RoleCache::new(options.role_cache)),
+                sessions: Arc::new(SessionCache::new(options.session_cache)),
             }),
         })
     }
@@ -269,17 +277,45 @@ impl MetadataStore for SqliteStore {
 
     async fn session(&self, token_hash: &TokenHash) -> Result<Option<Session>> {
         let token_hash = *token_hash;
-        self.read(move |c| ops::session(c, &token_hash)).await
+        let ticket = match self.inner.sessions.lookup(token_hash) {
+            Lookup::Hit(session) => return Ok(Some(session)),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let session = self.read(move |c| ops::session(c, &token_hash)).await?;
+        if let Some(s) = &session {
+            self.inner.sessions.fill(ticket, token_hash, s.clone());
+        }
+        Ok(session)
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<bool> {
         let token_hash = *token_hash;
-        self.write(move |c| ops::delete_session(c, &token_hash))
+        let sessions = Arc::clone(&self.inner.sessions);
+        let on_commit = move |_: &Result<bool>| sessions.invalidate([token_hash]);
+        self.inner
+            .writer
+            .write_then(
+                move |c| ops::delete_session(c, &token_hash),
+                Some(on_commit),
+            )
             .await
     }
 
     async fn delete_expired_sessions(&self, now: Millis) -> Result<u64> {
-        self.write(move |c| ops::delete_expired_sessions(c, now))
+        // Expired entries are refused by their callers anyway (they check `expires_at`);
+        // forgetting them all keeps the cache from holding dead sessions.
+        let sessions = Arc::clone(&self.inner.sessions);
+        let on_commit = move |r: &Result<u64>| {
+            if matches!(r, Ok(n) if *n > 0) {
+                sessions.clear();
+            }
+        };
+        self.inner
+            .writer
+            .write_then(
+                move |c| ops::delete_expired_sessions(c, now),
+                Some(on_commit),
+            )
             .await
     }
 
@@ -310,12 +346,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn role(&self, chat_id: ChatId, user_id: UserId) -> Result<Option<Role>> {
-        let ticket = match self.inner.roles.lookup(chat_id, user_id) {
+        let ticket = match self.inner.roles.lookup((chat_id, user_id)) {
             Lookup::Hit(role) => return Ok(role),
             Lookup::Miss(ticket) => ticket,
         };
         let role = self.read(move |c| ops::role(c, chat_id, user_id)).await?;
-        self.inner.roles.fill(ticket, chat_id, user_id, role);
+        self.inner.roles.fill(ticket, (chat_id, user_id), role);
         Ok(role)
     }
 

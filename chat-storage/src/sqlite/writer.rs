@@ -55,7 +55,7 @@ struct Op<T, F, H> {
     /// Where the caller waits.
     reply: oneshot::Sender<Result<T>>,
     /// Runs on the writer thread once the batch committed, with the op's result, before the
-    /// reply is sent (cache invalidation: see `roles.rs`).
+    /// reply is sent (cache invalidation: see `exact_cache.rs`).
     on_commit: Option<H>,
 }
 
