@@ -26,6 +26,8 @@
 # fanout, ack, changes, chat-list, typing and writes scenarios on another backend than SQLite.
 # Results: $BENCH_OUT/<scenario>.json and .png (default target/bench/). BENCH_LOADGEN=PATH uses
 # an already built load generator (e.g. another commit's) instead of building this tree.
+# BENCH_PIN=1 pins the server to core 0 and the load generator to core 1 (`taskset`), so the
+# two never compete for a core and a lag can be told apart: the server's or the generator's.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +38,9 @@ DATA="${BENCH_DATA:-$OUT/data}"
 # BENCH_LOADGEN=/path/to/loadgen runs a given build instead of building this tree (A/B runs of
 # two commits, interleaved).
 LOADGEN="${BENCH_LOADGEN:-$TARGET/release/examples/loadgen}"
+PIN_SERVER=(env)
+PIN_CLIENT=(env)
+if [ "${BENCH_PIN:-0}" = 1 ]; then PIN_SERVER=(taskset -c 0); PIN_CLIENT=(taskset -c 1); fi
 SERVER_PID=""
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -55,7 +60,7 @@ start_server() {
   mkdir -p "$dir"
   (
     ulimit -n "$(ulimit -Hn)"
-    exec "$LOADGEN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
+    exec "${PIN_SERVER[@]}" "$LOADGEN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
   ) >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 300); do
@@ -83,7 +88,7 @@ fresh_data() { rm -rf "$OUT/$1-data"; mkdir -p "$OUT/$1-data"; echo "$OUT/$1-dat
 
 lg() {
   local name=$1; shift
-  "$LOADGEN" "$@" --server "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+  "${PIN_CLIENT[@]}" "$LOADGEN" "$@" --server "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
     --out "$OUT/$name.json" --plot "$OUT/$name.png"
 }
 

@@ -50,6 +50,9 @@ pub const MAX_TERM_BYTES: usize = 1024;
 /// Whether `c` may be part of a word: letters, digits, and combining diacritical marks (which
 /// decomposed text uses for accents, and which are neither letters nor digits to Unicode).
 fn is_word_char(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
     c.is_alphanumeric()
         || matches!(c,
             '\u{0300}'..='\u{036F}'   // Combining Diacritical Marks
@@ -62,6 +65,10 @@ fn is_word_char(c: char) -> bool {
 
 /// Appends the case-folded form of `c` to `out`.
 fn fold_into(c: char, out: &mut String) {
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+        return;
+    }
     for l in c.to_lowercase() {
         out.push(if l == 'ς' { 'σ' } else { l });
     }

@@ -460,7 +460,11 @@ impl MetadataStore for SqliteStore {
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn append(&self, message: NewMessage) -> Result<Appended> {
-        self.write(move |c| ops::append(c, message.clone())).await
+        // Tokenized here, on the caller's thread: the writer is the one thread every append
+        // goes through.
+        let doc = search::document(message.chat_id, &message.msg_text);
+        self.write(move |c| ops::append(c, message.clone(), doc.as_deref()))
+            .await
     }
 
     async fn fetch(&self, chat_id: ChatId, query: FetchQuery) -> Result<Vec<Message>> {
