@@ -85,9 +85,13 @@ pub(crate) fn append(conn: &Connection, m: NewMessage, doc: Option<&str>) -> Res
     }
     // A new message takes the chat's next seq and its next revision.
     let (seq, rev) = next_seq_and_rev(conn, m.chat_id)?;
+    // The search document's rowid goes into the row itself (see `search.rs`).
+    let doc_id = doc
+        .map(|_| super::search::next_doc_id(conn, m.sent_at))
+        .transpose()?;
     conn.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 0, '[]', ?9)"
+        "INSERT INTO messages ({MESSAGE_COLUMNS}, doc_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 0, '[]', ?9, ?10)"
     ))
     .and_then(|mut st| {
         st.execute(params![
@@ -100,6 +104,7 @@ pub(crate) fn append(conn: &Connection, m: NewMessage, doc: Option<&str>) -> Res
             m.client_msg_id,
             m.reply_to_seq.map(Seq::get),
             rev,
+            doc_id,
         ])
     })
     .map_err(|e| match violation(&e) {
@@ -110,7 +115,9 @@ pub(crate) fn append(conn: &Connection, m: NewMessage, doc: Option<&str>) -> Res
         ),
         _ => db_error("insert a message", e),
     })?;
-    super::search::index(conn, m.chat_id, Seq(seq), m.sent_at, doc)?;
+    if let (Some(id), Some(doc)) = (doc_id, doc) {
+        super::search::add(conn, id, doc)?;
+    }
     Ok(Appended {
         message: m.stored(Seq(seq), Rev(rev)),
         created: true,
@@ -197,7 +204,7 @@ pub(crate) fn change(
         super::search::unindex(conn, chat_id, seq)?;
         if !next.deleted {
             let doc = super::search::document(chat_id, &next.msg_text);
-            super::search::index(conn, chat_id, seq, next.sent_at, doc.as_deref())?;
+            super::search::index_stored(conn, chat_id, seq, next.sent_at, doc.as_deref())?;
         }
     }
     next.rev = Rev(rev);

@@ -129,17 +129,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 6: search documents numbered in result order (rowid = sent_at ms << 21 | counter), so a
-    // search reads one page of matches instead of all of them (`search.rs`). The index is
-    // rebuilt: `search::backfill` runs after this migration, in the same transaction.
+    // search reads one page of matches instead of all of them, and the rowid kept in the
+    // message's own row (`messages.doc_id`) instead of a table of its own: one index entry per
+    // append instead of a row and an index entry (`search.rs`). The index is rebuilt:
+    // `search::backfill` runs after this migration, in the same transaction.
     r#"
     DROP TABLE search_fts;
     DROP TABLE search_docs;
-    CREATE TABLE search_docs (
-        doc_id  INTEGER PRIMARY KEY,
-        chat_id INTEGER NOT NULL,
-        seq     INTEGER NOT NULL,
-        UNIQUE (chat_id, seq)
-    );
+    ALTER TABLE messages ADD COLUMN doc_id INTEGER;
+    CREATE INDEX messages_by_doc ON messages (doc_id) WHERE doc_id IS NOT NULL;
     CREATE VIRTUAL TABLE search_fts USING fts5(
         terms, content = '', contentless_delete = 1, detail = 'none', tokenize = 'ascii'
     );

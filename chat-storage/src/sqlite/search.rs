@@ -2,9 +2,9 @@
 //! that appends, edits or deletes the message.
 //!
 //! # Design
-//! - `search_docs (doc_id INTEGER PRIMARY KEY, chat_id, seq)` gives each indexed message a
-//!   rowid (`messages` is `WITHOUT ROWID`, and FTS5 documents are keyed by rowid). The rowid
-//!   **is the result order**: `sent_at` (clamped to `0..2^42` ms, year 2109) in the high bits and
+//! - Each indexed message has a document rowid in its own row, `messages.doc_id` (with the
+//!   partial index `messages_by_doc`; `messages` is `WITHOUT ROWID`, and FTS5 documents are
+//!   keyed by rowid). The rowid **is the result order**: `sent_at` (clamped to `0..2^42` ms, year 2109) in the high bits and
 //!   a counter among the documents of that millisecond in the low [`COUNTER_BITS`]
 //!   (see [`doc_id_range`]). So FTS5 can hand out a query's matches newest first
 //!   (`ORDER BY rowid DESC`, which it walks lazily) and a search stops after one page.
@@ -27,7 +27,13 @@
 //! - An append indexes the message; an edit or a delete takes its document out (and an edit
 //!   puts the new terms in, under a new rowid of the same millisecond), all in the writer's
 //!   transaction of that change: a search sees a change exactly when a fetch does.
-//! - Migration 5 created the tables with plain rowids; migration 6 recreates them and
+//! - The write path's cost is the writer thread's, the one thread every append goes through,
+//!   so: the document is tokenized before the append reaches the writer ([`document`]); the
+//!   rowid lives in the message row (one index entry per append, not a table row and an index
+//!   entry); and no statement on the writer uses `RETURNING` (SQLite runs those with a
+//!   statement journal, and opening one makes FTS5 flush its pending terms into a new segment:
+//!   a segment per append instead of one per batch). Measured in `docs/benchmarks.md`.
+//! - Migration 5 created a first version of the index; migration 6 replaces it and
 //!   [`backfill`] indexes every stored message with ordered rowids, in the migration's
 //!   transaction.
 
@@ -86,86 +92,118 @@ pub(crate) fn document(chat_id: ChatId, text: &str) -> Option<String> {
     Some(doc)
 }
 
-/// Indexes message `seq` of `chat_id`, sent at `sent_at`, with its [`document`] (nothing when
-/// `None`). Runs on the writer, inside the transaction that stores the text.
-pub(crate) fn index(
-    conn: &Connection,
-    chat_id: ChatId,
-    seq: Seq,
-    sent_at: i64,
-    doc: Option<&str>,
-) -> Result<()> {
-    let Some(doc) = doc else {
-        return Ok(());
-    };
+/// The rowid for a new document of a message sent at `sent_at`: the next free one of that
+/// millisecond (see [`doc_id_range`]). Runs on the writer.
+pub(crate) fn next_doc_id(conn: &Connection, sent_at: i64) -> Result<i64> {
     let (lo, hi) = doc_id_range(sent_at);
     let last: Option<i64> = conn
-        .prepare_cached("SELECT max(doc_id) FROM search_docs WHERE doc_id BETWEEN ?1 AND ?2")
+        .prepare_cached("SELECT max(doc_id) FROM messages WHERE doc_id BETWEEN ?1 AND ?2")
         .and_then(|mut st| st.query_row(params![lo, hi], |r| r.get(0)))
         .map_err(db("number a search document"))?;
-    let doc_id = match last {
-        None => lo,
-        Some(last) if last < hi => last + 1,
-        Some(_) => {
-            return Err(Error::internal(
-                format!("sqlite: more than 2^{COUNTER_BITS} messages indexed at {sent_at} ms"),
-                std::io::Error::other("search rowids of one millisecond exhausted"),
-            ))
-        }
-    };
-    conn.prepare_cached("INSERT INTO search_docs (doc_id, chat_id, seq) VALUES (?1, ?2, ?3)")
-        .and_then(|mut st| st.execute(params![doc_id, chat_id.get(), seq.get()]))
-        .map_err(db("add a search document"))?;
+    match last {
+        None => Ok(lo),
+        Some(last) if last < hi => Ok(last + 1),
+        Some(_) => Err(Error::internal(
+            format!("sqlite: more than 2^{COUNTER_BITS} messages indexed at {sent_at} ms"),
+            std::io::Error::other("search rowids of one millisecond exhausted"),
+        )),
+    }
+}
+
+/// Adds a message's [`document`] to the index under `doc_id` (the message row already names
+/// `doc_id`). Runs on the writer, inside the transaction that stores the text.
+pub(crate) fn add(conn: &Connection, doc_id: i64, doc: &str) -> Result<()> {
     conn.prepare_cached("INSERT INTO search_fts (rowid, terms) VALUES (?1, ?2)")
         .and_then(|mut st| st.execute(params![doc_id, doc]))
         .map_err(db("index a message for search"))?;
     Ok(())
 }
 
-/// Takes message `seq` of `chat_id` out of the index (nothing when it is not in it).
+/// Takes document `doc_id` out of the index. Runs on the writer, inside the transaction that
+/// changes the message (which also clears or replaces its `doc_id`).
+pub(crate) fn remove(conn: &Connection, doc_id: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM search_fts WHERE rowid = ?1")
+        .and_then(|mut st| st.execute([doc_id]))
+        .map_err(db("unindex a message"))?;
+    Ok(())
+}
+
+/// (Re)indexes stored message `seq` of `chat_id` under a new rowid: notes it in the row's
+/// `doc_id` (cleared when the text has no terms) and adds the document. For messages already
+/// stored: the backfill, and edits.
+pub(crate) fn index_stored(
+    conn: &Connection,
+    chat_id: ChatId,
+    seq: Seq,
+    sent_at: i64,
+    doc: Option<&str>,
+) -> Result<()> {
+    let doc_id = doc.map(|_| next_doc_id(conn, sent_at)).transpose()?;
+    conn.prepare_cached("UPDATE messages SET doc_id = ?3 WHERE chat_id = ?1 AND seq = ?2")
+        .and_then(|mut st| st.execute(params![chat_id.get(), seq.get(), doc_id]))
+        .map_err(db("note a search document"))?;
+    if let (Some(id), Some(doc)) = (doc_id, doc) {
+        add(conn, id, doc)?;
+    }
+    Ok(())
+}
+
+/// Takes message `seq` of `chat_id` out of the index (nothing when it is not in it) and clears
+/// its `doc_id`.
 pub(crate) fn unindex(conn: &Connection, chat_id: ChatId, seq: Seq) -> Result<()> {
-    // No `RETURNING` (see `ops::next_seq_and_rev`): a statement journal would flush FTS5.
     let doc_id: Option<i64> = conn
-        .prepare_cached("SELECT doc_id FROM search_docs WHERE chat_id = ?1 AND seq = ?2")
+        .prepare_cached("SELECT doc_id FROM messages WHERE chat_id = ?1 AND seq = ?2")
         .and_then(|mut st| {
             st.query_row(params![chat_id.get(), seq.get()], |r| r.get(0))
                 .optional()
         })
-        .map_err(db("find a search document"))?;
+        .map_err(db("find a search document"))?
+        .flatten();
     if let Some(doc_id) = doc_id {
-        conn.prepare_cached("DELETE FROM search_docs WHERE doc_id = ?1")
-            .and_then(|mut st| st.execute([doc_id]))
-            .map_err(db("remove a search document"))?;
-        conn.prepare_cached("DELETE FROM search_fts WHERE rowid = ?1")
-            .and_then(|mut st| st.execute([doc_id]))
-            .map_err(db("unindex a message"))?;
+        remove(conn, doc_id)?;
+        conn.prepare_cached("UPDATE messages SET doc_id = NULL WHERE chat_id = ?1 AND seq = ?2")
+            .and_then(|mut st| st.execute(params![chat_id.get(), seq.get()]))
+            .map_err(db("clear a search document"))?;
     }
     Ok(())
 }
 
 /// Indexes every message that is not deleted: the backfill of migration 6, in its transaction.
+/// Reads the messages in pages by key and updates each row after its page was read (never
+/// while a statement over `messages` is still stepping).
 pub(crate) fn backfill(conn: &Connection) -> Result<u64> {
+    const PAGE: i64 = 10_000;
+    let read = db("read messages to index");
     let mut st = conn
-        .prepare("SELECT chat_id, seq, sent_at, msg_text FROM messages WHERE deleted = 0")
-        .map_err(db("read messages to index"))?;
-    let mut rows = st.query([]).map_err(db("read messages to index"))?;
+        .prepare(
+            "SELECT chat_id, seq, sent_at, msg_text FROM messages \
+             WHERE deleted = 0 AND (chat_id, seq) > (?1, ?2) ORDER BY chat_id, seq LIMIT ?3",
+        )
+        .map_err(read)?;
+    let (mut chat, mut seq) = (i64::MIN, i64::MIN);
     let mut n = 0u64;
-    while let Some(r) = rows.next().map_err(db("read messages to index"))? {
-        let chat: i64 = r.get(0).map_err(db("read messages to index"))?;
-        let seq: i64 = r.get(1).map_err(db("read messages to index"))?;
-        let sent_at: i64 = r.get(2).map_err(db("read messages to index"))?;
-        let text: String = r.get(3).map_err(db("read messages to index"))?;
-        let chat = ChatId(chat);
-        index(
-            conn,
-            chat,
-            Seq(seq),
-            sent_at,
-            document(chat, &text).as_deref(),
-        )?;
-        n += 1;
+    loop {
+        let page = st
+            .query_map(params![chat, seq, PAGE], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<(i64, i64, i64, String)>>>())
+            .map_err(db("read messages to index"))?;
+        let Some(&(last_chat, last_seq, _, _)) = page.last() else {
+            return Ok(n);
+        };
+        for (c, s, sent_at, text) in &page {
+            let c = ChatId(*c);
+            index_stored(conn, c, Seq(*s), *sent_at, document(c, text).as_deref())?;
+            n += 1;
+        }
+        (chat, seq) = (last_chat, last_seq);
     }
-    Ok(n)
 }
 
 /// The FTS5 query for `terms` in `chats`: every part a double-quoted hex or chat token, so
@@ -240,8 +278,7 @@ fn search_chunk(
         .prepare_cached(
             "SELECT m.chat_id, m.seq, m.sender_id, m.msg_text, m.sent_at, m.timestamp, \
                     m.client_msg_id, m.reply_to_seq, m.edited_at, m.deleted, m.reactions, m.rev \
-             FROM search_docs AS d JOIN messages AS m ON m.chat_id = d.chat_id AND m.seq = d.seq \
-             WHERE d.doc_id = ?1 AND m.deleted = 0",
+             FROM messages AS m WHERE m.doc_id = ?1 AND m.deleted = 0",
         )
         .map_err(db("prepare a search"))?;
     let asked: HashSet<ChatId> = chats.iter().copied().collect();
@@ -302,7 +339,7 @@ mod tests {
                 params![chat, seq, at],
             )
             .unwrap();
-            index(
+            index_stored(
                 &conn,
                 ChatId(chat),
                 Seq(seq),
@@ -337,7 +374,7 @@ mod tests {
                 params![seq, at],
             )
             .unwrap();
-            index(
+            index_stored(
                 &conn,
                 ChatId(1),
                 Seq(seq),
@@ -363,5 +400,29 @@ mod tests {
             paged.push((m.sent_at, m.seq.get()));
         }
         assert_eq!(paged, want);
+    }
+
+    #[test]
+    fn document_lookups_use_the_doc_id_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::schema::open_writer(&dir.path().join("s.db"), Duration::from_secs(5))
+                .unwrap();
+        for sql in [
+            "SELECT max(doc_id) FROM messages WHERE doc_id BETWEEN 1 AND 2",
+            "SELECT msg_text FROM messages AS m WHERE m.doc_id = 1 AND m.deleted = 0",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|p| p.contains("messages_by_doc")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 }
