@@ -51,7 +51,7 @@ pub fn table(reports: &[Value]) -> String {
 
     let mut out = String::new();
     out.push_str(
-        "| scenario | server | delivered/s | delivered of expected | send→deliver p50 / p99 / p99.9 (ms) | server CPU-s | deliveries per server CPU-s | server RSS per connection |\n",
+        "| scenario | server | delivered/s | delivered | send→deliver p50 / p99 / p99.9 (ms) | server CPU-s | deliveries per server CPU-s | server RSS per connection |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|\n");
     for s in &scenarios {
@@ -64,12 +64,12 @@ pub fn table(reports: &[Value]) -> String {
                 "| {} | {name} | {} | {} | {} | {} | {} | {} |",
                 s.label,
                 join(runs, |r| r.delivered_per_sec.map(thousands)),
-                join(runs, |r| r.deliveries.map(|(d, e)| format!(
-                    "{} of {}",
-                    thousands(d as f64),
-                    thousands(e as f64)
-                ))),
-                join(runs, |r| match (r.p50, r.p99, r.p999) {
+                join(runs, |r| r.deliveries.map(|(d, e)| if d == e {
+                    "all".to_owned()
+                } else {
+                    format!("{} of {}", thousands(d as f64), thousands(e as f64))
+                })),
+                join_with("; ", runs, |r| match (r.p50, r.p99, r.p999) {
                     (Some(a), Some(b), Some(c)) => Some(format!("{a:.1} / {b:.1} / {c:.1}")),
                     _ => None,
                 }),
@@ -86,10 +86,13 @@ pub fn table(reports: &[Value]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | **ratio chat-server / Centrifugo** | {} | | p99 {} | {} | **{}** | **{}** |",
+            "| {} | **ratio chat-server / Centrifugo** | {} | | {} | {} | **{}** | **{}** |",
             s.label,
             ratio(|r| r.delivered_per_sec),
-            ratio(|r| r.p99),
+            match ratio(|r| r.p99).as_str() {
+                "–" => "–".to_owned(),
+                p99 => format!("p99 {p99}"),
+            },
             ratio(|r| r.cpu_secs),
             ratio(|r| r.per_cpu_sec),
             ratio(|r| r.rss_per_conn),
@@ -154,11 +157,16 @@ fn read(report: &Value) -> Option<(String, String, Run)> {
 
 /// The runs' values joined with " / ", or "–" when none has it.
 fn join(runs: &[Run], f: impl Fn(&Run) -> Option<String>) -> String {
+    join_with(" / ", runs, f)
+}
+
+/// The runs' values joined with `sep`, or "–" when none has it.
+fn join_with(sep: &str, runs: &[Run], f: impl Fn(&Run) -> Option<String>) -> String {
     let parts: Vec<String> = runs.iter().filter_map(f).collect();
     if parts.is_empty() {
         "–".to_owned()
     } else {
-        parts.join(" / ")
+        parts.join(sep)
     }
 }
 
