@@ -16,6 +16,7 @@
 #   scripts/bench.sh criterion     # cargo bench: frames, hub fan-out, SQLite append batches
 #   scripts/bench.sh search        # SQLite: appends/s with the search index, search p50/p99
 #                                  # (args: CHATS MESSAGES USER_CHATS SEARCHES, default 200 1000 50 300)
+#   scripts/bench.sh peers         # side by side with Centrifugo v6.9.1 (see below)
 #
 # Arguments after the scenario replace its default load-generator flags (shown below), e.g.
 # `scripts/bench.sh fanout --users 200 --groups 10 --group-size 20 --rate 500 --duration 5`.
@@ -28,6 +29,30 @@
 # an already built load generator (e.g. another commit's) instead of building this tree.
 # BENCH_PIN=1 pins the server to core 0 and the load generator to core 1 (`taskset`), so the
 # two never compete for a core and a lag can be told apart: the server's or the generator's.
+#
+# `peers`: chat-server and Centrifugo side by side, driven by the same load-generator code
+# (`loadgen peer-idle` / `peer-publish`, examples/src/loadgen/peers.rs). It installs Centrifugo
+# v6.9.1 once with `GOBIN=$TARGET/centrifugo-bin go install
+# github.com/centrifugal/centrifugo/v6@v6.9.1` (needs Go and the Go module proxy; kept under the
+# target dir, not in git), writes its config to $OUT/peers/centrifugo.json (a random HMAC token
+# secret and API key, a `chat` namespace that lets authenticated users subscribe, no history, no
+# presence, no join/leave), and for every scenario runs chat-server, Centrifugo, chat-server,
+# Centrifugo (A/B/A/B), each on a fresh server pinned to CPU $BENCH_PEERS_SERVER_CPU (0) with
+# `taskset`, the generator pinned to CPU $BENCH_PEERS_LOADGEN_CPU (1):
+#   - idle: $BENCH_PEERS_IDLE (15000) authenticated WebSockets subscribed to a group each of 100
+#     users in groups of 5; server RSS per connection;
+#   - fan-out: $BENCH_PEERS_SUBSCRIBERS (1000) subscribers of one chat, messages sent over HTTP at
+#     each rate of $BENCH_PEERS_RATES ("50 100 200") msg/s for $BENCH_PEERS_DURATION (30) s;
+#   - small chats: $BENCH_PEERS_CHATS (2000) chats of $BENCH_PEERS_CHAT_SIZE (5), $BENCH_PEERS_SEND_RATE
+#     (1000) sends/s over HTTP for $BENCH_PEERS_DURATION s;
+# chat-server sends with POST /v1/send (stored in SQLite, fsynced), Centrifugo publishes with
+# POST /api/publish (kept nowhere). Reports: $OUT/peers/*.json; the side-by-side table
+# (delivered/s, send->deliver p50/p99/p99.9, server CPU-s, deliveries per server CPU-second,
+# server RSS per connection, ratios chat-server / Centrifugo) goes to $OUT/peers.md and stdout.
+# The full run takes about 12 minutes (20 runs; the first time add the release build and about 8
+# minutes of `go install`). BENCH_PEERS_SHORT=1 makes a ~3-minute check (2,000 idle connections,
+# 5 s per step, 400 chats); each BENCH_PEERS_* variable above overrides its figure,
+# BENCH_PEERS_ROUNDS (2) the number of A/B pairs, BENCH_CENTRIFUGO_PORT ($BENCH_PORT + 70) its port.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,10 +63,12 @@ DATA="${BENCH_DATA:-$OUT/data}"
 # BENCH_LOADGEN=/path/to/loadgen runs a given build instead of building this tree (A/B runs of
 # two commits, interleaved).
 LOADGEN="${BENCH_LOADGEN:-$TARGET/release/examples/loadgen}"
-PIN_SERVER=(env)
-PIN_CLIENT=(env)
-if [ "${BENCH_PIN:-0}" = 1 ]; then PIN_SERVER=(taskset -c 0); PIN_CLIENT=(taskset -c 1); fi
 SERVER_PID=""
+# Command prefixes for the server and the generator (BENCH_PIN=1, and the peers scenario, pin
+# them to a CPU each with taskset).
+SERVER_PREFIX=()
+PIN_CLIENT=(env)
+if [ "${BENCH_PIN:-0}" = 1 ]; then SERVER_PREFIX=(taskset -c 0); PIN_CLIENT=(taskset -c 1); fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -60,7 +87,8 @@ start_server() {
   mkdir -p "$dir"
   (
     ulimit -n "$(ulimit -Hn)"
-    exec "${PIN_SERVER[@]}" "$LOADGEN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
+    exec ${SERVER_PREFIX[@]+"${SERVER_PREFIX[@]}"} "$LOADGEN" serve \
+      --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
   ) >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 300); do
@@ -77,6 +105,9 @@ start_server() {
 stop_server() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID"
+    # A server that has not stopped after 20 s is killed.
+    for _ in $(seq 1 200); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID"
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=""
@@ -97,6 +128,150 @@ lg() {
 STORES=()
 [ -n "${BENCH_MESSAGES:-}" ] && STORES+=(--messages "$BENCH_MESSAGES")
 [ -n "${BENCH_METADATA:-}" ] && STORES+=(--metadata "$BENCH_METADATA")
+
+# ---- peers: chat-server and Centrifugo side by side -------------------------------------------
+CENTRIFUGO_VERSION=v6.9.1
+CENTRIFUGO="$TARGET/centrifugo-bin/centrifugo"
+CENT_PORT="${BENCH_CENTRIFUGO_PORT:-$((PORT + 70))}"
+
+# install_centrifugo: `go install` of the pinned version into $TARGET/centrifugo-bin, once.
+install_centrifugo() {
+  if [ -x "$CENTRIFUGO" ] && go version -m "$CENTRIFUGO" 2>/dev/null \
+      | grep -q "mod[[:space:]]*github.com/centrifugal/centrifugo/v6[[:space:]]*$CENTRIFUGO_VERSION"; then
+    log "Centrifugo $CENTRIFUGO_VERSION: $CENTRIFUGO"
+    return 0
+  fi
+  command -v go >/dev/null || { log "the peers scenario needs Go to install Centrifugo"; exit 1; }
+  log "installing Centrifugo $CENTRIFUGO_VERSION into $(dirname "$CENTRIFUGO") (go install)"
+  mkdir -p "$(dirname "$CENTRIFUGO")"
+  (cd "$(dirname "$CENTRIFUGO")" && GOBIN="$(dirname "$CENTRIFUGO")" GOFLAGS=-buildvcs=false \
+    go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION")
+}
+
+# write_centrifugo_config FILE: HMAC token secret, API key (random per run), one namespace `chat`
+# that authenticated users may subscribe to, no history, presence or join/leave messages.
+write_centrifugo_config() {
+  CENT_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  CENT_API_KEY=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  cat >"$1" <<JSON
+{
+  "http_server": { "address": "127.0.0.1", "port": $CENT_PORT },
+  "log": { "level": "warn" },
+  "client": { "token": { "hmac_secret_key": "$CENT_SECRET" } },
+  "http_api": { "key": "$CENT_API_KEY" },
+  "channel": {
+    "namespaces": [
+      { "name": "chat", "allow_subscribe_for_client": true, "presence": false,
+        "join_leave": false, "history_size": 0, "history_ttl": "0s" }
+    ]
+  },
+  "health": { "enabled": true },
+  "usage_stats": { "disabled": true },
+  "shutdown": { "timeout": "5s" }
+}
+JSON
+}
+
+# start_centrifugo CONFIG: starts it (pinned like chat-server) and waits for /health.
+start_centrifugo() {
+  (
+    ulimit -n "$(ulimit -Hn)"
+    exec ${SERVER_PREFIX[@]+"${SERVER_PREFIX[@]}"} "$CENTRIFUGO" -c "$1"
+  ) >"$OUT/centrifugo.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do
+    if curl -sf "http://127.0.0.1:$CENT_PORT/health" >/dev/null 2>&1; then
+      log "centrifugo pid $SERVER_PID on port $CENT_PORT"
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/centrifugo.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  log "Centrifugo did not become healthy"; cat "$OUT/centrifugo.log" >&2; exit 1
+}
+
+# peer_run PEER NAME LOADGEN-ARGS...: a fresh server of PEER, one generator run, the server
+# stopped; the report goes to $OUT/peers/NAME.json.
+peer_run() {
+  local peer=$1 name=$2; shift 2
+  local url
+  if [ "$peer" = chat-server ]; then
+    start_server "$(fresh_data "peers-$name")" --fast-passwords
+    url="http://127.0.0.1:$PORT"
+  else
+    start_centrifugo "$OUT/peers/centrifugo.json"
+    url="http://127.0.0.1:$CENT_PORT"
+  fi
+  CENTRIFUGO_API_KEY="$CENT_API_KEY" CENTRIFUGO_HMAC_SECRET="$CENT_SECRET" \
+    ${LOADGEN_PREFIX[@]+"${LOADGEN_PREFIX[@]}"} "$LOADGEN" "$@" --peer "$peer" --server "$url" \
+    --server-pid "$SERVER_PID" --no-progress --out "$OUT/peers/$name.json" >/dev/null
+  stop_server
+  [ "$peer" = chat-server ] && rm -rf "$OUT/peers-$name-data"
+  REPORTS+=("$OUT/peers/$name.json")
+}
+
+peers() {
+  local short=${BENCH_PEERS_SHORT:-0}
+  local idle=${BENCH_PEERS_IDLE:-$([ "$short" = 1 ] && echo 2000 || echo 15000)}
+  local subscribers=${BENCH_PEERS_SUBSCRIBERS:-1000}
+  local rates=${BENCH_PEERS_RATES:-50 100 200}
+  local duration=${BENCH_PEERS_DURATION:-$([ "$short" = 1 ] && echo 5 || echo 30)}
+  local chats=${BENCH_PEERS_CHATS:-$([ "$short" = 1 ] && echo 400 || echo 2000)}
+  local chat_size=${BENCH_PEERS_CHAT_SIZE:-5}
+  local send_rate=${BENCH_PEERS_SEND_RATE:-1000}
+  local rounds=${BENCH_PEERS_ROUNDS:-2}
+  local server_cpu=${BENCH_PEERS_SERVER_CPU:-0} loadgen_cpu=${BENCH_PEERS_LOADGEN_CPU:-1}
+  install_centrifugo
+  build
+  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    SERVER_PREFIX=(taskset -c "$server_cpu")
+    LOADGEN_PREFIX=(taskset -c "$loadgen_cpu")
+  else
+    log "no taskset or one CPU: server and generator run unpinned"
+    LOADGEN_PREFIX=()
+  fi
+  rm -rf "$OUT/peers"; mkdir -p "$OUT/peers"
+  write_centrifugo_config "$OUT/peers/centrifugo.json"
+  REPORTS=()
+  local started load_before
+  started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  local round peer
+  for round in $(seq 1 "$rounds"); do
+    for peer in chat-server centrifugo; do
+      log "idle $idle: $peer, round $round"
+      peer_run "$peer" "idle-$peer-$round" peer-idle --connections "$idle"
+    done
+  done
+  local rate
+  for rate in $rates; do
+    for round in $(seq 1 "$rounds"); do
+      for peer in chat-server centrifugo; do
+        log "fan-out to $subscribers at $rate msg/s: $peer, round $round"
+        peer_run "$peer" "fanout-$rate-$peer-$round" peer-publish --groups 1 \
+          --group-size "$subscribers" --rate "$rate" --duration "$duration"
+      done
+    done
+  done
+  for round in $(seq 1 "$rounds"); do
+    for peer in chat-server centrifugo; do
+      log "small chats $chats x $chat_size at $send_rate sends/s: $peer, round $round"
+      peer_run "$peer" "small-$peer-$round" peer-publish --groups "$chats" \
+        --group-size "$chat_size" --rate "$send_rate" --duration "$duration"
+    done
+  done
+  {
+    echo "Side by side with Centrifugo $CENTRIFUGO_VERSION, $started to $(date -u +%H:%M:%SZ)"
+    echo "(\`scripts/bench.sh peers\`: idle $idle, fan-out to $subscribers at $rates msg/s and"
+    echo "$chats chats of $chat_size at $send_rate sends/s, $duration s each, $rounds rounds A/B;"
+    echo "server on CPU $server_cpu, generator on CPU $loadgen_cpu; load average before:"
+    echo "$load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs)."
+    echo
+    "$LOADGEN" peers-table "${REPORTS[@]}"
+  } >"$OUT/peers.md"
+  cat "$OUT/peers.md"
+  log "table: $OUT/peers.md, reports: $OUT/peers/"
+}
 
 scenario="${1:-}"; shift || true
 mkdir -p "$OUT"
@@ -201,12 +376,15 @@ case "$scenario" in
     (cd "$ROOT" && cargo run --release -q -p chat-storage --features sqlite,testing \
       --example search_timing -- "${F[@]}") | tee "$OUT/search.txt"
     ;;
+  peers)
+    peers
+    ;;
   criterion)
     (cd "$ROOT" && cargo bench -p chat-server --bench frames --bench fanout \
       && cargo bench -p chat-storage --features sqlite --bench sqlite_append)
     ;;
   *)
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -13,6 +13,10 @@
 //! - `writes`: sustained acked sends/s through the server (WebSocket or REST).
 //! - `writes-store`: sustained appends/s straight into a store backend.
 //! - `serve`: the server library with load-test limits (rate limits off), as its own process.
+//! - `peer-publish`, `peer-idle`: the side-by-side scenarios, against chat-server or
+//!   Centrifugo (`--peer`): messages sent over HTTP into G groups of K subscribers at R/s, and
+//!   N idle subscribed WebSockets; `peers-table` tabulates their reports side by side
+//!   (`scripts/bench.sh peers` runs them all).
 //!
 //! Every scenario shows a progress bar, prints its result as JSON, and with `--out` writes it
 //! (with the date and command) to a file; latency scenarios draw a percentile plot with
@@ -21,8 +25,8 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use examples::loadgen::{
-    api::Target, changes, chatlist, connections, fanout, history, plot, report::Report, serve,
-    stats::Latency, writes,
+    api::Target, centrifugo::Centrifugo, changes, chatlist, connections, fanout, history,
+    peer::Peer, peers, peers_table, plot, report::Report, serve, stats::Latency, writes,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -57,6 +61,28 @@ struct Common {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+/// Which server a side-by-side scenario drives, and Centrifugo's secrets.
+#[derive(Args, Debug, Clone)]
+struct PeerArgs {
+    /// The server at `--server`.
+    #[arg(long, value_enum, default_value_t = PeerKind::ChatServer)]
+    peer: PeerKind,
+    /// Centrifugo's server API key (`http_api.key`).
+    #[arg(long, env = "CENTRIFUGO_API_KEY", default_value = "")]
+    centrifugo_api_key: String,
+    /// Centrifugo's token secret (`client.token.hmac_secret_key`).
+    #[arg(long, env = "CENTRIFUGO_HMAC_SECRET", default_value = "")]
+    centrifugo_secret: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PeerKind {
+    /// chat-server (`loadgen serve` or the binary).
+    ChatServer,
+    /// Centrifugo v6.
+    Centrifugo,
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +275,66 @@ enum Scenario {
         /// Bytes per message text.
         #[arg(long, default_value_t = 100)]
         msg_bytes: usize,
+    },
+    /// Side by side: G groups of K subscribers (one WebSocket each), messages sent into them
+    /// over HTTP at R/s open loop (chat-server: POST /v1/send; Centrifugo: POST /api/publish).
+    PeerPublish {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        peer: PeerArgs,
+        /// Groups (G).
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Subscribers per group (K).
+        #[arg(long, default_value_t = 1000)]
+        group_size: usize,
+        /// Total sends per second (R).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Bytes per message text.
+        #[arg(long, default_value_t = 100)]
+        msg_bytes: usize,
+        /// Seconds to wait for outstanding answers and deliveries after the last send.
+        #[arg(long, default_value_t = 10)]
+        drain: u64,
+        /// HTTP requests in flight at most.
+        #[arg(long, default_value_t = 512)]
+        max_in_flight: usize,
+        /// Connections per source address (127.0.0.2, .3, …); 0: do not bind.
+        #[arg(long, default_value_t = 5000)]
+        per_source: usize,
+    },
+    /// Side by side: N idle WebSockets, authenticated and subscribed to one group each; the
+    /// server's RSS per connection.
+    PeerIdle {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        peer: PeerArgs,
+        /// Connections (N).
+        #[arg(long, default_value_t = 15_000)]
+        connections: usize,
+        /// Users the connections belong to.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Users per group.
+        #[arg(long, default_value_t = 5)]
+        group_size: usize,
+        /// Connections per source address (127.0.0.2, .3, …); 0: do not bind.
+        #[arg(long, default_value_t = 5000)]
+        per_source: usize,
+        /// Seconds to wait before reading the server's RSS.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+    },
+    /// The side-by-side markdown table of `peer-publish` and `peer-idle` reports.
+    PeersTable {
+        /// Report files (`--out` of those runs), in the order to show them.
+        reports: Vec<PathBuf>,
     },
     /// Sustained appends per second straight into a store backend.
     WritesStore {
@@ -560,6 +646,89 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 &[("send -> ack", &hist)],
             )
         }
+        Scenario::PeerPublish {
+            common,
+            peer,
+            groups,
+            group_size,
+            rate,
+            duration,
+            msg_bytes,
+            drain,
+            max_in_flight,
+            per_source,
+        } => {
+            let target = peer_target(&common, &peer).await?;
+            let params = peers::PublishParams {
+                groups,
+                group_size,
+                rate,
+                duration: Duration::from_secs(duration),
+                msg_bytes,
+                drain_timeout: Duration::from_secs(drain),
+                max_in_flight,
+                per_source,
+                server_pid: common.server_pid,
+                password: common.password.clone(),
+                progress: !common.no_progress,
+                ..peers::PublishParams::default()
+            };
+            let (result, hist) = peers::run_publish(&target, &params).await?;
+            let title = format!(
+                "{}: {groups} groups of {group_size}, {rate} msg/s over HTTP, {:.0} deliveries/s",
+                target.name(),
+                result.delivered_per_sec
+            );
+            finish(
+                "peer-publish",
+                &result,
+                &common.out,
+                &common.plot,
+                &title,
+                &[
+                    ("send -> deliver", &hist.deliver),
+                    ("send -> HTTP answer", &hist.answer),
+                    ("generator lateness", &hist.lateness),
+                ],
+            )
+        }
+        Scenario::PeerIdle {
+            common,
+            peer,
+            connections,
+            users,
+            group_size,
+            per_source,
+            settle,
+        } => {
+            let target = peer_target(&common, &peer).await?;
+            let params = peers::IdleParams {
+                connections,
+                users,
+                group_size,
+                per_source,
+                settle: Duration::from_secs(settle),
+                server_pid: common.server_pid,
+                password: common.password.clone(),
+                progress: !common.no_progress,
+                ..peers::IdleParams::default()
+            };
+            let result = peers::run_idle(&target, &params).await?;
+            finish("peer-idle", &result, &common.out, &None, "", &[])
+        }
+        Scenario::PeersTable { reports } => {
+            let mut parsed = Vec::with_capacity(reports.len());
+            for path in &reports {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                parsed.push(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("parsing {}", path.display()))?,
+                );
+            }
+            print!("{}", peers_table::table(&parsed));
+            Ok(())
+        }
         Scenario::WritesStore {
             store,
             duration,
@@ -585,6 +754,27 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// The server of a side-by-side scenario.
+async fn peer_target(common: &Common, peer: &PeerArgs) -> anyhow::Result<Peer> {
+    let target = Target::new(&common.server).await?;
+    Ok(match peer.peer {
+        PeerKind::ChatServer => Peer::ChatServer(target),
+        PeerKind::Centrifugo => {
+            if peer.centrifugo_api_key.is_empty() || peer.centrifugo_secret.is_empty() {
+                anyhow::bail!(
+                    "Centrifugo needs --centrifugo-api-key and --centrifugo-secret \
+                     (or CENTRIFUGO_API_KEY and CENTRIFUGO_HMAC_SECRET)"
+                );
+            }
+            Peer::Centrifugo(Centrifugo {
+                target,
+                api_key: peer.centrifugo_api_key.clone(),
+                hmac_secret: peer.centrifugo_secret.clone(),
+            })
+        }
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -17,17 +17,25 @@
 //! - [`history`]: paging back through a long chat; latency per page.
 //! - [`writes`]: sustained acked appends per second, through the server or straight into a store
 //!   (which also seeds the history scenario's chat).
+//! - [`peer`] / [`peers`]: the side-by-side scenarios (publish into groups over HTTP, idle
+//!   subscribed connections) against chat-server or Centrifugo, the same code for both;
+//!   [`centrifugo`]: Centrifugo's client protocol, tokens and server API; [`peers_table`]: the
+//!   side-by-side markdown table of their reports.
 //! - [`report`]: the JSON result file.
 //! - [`plot`]: the percentile plot (PNG).
 //! - [`progress`]: the progress bar.
 //! - [`serve`]: the server library configured for load tests (`loadgen serve`).
 
 pub mod api;
+pub mod centrifugo;
 pub mod changes;
 pub mod chatlist;
 pub mod connections;
 pub mod fanout;
 pub mod history;
+pub mod peer;
+pub mod peers;
+pub mod peers_table;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -1,4 +1,5 @@
-//! Raw WebSocket connections to `GET /v1/ws`, optionally from a chosen source address.
+//! Raw WebSocket connections to `GET /v1/ws` (and, through [`dial`], to any WebSocket URL),
+//! optionally from a chosen source address.
 //!
 //! One client IP can hold only as many connections to one server port as it has ephemeral
 //! ports (about 28,000 with Linux's default range), so the connections scenario binds each
@@ -12,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -46,7 +48,25 @@ pub async fn connect(
             .parse()
             .context("token is not a valid header value")?,
     );
-    let socket = match target.addr {
+    let open = async {
+        let mut ws = dial(target.addr, req, source, read_buffer).await?;
+        let chats = wait_ready(&mut ws).await?;
+        anyhow::Ok((ws, chats))
+    };
+    tokio::time::timeout(READY_TIMEOUT, open)
+        .await
+        .context("timed out opening the WebSocket")?
+}
+
+/// Opens a TCP connection to `addr` (from `source` if given) and makes the WebSocket handshake
+/// of `req` over it, with the generator's small client buffers. No timeout: callers bound it.
+pub async fn dial(
+    addr: SocketAddr,
+    req: Request,
+    source: Option<IpAddr>,
+    read_buffer: usize,
+) -> anyhow::Result<WsStream> {
+    let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
@@ -55,25 +75,16 @@ pub async fn connect(
             .bind(SocketAddr::new(ip, 0))
             .with_context(|| format!("binding source address {ip}"))?;
     }
-    let open = async {
-        let stream = socket
-            .connect(target.addr)
+    let stream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(client_config(read_buffer)))
             .await
-            .with_context(|| format!("connecting to {}", target.addr))?;
-        stream.set_nodelay(true)?;
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            req,
-            stream,
-            Some(client_config(read_buffer)),
-        )
-        .await
-        .context("WebSocket handshake")?;
-        let chats = wait_ready(&mut ws).await?;
-        anyhow::Ok((ws, chats))
-    };
-    tokio::time::timeout(READY_TIMEOUT, open)
-        .await
-        .context("timed out opening the WebSocket")?
+            .context("WebSocket handshake")?;
+    Ok(ws)
 }
 
 /// Reads frames until `ready`.
