@@ -126,11 +126,11 @@ pub(crate) fn append(conn: &Connection, m: NewMessage, doc: Option<&str>) -> Res
 
 /// Takes chat `chat_id`'s next seq and next revision (creating its counter row at 1, 1).
 ///
-/// Plain `UPDATE`, `INSERT` and `SELECT`, never `RETURNING` or an upsert: SQLite runs those
-/// as statements with a statement journal, and every statement journal opened after a search
-/// document was written makes FTS5 flush its pending terms into a new segment (one segment per
-/// append instead of one per batch: a third of the appends/s, measured). The same holds for
-/// every statement the writer runs often; see `search.rs`.
+/// Plain `UPDATE`, `INSERT` and `SELECT`, never `RETURNING`: SQLite runs a `RETURNING`
+/// statement with a statement journal (it is built like a trigger), and every statement
+/// journal opened after a search document was written makes FTS5 flush its pending terms into
+/// a new segment (one segment per append instead of one per batch: a third of the appends/s,
+/// measured). The same holds for every statement the writer runs often; see `search.rs`.
 fn next_seq_and_rev(conn: &Connection, chat_id: ChatId) -> Result<(i64, i64)> {
     let bumped = conn
         .prepare_cached(
