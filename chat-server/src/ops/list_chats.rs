@@ -17,10 +17,12 @@ use chat_core::{ChatId, Result, Seq, UserId};
 
 /// The caller's chats, latest activity first.
 pub(crate) async fn run(st: &AppState, caller: UserId) -> Result<ChatList> {
+    // A send's own marker move may still be on its way to the store. Taken before the store
+    // is read, so a move that lands in between is in one or the other (`pending_of`).
+    let pending = st.own_markers.pending_of(caller);
     let mut chats = st.metadata.user_chats(caller).await?;
-    // A send's own marker move may still be on its way to the store.
     for c in &mut chats {
-        if let Some(p) = st.own_markers.pending(c.chat.chat_id, caller) {
+        if let Some(&p) = pending.get(&c.chat.chat_id) {
             c.last_read_seq = c.last_read_seq.max(p);
         }
     }

@@ -143,15 +143,22 @@ impl OwnMarkers {
         }
     }
 
-    /// The move noted for `user` in `chat` and not yet written, if any.
-    pub(crate) fn pending(&self, chat_id: ChatId, user: UserId) -> Option<Seq> {
+    /// Every move noted for `user` and not yet written, by chat.
+    ///
+    /// Readers take this **before** they read the markers from the store: a move whose write
+    /// lands after this call is here, one that landed before it is in what the store returns
+    /// next. Read the other way round, a write landing between the two reads is in neither.
+    pub(crate) fn pending_of(&self, user: UserId) -> HashMap<ChatId, Seq> {
         crate::lock(&self.state)
             .pending
-            .get(&(chat_id, user))
-            .copied()
+            .iter()
+            .filter(|((_, u), _)| *u == user)
+            .map(|(&(c, _), &s)| (c, s))
+            .collect()
     }
 
-    /// Every member's move noted in `chat` and not yet written.
+    /// Every member's move noted in `chat` and not yet written (taken before the store's
+    /// markers are read, as for [`OwnMarkers::pending_of`]).
     fn pending_in(&self, chat_id: ChatId) -> Vec<(UserId, Seq)> {
         crate::lock(&self.state)
             .pending
@@ -169,6 +176,8 @@ pub(crate) async fn receipts(
     chat_id: ChatId,
 ) -> Result<ReceiptsResponse> {
     require_member(st, chat_id, caller).await?;
+    // Before the store's markers: see `OwnMarkers::pending_of`.
+    let pending = st.own_markers.pending_in(chat_id);
     let markers = st.metadata.read_markers(chat_id).await?;
     let mut receipts: Vec<Receipt> = markers
         .into_iter()
@@ -177,7 +186,7 @@ pub(crate) async fn receipts(
     // Senders' own moves this node has noted but not yet written (see `after_send`).
     // Every member has a receipt (0 when never read); a pending move of someone no longer a
     // member is not shown.
-    for (user, seq) in st.own_markers.pending_in(chat_id) {
+    for (user, seq) in pending {
         if let Some(r) = receipts
             .iter_mut()
             .find(|r| r.user_id == user && r.last_read_seq < seq)
