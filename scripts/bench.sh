@@ -91,15 +91,22 @@ start_server() {
       --listen "127.0.0.1:$PORT" --data-dir "$dir" "$@"
   ) >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
+  wait_healthy "http://127.0.0.1:$PORT/v1/health" "$OUT/server.log" \
+    "server pid $SERVER_PID on port $PORT (data: $dir)"
+}
+
+# wait_healthy URL LOG MESSAGE: waits (30 s at most) until URL answers, then logs MESSAGE; if
+# $SERVER_PID dies or never gets healthy, shows LOG and exits.
+wait_healthy() {
   for _ in $(seq 1 300); do
-    if curl -sf "http://127.0.0.1:$PORT/v1/health" >/dev/null 2>&1; then
-      log "server pid $SERVER_PID on port $PORT (data: $dir)"
+    if curl -sf "$1" >/dev/null 2>&1; then
+      log "$3"
       return 0
     fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$2" >&2; exit 1; }
     sleep 0.1
   done
-  log "server did not become healthy"; cat "$OUT/server.log" >&2; exit 1
+  log "not healthy: $1"; cat "$2" >&2; exit 1
 }
 
 stop_server() {
@@ -179,15 +186,8 @@ start_centrifugo() {
     exec ${SERVER_PREFIX[@]+"${SERVER_PREFIX[@]}"} "$CENTRIFUGO" -c "$1"
   ) >"$OUT/centrifugo.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 300); do
-    if curl -sf "http://127.0.0.1:$CENT_PORT/health" >/dev/null 2>&1; then
-      log "centrifugo pid $SERVER_PID on port $CENT_PORT"
-      return 0
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/centrifugo.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  log "Centrifugo did not become healthy"; cat "$OUT/centrifugo.log" >&2; exit 1
+  wait_healthy "http://127.0.0.1:$CENT_PORT/health" "$OUT/centrifugo.log" \
+    "centrifugo pid $SERVER_PID on port $CENT_PORT"
 }
 
 # peer_run PEER NAME LOADGEN-ARGS...: a fresh server of PEER, one generator run, the server

@@ -63,6 +63,16 @@ pub struct Account {
     pub email: String,
 }
 
+/// The load generator's HTTP client: a pool kept warm for thousands of requests in flight,
+/// no Nagle delay, a minute's timeout.
+pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+}
+
 /// A REST client for one server (a shared connection pool).
 #[derive(Clone, Debug)]
 pub struct Api {
@@ -73,13 +83,8 @@ pub struct Api {
 impl Api {
     /// A client for `target`.
     pub fn new(target: &Target) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()?;
         Ok(Api {
-            http,
+            http: http_client()?,
             base: target.base.clone(),
         })
     }

@@ -206,13 +206,8 @@ pub struct HttpApi {
 impl HttpApi {
     /// A client for `server`'s API.
     pub fn new(server: &Centrifugo) -> anyhow::Result<HttpApi> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .build()?;
         Ok(HttpApi {
-            http,
+            http: super::api::http_client()?,
             publish_url: format!("{}/api/publish", server.target.base),
             api_key: server.api_key.clone(),
         })

@@ -13,7 +13,7 @@
 
 use super::api::{accounts, Api, Target};
 use super::progress;
-use super::sysmon::{Proc, ProcSample};
+use super::sysmon::{cpu_between, rss_growth_per, Proc, ProcSample};
 use super::ws::connect;
 use anyhow::bail;
 use futures::StreamExt as _;
@@ -203,12 +203,6 @@ pub async fn run(target: &Target, p: &ConnectionsParams) -> anyhow::Result<Conne
         let _ = h.await;
     }
 
-    let per_conn = |before: Option<ProcSample>, after: Option<ProcSample>| match (before, after) {
-        (Some(b), Some(a)) if opened > 0 => {
-            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / opened as f64)
-        }
-        _ => None,
-    };
     Ok(ConnectionsResult {
         requested: p.connections,
         opened,
@@ -221,12 +215,9 @@ pub async fn run(target: &Target, p: &ConnectionsParams) -> anyhow::Result<Conne
         opens_per_sec: opened as f64 / open_secs.max(1e-9),
         server_rss_before_kib: server_before.map(|s| s.rss_kib),
         server_rss_after_kib: server_after.map(|s| s.rss_kib),
-        server_rss_per_conn_bytes: per_conn(server_before, server_after),
-        server_cpu_secs: match (server_before, server_after) {
-            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
-            _ => None,
-        },
-        loadgen_rss_per_conn_bytes: per_conn(self_before, self_after),
+        server_rss_per_conn_bytes: rss_growth_per(server_before, server_after, opened),
+        server_cpu_secs: cpu_between(server_before, server_after),
+        loadgen_rss_per_conn_bytes: rss_growth_per(self_before, self_after, opened),
     })
 }
 

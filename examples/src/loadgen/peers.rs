@@ -18,7 +18,7 @@
 use super::peer::{Cast, Event, Peer, Protocol, Publisher};
 use super::progress;
 use super::stats::{Latency, LatencySummary};
-use super::sysmon::{Monitor, Proc, Usage};
+use super::sysmon::{cpu_between, rss_growth_per, Monitor, Proc, Usage};
 use super::ws::{LgText, WsStream};
 use anyhow::{bail, Context as _};
 use futures::{SinkExt as _, StreamExt as _};
@@ -317,7 +317,7 @@ pub async fn run_publish(
         deliveries_per_server_cpu_sec: server_cpu_secs
             .filter(|&s| s > 0.0)
             .map(|s| deliveries as f64 / s),
-        server_rss_per_connection_bytes: per_connection(rss_before, rss_after, users as u64),
+        server_rss_per_connection_bytes: rss_growth_per(rss_before, rss_after, users as u64),
         send_to_deliver: hist.deliver.summary(),
         send_to_answer: hist.answer.summary(),
         generator_lateness: hist.lateness.summary(),
@@ -326,20 +326,6 @@ pub async fn run_publish(
         setup_secs,
     };
     Ok((result, hist))
-}
-
-/// `(after - before) / n` in bytes, from two RSS readings in KiB.
-fn per_connection(
-    before: Option<super::sysmon::ProcSample>,
-    after: Option<super::sysmon::ProcSample>,
-    n: u64,
-) -> Option<f64> {
-    match (before, after) {
-        (Some(b), Some(a)) if n > 0 => {
-            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / n as f64)
-        }
-        _ => None,
-    }
 }
 
 /// Starts every scheduled send at its time (as an HTTP request of its own, at most
@@ -633,12 +619,9 @@ pub async fn run_idle(peer: &Peer, p: &IdleParams) -> anyhow::Result<IdleResult>
         open_secs,
         server_rss_before_kib: server_before.map(|s| s.rss_kib),
         server_rss_after_kib: server_after.map(|s| s.rss_kib),
-        server_rss_per_connection_bytes: per_connection(server_before, server_after, opened),
-        server_cpu_secs: match (server_before, server_after) {
-            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
-            _ => None,
-        },
-        loadgen_rss_per_connection_bytes: per_connection(self_before, self_after, opened),
+        server_rss_per_connection_bytes: rss_growth_per(server_before, server_after, opened),
+        server_cpu_secs: cpu_between(server_before, server_after),
+        loadgen_rss_per_connection_bytes: rss_growth_per(self_before, self_after, opened),
     })
 }
 

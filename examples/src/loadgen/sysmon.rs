@@ -59,6 +59,26 @@ impl Proc {
     }
 }
 
+/// RSS growth from `before` to `after` per one of `n` things (connections), in bytes; `None`
+/// without both samples or when `n` is 0.
+pub fn rss_growth_per(
+    before: Option<ProcSample>,
+    after: Option<ProcSample>,
+    n: u64,
+) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if n > 0 => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / n as f64)
+        }
+        _ => None,
+    }
+}
+
+/// CPU seconds used from `before` to `after`; `None` without both samples.
+pub fn cpu_between(before: Option<ProcSample>, after: Option<ProcSample>) -> Option<f64> {
+    Some(after?.cpu_secs - before?.cpu_secs)
+}
+
 /// What a process used over a measured interval.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Usage {
