@@ -73,7 +73,7 @@ impl Config {
     /// takes it: true for SQLite (`sqlite`, `sqlite://…`), false for anything else.
     pub fn ordered_appends_for(messages_url: &str) -> bool {
         let url = messages_url.trim().to_ascii_lowercase();
-        url == "sqlite" || url.starts_with("sqlite://")
+        url == "sqlite" || url.starts_with("sqlite?") || url.starts_with("sqlite://")
     }
 }
 

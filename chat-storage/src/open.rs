@@ -5,6 +5,7 @@
 //! | `sqlite` | SQLite file `<data_dir>/chat.db` |
 //! | `sqlite:///abs/path.db` | SQLite file `/abs/path.db` |
 //! | `sqlite://relative/path.db` | SQLite file `relative/path.db`, relative to the working directory |
+//! | `sqlite?commit_delay=1ms` | any SQLite form with options: `commit_delay` (`0`, `<n>us`, `<n>ms`, at most `50ms`; default 5ms) |
 //! | `mysql://user:pass@host:port/db` | MySQL / MariaDB (feature `mysql`); metadata and/or messages |
 //! | `cassandra://host1,host2:9042/keyspace?…` | Cassandra (feature `cassandra`); messages only |
 //!
@@ -15,6 +16,7 @@
 use chat_core::{Error, MessageStore, MetadataStore, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where the stores live, as URLs (see the module docs for the forms).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,17 +121,32 @@ fn is_scheme(s: &str) -> bool {
 
 /// Parses one store URL; `sqlite` alone means `<data_dir>/chat.db`.
 fn parse(url: &str, data_dir: &Path) -> Result<StoreUrl> {
+    parse_with_options(url, data_dir).map(|(url, _)| url)
+}
+
+/// Parses one store URL and the SQLite options it sets (`sqlite?commit_delay=1ms`,
+/// `sqlite:///path.db?commit_delay=0`); the options are empty for other stores, whose URLs are
+/// parsed by their own modules.
+fn parse_with_options(url: &str, data_dir: &Path) -> Result<(StoreUrl, SqliteUrlOptions)> {
     let url = url.trim();
-    if url.eq_ignore_ascii_case("sqlite") {
-        return Ok(StoreUrl::Sqlite(data_dir.join("chat.db")));
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) if is_sqlite(base) => (base, Some(query)),
+        _ => (url, None),
+    };
+    let options = match query {
+        Some(query) => SqliteUrlOptions::parse(query, url)?,
+        None => SqliteUrlOptions::default(),
+    };
+    if base.eq_ignore_ascii_case("sqlite") {
+        return Ok((StoreUrl::Sqlite(data_dir.join("chat.db")), options));
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = base.split_once("://") else {
         return Err(Error::InvalidArgument(format!(
             "store URL {:?} is not `sqlite`, `sqlite://PATH`, `mysql://…` or `cassandra://…`",
             redact(url)
         )));
     };
-    match scheme.to_ascii_lowercase().as_str() {
+    let parsed = match scheme.to_ascii_lowercase().as_str() {
         "sqlite" => {
             if rest.is_empty() || rest.ends_with('/') {
                 return Err(Error::InvalidArgument(format!(
@@ -138,25 +155,107 @@ fn parse(url: &str, data_dir: &Path) -> Result<StoreUrl> {
                     redact(url)
                 )));
             }
-            if rest.contains('?') || rest.contains('#') {
+            if rest.contains('#') {
                 return Err(Error::InvalidArgument(format!(
-                    "sqlite URL {:?}: parameters are not supported",
+                    "sqlite URL {:?}: a fragment is not supported",
                     redact(url)
                 )));
             }
-            Ok(StoreUrl::Sqlite(PathBuf::from(rest)))
+            StoreUrl::Sqlite(PathBuf::from(rest))
         }
-        "mysql" => Ok(StoreUrl::Mysql(url.to_owned())),
-        "cassandra" => Ok(StoreUrl::Cassandra(url.to_owned())),
+        "mysql" => StoreUrl::Mysql(url.to_owned()),
+        "cassandra" => StoreUrl::Cassandra(url.to_owned()),
         // Only a plausible scheme is echoed: whatever precedes "://" may be half a password.
-        other if is_scheme(other) => Err(Error::InvalidArgument(format!(
-            "unknown store URL scheme {other:?}; expected sqlite, mysql or cassandra"
-        ))),
-        _ => Err(Error::InvalidArgument(format!(
-            "store URL {:?} has no valid scheme; expected sqlite, mysql or cassandra",
-            redact(url)
-        ))),
+        other if is_scheme(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown store URL scheme {other:?}; expected sqlite, mysql or cassandra"
+            )))
+        }
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "store URL {:?} has no valid scheme; expected sqlite, mysql or cassandra",
+                redact(url)
+            )))
+        }
+    };
+    Ok((parsed, options))
+}
+
+/// Whether `base` (a URL without its query) names a SQLite store.
+fn is_sqlite(base: &str) -> bool {
+    base.eq_ignore_ascii_case("sqlite")
+        || base
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("sqlite://"))
+}
+
+/// The longest commit delay a URL may ask for: the delay is added to writes' latency, and
+/// beyond a few milliseconds it buys nothing (docs/benchmarks.md, "Commit delay").
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(50);
+
+/// What a `sqlite` URL's query may set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SqliteUrlOptions {
+    /// `commit_delay=…`: [`crate::sqlite::SqliteOptions::commit_delay`]; `None` keeps the
+    /// default.
+    commit_delay: Option<Duration>,
+}
+
+impl SqliteUrlOptions {
+    /// Parses `key=value&…`; `url` is for errors.
+    fn parse(query: &str, url: &str) -> Result<SqliteUrlOptions> {
+        let mut options = SqliteUrlOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "commit_delay" => {
+                    options.commit_delay = Some(parse_delay(value).ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "sqlite URL {:?}: commit_delay {value:?} is not a duration from 0 \
+                             to 50ms (e.g. 0, 500us, 2ms)",
+                            redact(url)
+                        ))
+                    })?)
+                }
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "sqlite URL {:?}: unknown parameter {other:?} (known: commit_delay)",
+                        redact(url)
+                    )))
+                }
+            }
+        }
+        Ok(options)
     }
+
+    /// The options of one SQLite file named by two URLs: what either sets, and the two must
+    /// agree where both set something.
+    fn merge(self, other: SqliteUrlOptions) -> Result<SqliteUrlOptions> {
+        let commit_delay = match (self.commit_delay, other.commit_delay) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::InvalidArgument(format!(
+                    "the metadata and messages URLs name one SQLite file with different \
+                     commit_delay values ({a:?} and {b:?}); set it once"
+                )))
+            }
+            (a, b) => a.or(b),
+        };
+        Ok(SqliteUrlOptions { commit_delay })
+    }
+}
+
+/// `0`, `<n>us` or `<n>ms` (whole numbers), up to [`MAX_COMMIT_DELAY`].
+fn parse_delay(value: &str) -> Option<Duration> {
+    let delay = if value == "0" {
+        Duration::ZERO
+    } else if let Some(n) = value.strip_suffix("us") {
+        Duration::from_micros(n.parse().ok()?)
+    } else if let Some(n) = value.strip_suffix("ms") {
+        Duration::from_millis(n.parse().ok()?)
+    } else {
+        return None;
+    };
+    (delay <= MAX_COMMIT_DELAY).then_some(delay)
 }
 
 /// The error for a backend this build leaves out.
@@ -170,8 +269,6 @@ fn built_without(feature: &str) -> Error {
 /// A store that can be both halves, opened once and shared.
 #[derive(Clone)]
 struct Shared {
-    /// What identifies it: the SQLite file (absolute) or the MySQL URL.
-    key: StoreUrl,
     /// As a metadata store.
     metadata: Arc<dyn MetadataStore>,
     /// As a message store.
@@ -190,11 +287,14 @@ fn identity(url: &StoreUrl) -> Result<StoreUrl> {
 }
 
 /// Opens a store that implements both traits (SQLite or MySQL).
-async fn open_shared(url: &StoreUrl, replicas: &[String]) -> Result<Shared> {
-    let key = identity(url)?;
-    match &key {
-        StoreUrl::Sqlite(path) => open_sqlite(key.clone(), path.clone()).await,
-        StoreUrl::Mysql(url) => open_mysql(key.clone(), url, replicas).await,
+async fn open_shared(
+    url: &StoreUrl,
+    sqlite: SqliteUrlOptions,
+    replicas: &[String],
+) -> Result<Shared> {
+    match identity(url)? {
+        StoreUrl::Sqlite(path) => open_sqlite(path, sqlite).await,
+        StoreUrl::Mysql(url) => open_mysql(&url, replicas).await,
         StoreUrl::Cassandra(_) => Err(Error::InvalidArgument(
             "cassandra stores messages only; use sqlite or mysql:// for the metadata".to_owned(),
         )),
@@ -203,14 +303,18 @@ async fn open_shared(url: &StoreUrl, replicas: &[String]) -> Result<Shared> {
 
 /// The SQLite arm.
 #[cfg(feature = "sqlite")]
-async fn open_sqlite(key: StoreUrl, path: PathBuf) -> Result<Shared> {
+async fn open_sqlite(path: PathBuf, url: SqliteUrlOptions) -> Result<Shared> {
+    let mut options = crate::sqlite::SqliteOptions::default();
+    if let Some(delay) = url.commit_delay {
+        options.commit_delay = delay;
+    }
     // Opening creates directories, may migrate the schema and fsyncs: blocking work.
-    let store = tokio::task::spawn_blocking(move || crate::sqlite::SqliteStore::open(path))
-        .await
-        .map_err(|e| Error::internal("opening the sqlite store failed", e))??;
+    let store =
+        tokio::task::spawn_blocking(move || crate::sqlite::SqliteStore::open_with(path, options))
+            .await
+            .map_err(|e| Error::internal("opening the sqlite store failed", e))??;
     let store = Arc::new(store);
     Ok(Shared {
-        key,
         metadata: store.clone(),
         messages: store,
     })
@@ -218,16 +322,15 @@ async fn open_sqlite(key: StoreUrl, path: PathBuf) -> Result<Shared> {
 
 /// The SQLite arm, in a build without it.
 #[cfg(not(feature = "sqlite"))]
-async fn open_sqlite(_key: StoreUrl, _path: PathBuf) -> Result<Shared> {
+async fn open_sqlite(_path: PathBuf, _url: SqliteUrlOptions) -> Result<Shared> {
     Err(built_without("sqlite"))
 }
 
 /// The MySQL arm: one `MysqlStore` (a primary and its replicas).
 #[cfg(feature = "mysql")]
-async fn open_mysql(key: StoreUrl, url: &str, replicas: &[String]) -> Result<Shared> {
+async fn open_mysql(url: &str, replicas: &[String]) -> Result<Shared> {
     let store = crate::mysql::open_from_url(url, replicas).await?;
     Ok(Shared {
-        key,
         metadata: store.clone(),
         messages: store,
     })
@@ -235,7 +338,7 @@ async fn open_mysql(key: StoreUrl, url: &str, replicas: &[String]) -> Result<Sha
 
 /// The MySQL arm, in a build without it.
 #[cfg(not(feature = "mysql"))]
-async fn open_mysql(_key: StoreUrl, _url: &str, _replicas: &[String]) -> Result<Shared> {
+async fn open_mysql(_url: &str, _replicas: &[String]) -> Result<Shared> {
     Err(built_without("mysql"))
 }
 
@@ -259,18 +362,24 @@ async fn open_cassandra(_url: &str) -> Result<Arc<dyn MessageStore>> {
 /// replicas for a non-MySQL metadata store are `InvalidArgument`; a database that cannot be
 /// opened or reached is `Unavailable`.
 pub async fn open(config: &StoreConfig) -> Result<Stores> {
-    let metadata_url = parse(&config.metadata, &config.data_dir)?;
-    let messages_url = parse(&config.messages, &config.data_dir)?;
+    let (metadata_url, metadata_options) = parse_with_options(&config.metadata, &config.data_dir)?;
+    let (messages_url, messages_options) = parse_with_options(&config.messages, &config.data_dir)?;
+    let shared = identity(&messages_url)? == identity(&metadata_url)?;
+    let metadata_options = if shared {
+        metadata_options.merge(messages_options)?
+    } else {
+        metadata_options
+    };
     if !config.metadata_replicas.is_empty() && !matches!(metadata_url, StoreUrl::Mysql(_)) {
         return Err(Error::InvalidArgument(
             "metadata replicas need a mysql:// metadata store".to_owned(),
         ));
     }
-    let metadata = open_shared(&metadata_url, &config.metadata_replicas).await?;
+    let metadata = open_shared(&metadata_url, metadata_options, &config.metadata_replicas).await?;
     let messages: Arc<dyn MessageStore> = match &messages_url {
         StoreUrl::Cassandra(url) => open_cassandra(url).await?,
-        other if identity(other)? == metadata.key => Arc::clone(&metadata.messages),
-        other => open_shared(other, &[]).await?.messages,
+        _ if shared => Arc::clone(&metadata.messages),
+        other => open_shared(other, messages_options, &[]).await?.messages,
     };
     tracing::info!(
         metadata = %redact(&config.metadata),
@@ -314,12 +423,48 @@ mod tests {
             "sqlite:///",
             "sqlite://dir/",
             "sqlite://x.db?mode=ro",
+            "sqlite://x.db#frag",
+            "sqlite?commit_delay=",
+            "sqlite?commit_delay=2",
+            "sqlite?commit_delay=51ms",
+            "sqlite?commit_delay=-1ms",
+            "sqlite?commit_delay=1s",
         ] {
             assert!(
                 matches!(parse(bad, &dir()), Err(Error::InvalidArgument(_))),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn sqlite_commit_delay() {
+        let delay = |url: &str| parse_with_options(url, &dir()).unwrap().1.commit_delay;
+        assert_eq!(delay("sqlite"), None);
+        assert_eq!(delay("sqlite?commit_delay=0"), Some(Duration::ZERO));
+        assert_eq!(
+            delay("SQLite?commit_delay=500us"),
+            Some(Duration::from_micros(500))
+        );
+        assert_eq!(
+            delay("sqlite:///var/x.db?commit_delay=2ms"),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            parse("sqlite?commit_delay=1ms", &dir()).unwrap(),
+            StoreUrl::Sqlite("/data/chat.db".into())
+        );
+        let one = |ms| SqliteUrlOptions {
+            commit_delay: Some(Duration::from_millis(ms)),
+        };
+        let unset = SqliteUrlOptions::default();
+        assert_eq!(one(1).merge(unset).unwrap(), one(1));
+        assert_eq!(unset.merge(one(1)).unwrap(), one(1));
+        assert_eq!(one(1).merge(one(1)).unwrap(), one(1));
+        assert!(matches!(
+            one(1).merge(one(2)),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

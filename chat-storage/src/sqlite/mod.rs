@@ -81,7 +81,16 @@ pub struct SqliteOptions {
     /// entry before it returns; see `exact_cache.rs`). 0 turns it off, which is needed only if
     /// another program deletes sessions in the same file while the store is open.
     pub session_cache: usize,
+    /// How long a small batch may wait for more writes before it commits, while writes arrive
+    /// faster than one per delay (see `writer.rs`): divides each commit's fixed cost (WAL
+    /// frames, fsync, index segment) among a few writes at moderate load, for at most this much
+    /// latency. Quiet periods and single writes never wait. Zero turns it off. A store URL can
+    /// set it: `sqlite?commit_delay=1ms`.
+    pub commit_delay: Duration,
 }
+
+/// The default [`SqliteOptions::commit_delay`] (docs/benchmarks.md, "Commit delay").
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             role_cache: 1 << 18,
             session_cache: 1 << 16,
+            commit_delay: DEFAULT_COMMIT_DELAY,
         }
     }
 }
@@ -162,6 +172,9 @@ impl SqliteStore {
             checkpointer,
             options.max_batch,
             options.queue_capacity,
+            writer::CommitDelay {
+                delay: options.commit_delay,
+            },
         )?;
         tracing::info!(path = %path.display(), "sqlite store open");
         Ok(SqliteStore {
