@@ -152,6 +152,13 @@ impl Server {
         if timeout_at(deadline, st.hub.wait_empty()).await.is_err() {
             tracing::warn!("WebSocket connections did not close within the grace period");
         }
+        // Senders' own read markers noted in the last moments (written every 50 ms otherwise).
+        if timeout_at(deadline, st.own_markers.flush(&st.metadata))
+            .await
+            .is_err()
+        {
+            tracing::warn!("senders' read markers were not all written within the grace period");
+        }
         st.messages
             .flush()
             .await

@@ -1436,6 +1436,30 @@ async fn graceful_shutdown_closes_sockets_with_1012() {
     assert_eq!(page.len(), 1);
 }
 
+/// A send moves the sender's own read marker a moment later (written in batches); a graceful
+/// shutdown right after the send writes it first, so a clean restart loses no move.
+#[tokio::test]
+async fn graceful_shutdown_writes_the_senders_pending_read_marker() {
+    let mut h = Harness::start().await;
+    let (ann_id, ann) = h.user("ann").await;
+    let (bob_id, bob) = h.user("bob").await;
+    let chat = h.chat(&ann, &[bob_id]).await;
+    h.send(&bob, chat, "first").await;
+    // Shut down at once: well within the flusher's window after the send.
+    let (s, _) = h.send(&ann, chat, "last words").await;
+    assert_eq!(s, StatusCode::CREATED);
+    let handle = h.handle.take().unwrap();
+    tokio::time::timeout(PATIENCE, handle.shutdown())
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+    let markers = chat_core::MetadataStore::read_markers(&h.store, chat)
+        .await
+        .unwrap();
+    let ann_marker = markers.iter().find(|m| m.user_id == ann_id).unwrap();
+    assert_eq!(ann_marker.last_read_seq, chat_core::Seq(2), "{markers:?}");
+}
+
 /// The web client's files: each with its content type, the page's security headers and an
 /// ETag that turns a reload into a 304; everything else under `/` stays the API's JSON 404.
 #[tokio::test]

@@ -5,7 +5,7 @@ use super::{publish, require_member};
 use crate::state::AppState;
 use chat_core::ids::now_millis;
 use chat_core::protocol::{ReadState, Receipt, ReceiptsResponse};
-use chat_core::{ChatId, Error, Event, Result, Seq, Topic, UserId};
+use chat_core::{ChatId, Error, Event, MetadataStore, Result, Seq, Topic, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -62,7 +62,8 @@ const OWN_MARKER_WRITES: usize = 512;
 /// [`OWN_MARKER_DELAY`], highest `seq` per sender and chat. The message is stored already, so a
 /// failed write is logged, not returned; the next send or read moves the marker again. A node
 /// that stops before the write lands loses the move: the sender then sees their own last
-/// messages as unread until they next read or send in that chat.
+/// messages as unread until they next read or send in that chat; a graceful shutdown writes what
+/// is pending first ([`OwnMarkers::flush`]).
 pub(crate) fn after_send(st: &AppState, sender: UserId, chat_id: ChatId, seq: Seq) {
     if !st.own_markers.note((chat_id, sender), seq) {
         return;
@@ -79,22 +80,7 @@ pub(crate) fn after_send(st: &AppState, sender: UserId, chat_id: ChatId, seq: Se
             let Some(batch) = markers.take_batch() else {
                 return;
             };
-            for chunk in batch.chunks(OWN_MARKER_WRITES) {
-                let writes = chunk.iter().map(|&((chat_id, sender), seq)| {
-                    let metadata = &metadata;
-                    async move {
-                        let r = metadata.mark_read(chat_id, sender, seq, now_millis()).await;
-                        ((chat_id, sender), seq, r)
-                    }
-                });
-                for (key, seq, r) in futures::future::join_all(writes).await {
-                    if let Err(e) = r {
-                        tracing::warn!(chat_id = %key.0, sender = %key.1, error = %e,
-                            "moving the sender's read marker failed");
-                    }
-                    markers.written(key, seq);
-                }
-            }
+            markers.write(&metadata, &batch).await;
         }
     });
 }
@@ -133,6 +119,36 @@ impl OwnMarkers {
             return None;
         }
         Some(s.pending.iter().map(|(&k, &v)| (k, v)).collect())
+    }
+
+    /// Writes `batch` (moves taken from the pending set), [`OWN_MARKER_WRITES`] at a time, and
+    /// drops each entry whose write returned (unless a higher move came meanwhile).
+    async fn write(&self, metadata: &Arc<dyn MetadataStore>, batch: &[((ChatId, UserId), Seq)]) {
+        for chunk in batch.chunks(OWN_MARKER_WRITES) {
+            let writes = chunk.iter().map(|&((chat_id, sender), seq)| async move {
+                let r = metadata.mark_read(chat_id, sender, seq, now_millis()).await;
+                ((chat_id, sender), seq, r)
+            });
+            for (key, seq, r) in futures::future::join_all(writes).await {
+                if let Err(e) = r {
+                    tracing::warn!(chat_id = %key.0, sender = %key.1, error = %e,
+                        "moving the sender's read marker failed");
+                }
+                self.written(key, seq);
+            }
+        }
+    }
+
+    /// Writes every pending move now, at a graceful shutdown, so a clean restart loses none.
+    /// The periodic flusher may be writing some of them too; a marker only moves forward, so
+    /// writing one twice is harmless.
+    pub(crate) async fn flush(&self, metadata: &Arc<dyn MetadataStore>) {
+        let batch: Vec<_> = crate::lock(&self.state)
+            .pending
+            .iter()
+            .map(|(&k, &v)| (k, v))
+            .collect();
+        self.write(metadata, &batch).await;
     }
 
     /// After writing `written` for `key`: the entry goes unless a higher move came meanwhile.
