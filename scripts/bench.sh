@@ -46,13 +46,17 @@
 #   - small chats: $BENCH_PEERS_CHATS (2000) chats of $BENCH_PEERS_CHAT_SIZE (5), $BENCH_PEERS_SEND_RATE
 #     (1000) sends/s over HTTP for $BENCH_PEERS_DURATION s;
 # chat-server sends with POST /v1/send (stored in SQLite, fsynced), Centrifugo publishes with
-# POST /api/publish (kept nowhere). Reports: $OUT/peers/*.json; the side-by-side table
+# POST /api/publish (kept nowhere). Reports: $OUT/peers/*.json (and chat-server's GET /metrics at
+# the end of each run in $OUT/peers/*.metrics); the side-by-side table
 # (delivered/s, send->deliver p50/p99/p99.9, server CPU-s, deliveries per server CPU-second,
 # server RSS per connection, ratios chat-server / Centrifugo) goes to $OUT/peers.md and stdout.
 # The full run takes about 12 minutes (20 runs; the first time add the release build and about 8
 # minutes of `go install`). BENCH_PEERS_SHORT=1 makes a ~3-minute check (2,000 idle connections,
 # 5 s per step, 400 chats); each BENCH_PEERS_* variable above overrides its figure,
-# BENCH_PEERS_ROUNDS (2) the number of A/B pairs, BENCH_CENTRIFUGO_PORT ($BENCH_PORT + 70) its port.
+# BENCH_PEERS_ROUNDS (2) the number of A/B pairs, BENCH_CENTRIFUGO_PORT ($BENCH_PORT + 70) its port,
+# BENCH_PEERS_SCENARIOS ("idle fanout small") which of the three steps run (e.g. "fanout").
+# chat-server's flush delay and batch are the server's defaults unless CHAT_WS_FLUSH_DELAY_MS /
+# CHAT_WS_FLUSH_BATCH say otherwise (`loadgen serve` reads them like `chat-server` does).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -205,6 +209,8 @@ peer_run() {
   CENTRIFUGO_API_KEY="$CENT_API_KEY" CENTRIFUGO_HMAC_SECRET="$CENT_SECRET" \
     ${LOADGEN_PREFIX[@]+"${LOADGEN_PREFIX[@]}"} "$LOADGEN" "$@" --peer "$peer" --server "$url" \
     --server-pid "$SERVER_PID" --no-progress --out "$OUT/peers/$name.json" >/dev/null
+  # chat-server's own counters (deliveries, socket writes, the hub's CPU) beside the report.
+  if [ "$peer" = chat-server ]; then curl -sf "$url/metrics" >"$OUT/peers/$name.metrics" || true; fi
   stop_server
   [ "$peer" = chat-server ] && rm -rf "$OUT/peers-$name-data"
   REPORTS+=("$OUT/peers/$name.json")
@@ -221,6 +227,7 @@ peers() {
   local send_rate=${BENCH_PEERS_SEND_RATE:-1000}
   local rounds=${BENCH_PEERS_ROUNDS:-2}
   local server_cpu=${BENCH_PEERS_SERVER_CPU:-0} loadgen_cpu=${BENCH_PEERS_LOADGEN_CPU:-1}
+  local scenarios=" ${BENCH_PEERS_SCENARIOS:-idle fanout small} "
   install_centrifugo
   build
   if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
@@ -238,6 +245,7 @@ peers() {
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   local round peer
   for round in $(seq 1 "$rounds"); do
+    [[ $scenarios == *" idle "* ]] || break
     for peer in chat-server centrifugo; do
       log "idle $idle: $peer, round $round"
       peer_run "$peer" "idle-$peer-$round" peer-idle --connections "$idle"
@@ -245,6 +253,7 @@ peers() {
   done
   local rate
   for rate in $rates; do
+    [[ $scenarios == *" fanout "* ]] || break
     for round in $(seq 1 "$rounds"); do
       for peer in chat-server centrifugo; do
         log "fan-out to $subscribers at $rate msg/s: $peer, round $round"
@@ -254,6 +263,7 @@ peers() {
     done
   done
   for round in $(seq 1 "$rounds"); do
+    [[ $scenarios == *" small "* ]] || break
     for peer in chat-server centrifugo; do
       log "small chats $chats x $chat_size at $send_rate sends/s: $peer, round $round"
       peer_run "$peer" "small-$peer-$round" peer-publish --groups "$chats" \
@@ -262,8 +272,10 @@ peers() {
   done
   {
     echo "Side by side with Centrifugo $CENTRIFUGO_VERSION, $started to $(date -u +%H:%M:%SZ)"
-    echo "(\`scripts/bench.sh peers\`: idle $idle, fan-out to $subscribers at $rates msg/s and"
-    echo "$chats chats of $chat_size at $send_rate sends/s, $duration s each, $rounds rounds A/B;"
+    echo "(\`scripts/bench.sh peers\`, steps:${scenarios% }; idle $idle, fan-out to $subscribers at"
+    echo "$rates msg/s, $chats chats of $chat_size at $send_rate sends/s; $duration s each, $rounds"
+    echo "rounds A/B; chat-server flush delay / batch: ${CHAT_WS_FLUSH_DELAY_MS:-default} ms /"
+    echo "${CHAT_WS_FLUSH_BATCH:-default};"
     echo "server on CPU $server_cpu, generator on CPU $loadgen_cpu; load average before:"
     echo "$load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs)."
     echo

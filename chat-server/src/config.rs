@@ -30,6 +30,17 @@ pub struct Config {
     /// is given up. A peer that stops reading is caught by the queue bound first; this catches a
     /// peer whose socket is stuck with an empty queue.
     pub ws_write_timeout: Duration,
+    /// Under load, the longest a fanned-out frame waits so that it leaves in one socket write
+    /// with the frames after it. A frame to a connection that wrote within this period is held
+    /// until the period has passed since the hold began or [`Config::ws_flush_batch`] frames
+    /// are queued; a frame to a connection that has not written within it (a quiet chat, an
+    /// idle node) goes out at once. Only fan-outs to many local connections are paced, and
+    /// replies to the client's own frames are never held. Zero turns it off (every frame wakes
+    /// its connection at once). See `ws::flush`.
+    pub ws_flush_delay: Duration,
+    /// A connection whose frames are held (see [`Config::ws_flush_delay`]) writes as soon as
+    /// this many are queued, without waiting out the delay (at least 2).
+    pub ws_flush_batch: usize,
     /// How often expired sessions are deleted from the metadata store.
     pub session_sweep_interval: Duration,
     /// How long `GET /v1/health` waits for each backend before calling it down.
@@ -89,6 +100,8 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(90),
             ws_write_timeout: Duration::from_secs(10),
+            ws_flush_delay: Duration::from_millis(DEFAULT_FLUSH_DELAY_MS),
+            ws_flush_batch: DEFAULT_FLUSH_BATCH,
             session_sweep_interval: Duration::from_secs(600),
             health_timeout: Duration::from_secs(3),
             health_checks: Vec::new(),
@@ -102,6 +115,13 @@ impl Default for Config {
         }
     }
 }
+
+/// [`Config::ws_flush_delay`]'s default, in milliseconds (see docs/benchmarks.md, "Coalesced
+/// writes").
+pub const DEFAULT_FLUSH_DELAY_MS: u64 = 25;
+
+/// [`Config::ws_flush_batch`]'s default (see docs/benchmarks.md, "Coalesced writes").
+pub const DEFAULT_FLUSH_BATCH: usize = 4;
 
 /// Checks one `--cors-origin`: a scheme (`http` or `https`), a host and an optional port, and
 /// nothing else (browsers send the `Origin` header in exactly that form, so anything more

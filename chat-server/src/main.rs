@@ -95,6 +95,18 @@ struct Args {
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = Config::default().outbound_queue)]
     outbound_queue: usize,
 
+    /// Under load, the longest (milliseconds) a fanned-out frame waits to leave in one socket
+    /// write with the frames after it: a frame to a connection that wrote within this period is
+    /// held until it has passed or --ws-flush-batch frames are queued. A frame to a connection
+    /// that has not written within it goes out at once; replies are never held. 0 turns it off.
+    #[arg(long, env = "CHAT_WS_FLUSH_DELAY_MS", default_value_t = chat_server::config::DEFAULT_FLUSH_DELAY_MS)]
+    ws_flush_delay_ms: u64,
+
+    /// Frames that end a hold early (see --ws-flush-delay-ms): a held connection writes as soon
+    /// as this many are queued.
+    #[arg(long, env = "CHAT_WS_FLUSH_BATCH", default_value_t = chat_server::config::DEFAULT_FLUSH_BATCH)]
+    ws_flush_batch: usize,
+
     /// Session lifetime in seconds.
     #[arg(long, env = "CHAT_SESSION_TTL_SECS", default_value_t = Config::default().session_ttl.as_secs())]
     session_ttl_secs: u64,
@@ -226,6 +238,8 @@ async fn main() -> anyhow::Result<()> {
         },
         session_ttl: Duration::from_secs(args.session_ttl_secs),
         outbound_queue: args.outbound_queue,
+        ws_flush_delay: Duration::from_millis(args.ws_flush_delay_ms),
+        ws_flush_batch: args.ws_flush_batch,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         abuse: args.abuse.limits(),
         ordered_appends: Config::ordered_appends_for(&args.messages),

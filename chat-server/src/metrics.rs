@@ -67,10 +67,20 @@ pub(crate) struct Metrics {
     pub(crate) messages_changed: Counter,
     /// Frames queued to WebSocket connections by the hub (one per connection per event).
     pub(crate) deliveries: Counter,
+    /// Socket flushes of queued frames by connection tasks: `deliveries` over this is the
+    /// frames per socket write (raised under load by the flush delay, `ws::flush`).
+    pub(crate) ws_writes: Counter,
     /// Connections closed because their outbound queue was full.
     pub(crate) slow_consumer_disconnects: Counter,
     /// Events received from the broker.
     pub(crate) broker_events: Counter,
+    /// CPU time the hub's event loop spent handling events (its thread's CPU clock around each
+    /// one): with `deliveries`, the hub's CPU per delivery, which says how many cores one hub
+    /// per node can keep busy (docs/benchmarks.md, "The hub's CPU per delivery").
+    pub(crate) hub_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// CPU time the flush tick's task spent ending holds (`ws::flush`), the other per-node
+    /// serial step of a paced fan-out.
+    pub(crate) flush_tick_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Times the broker said events may have been lost.
     pub(crate) broker_resyncs: Counter,
     /// Live messages held back for a missing predecessor (see `hub::order`).
@@ -124,10 +134,27 @@ impl Default for Metrics {
             "chat_deliveries",
             "Frames queued to WebSocket connections",
         );
+        let ws_writes = counter(
+            &mut registry,
+            "chat_ws_writes",
+            "Socket flushes of queued frames by WebSocket connection tasks",
+        );
         let slow_consumer_disconnects = counter(
             &mut registry,
             "chat_slow_consumer_disconnects",
             "WebSocket connections closed because their outbound queue was full",
+        );
+        let hub_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "chat_hub_cpu_seconds",
+            "CPU time of the hub's event loop handling events",
+            hub_cpu_seconds.clone(),
+        );
+        let flush_tick_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "chat_flush_tick_cpu_seconds",
+            "CPU time of the flush tick ending holds of fanned-out frames",
+            flush_tick_cpu_seconds.clone(),
         );
         let broker_events = counter(
             &mut registry,
@@ -195,8 +222,11 @@ impl Default for Metrics {
             messages_deduplicated,
             messages_changed,
             deliveries,
+            ws_writes,
             slow_consumer_disconnects,
             broker_events,
+            hub_cpu_seconds,
+            flush_tick_cpu_seconds,
             broker_resyncs,
             live_held,
             live_gap_fills,
@@ -273,6 +303,22 @@ pub(crate) async fn track(
         seconds_since(start),
     );
     response
+}
+
+/// This thread's CPU time so far (zero where the platform has no thread CPU clock).
+pub(crate) fn thread_cpu() -> std::time::Duration {
+    #[cfg(unix)]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        std::time::Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        std::time::Duration::ZERO
+    }
 }
 
 #[cfg(test)]

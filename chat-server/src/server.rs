@@ -48,6 +48,8 @@ impl Server {
                 metadata.clone(),
                 messages.clone(),
                 config.live_order_hold,
+                config.ws_flush_delay,
+                config.ws_flush_batch,
             )),
             guards: Guards::new(&config),
             passwords: Passwords::new(

@@ -111,6 +111,13 @@ enum Scenario {
         /// Hash passwords at argon2's cheapest cost (load tests only).
         #[arg(long)]
         fast_passwords: bool,
+        /// The server's `--ws-flush-delay-ms` (under load, the longest a fanned-out frame waits
+        /// to share a socket write; 0 = off).
+        #[arg(long, env = "CHAT_WS_FLUSH_DELAY_MS", default_value_t = chat_server::config::DEFAULT_FLUSH_DELAY_MS)]
+        ws_flush_delay_ms: u64,
+        /// The server's `--ws-flush-batch` (frames that end a hold early).
+        #[arg(long, env = "CHAT_WS_FLUSH_BATCH", default_value_t = chat_server::config::DEFAULT_FLUSH_BATCH)]
+        ws_flush_batch: usize,
     },
     /// U users in G groups of K, sending R msgs/s open loop.
     Fanout {
@@ -408,6 +415,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             max_connections,
             outbound_queue,
             fast_passwords,
+            ws_flush_delay_ms,
+            ws_flush_batch,
         } => {
             let params = serve::ServeParams {
                 listen,
@@ -417,6 +426,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 max_connections,
                 outbound_queue,
                 fast_passwords,
+                ws_flush_delay: std::time::Duration::from_millis(ws_flush_delay_ms),
+                ws_flush_batch,
             };
             serve::serve(&params, shutdown_signal()).await
         }

@@ -12,7 +12,9 @@
 //! - This file: [`Hub`], which registers connections, runs the event loop that consumes
 //!   [`Broker::events`], and fans events out. A message event is serialized once and the same
 //!   bytes are queued to every recipient connection's bounded outbox
-//!   ([`Connection`]); a connection whose outbox is full is closed as a slow consumer.
+//!   ([`Connection`]); a connection whose outbox is full is closed as a slow consumer. Fan-outs
+//!   to many connections ([`PACED_FANOUT_MIN`]) are paced by the node's flush tick
+//!   (`ws::flush`), so under load several frames share a socket write.
 //!
 //! **Invariant:** the event loop never awaits I/O. Handling an event is synchronous: it updates
 //! the state, queues frames, and hands subscription changes and catch-ups to their tasks.
@@ -25,6 +27,8 @@ pub(crate) mod subscriptions;
 use crate::lock;
 use crate::metrics::{seconds_since, Metrics};
 use crate::ws::connection::{close_code, serialize, Connection};
+use crate::ws::flush::FlushTick;
+use axum::extract::ws::Utf8Bytes;
 use chat_core::protocol::ServerFrame;
 use chat_core::{
     Broker, BrokerEvent, BrokerStream, ChatId, Event, Message, MessageStore, MetadataStore, Result,
@@ -45,6 +49,13 @@ use tokio::sync::{mpsc, watch};
 /// Reads of a live gap before its held messages go out with the hole (waits of 1, 2, 4 and 8
 /// times `live_order_hold` in between: 750 ms at the default).
 const GAP_FILL_ATTEMPTS: u32 = 5;
+
+/// Fan-outs to at least this many local connections are paced by the flush tick
+/// (`ws::flush`); smaller ones wake each connection at once. A message to a few sockets costs
+/// far less in writes than its send (token and membership checks, a durable append: ~200 µs,
+/// against ~3 µs per write), so holding its frames would add latency and save little; to
+/// hundreds of sockets the writes are most of its cost.
+pub(crate) const PACED_FANOUT_MIN: usize = 32;
 
 /// What other tasks hand the event loop.
 pub(crate) enum Input {
@@ -79,6 +90,9 @@ pub(crate) struct Hub {
     /// Which connections heard a user's latest presence change (it arrives once per shared
     /// chat; each connection hears it once).
     presence_sent: PresenceSent,
+    /// Paces fanned-out frames under load (`Config::ws_flush_delay`); its task runs with the
+    /// event loop.
+    flush: Arc<FlushTick>,
     next_id: AtomicU64,
 }
 
@@ -91,6 +105,8 @@ impl Hub {
         metadata: Arc<dyn MetadataStore>,
         messages: Arc<dyn MessageStore>,
         order_hold: Duration,
+        flush_delay: Duration,
+        flush_batch: usize,
     ) -> Hub {
         let state = Arc::new(Mutex::new(Membership::default()));
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
@@ -106,8 +122,14 @@ impl Hub {
             resync: ResyncState::default(),
             count: watch::channel(0).0,
             presence_sent: PresenceSent::default(),
+            flush: Arc::new(FlushTick::new(flush_delay, flush_batch)),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The node's flush tick, which connection tasks tell when they write.
+    pub(crate) fn flush_tick(&self) -> &FlushTick {
+        &self.flush
     }
 
     /// A fresh connection id.
@@ -188,6 +210,7 @@ impl Hub {
     /// subscription task are started from here too, each in a task of its own.
     pub(crate) async fn run(self: Arc<Self>, mut events: BrokerStream) {
         let mut inbox = lock(&self.inbox_rx).take();
+        let _tick = self.flush.start(self.metrics.clone());
         loop {
             let event = match inbox.as_mut() {
                 Some(rx) => tokio::select! {
@@ -203,10 +226,17 @@ impl Hub {
                 None => events.next().await,
             };
             let Some(event) = event else { break };
+            let cpu = crate::metrics::thread_cpu();
             // One bad event must not end live delivery for the whole node.
             if std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(event))).is_err() {
                 tracing::error!("handling a broker event panicked; event dropped");
             }
+            // The handling is synchronous, so it ran on this thread alone.
+            self.metrics.hub_cpu_seconds.inc_by(
+                crate::metrics::thread_cpu()
+                    .saturating_sub(cpu)
+                    .as_secs_f64(),
+            );
         }
         tracing::warn!("broker event stream ended; live delivery stopped");
     }
@@ -264,7 +294,7 @@ impl Hub {
         match offer {
             Offer::Deliver(messages) => {
                 let conns = conns.unwrap_or_else(|| Arc::from([]));
-                self.send_messages(&conns, messages);
+                self.send_messages(&conns, messages, self.flush.stamp_at(started));
                 self.metrics.fanout_seconds.observe(seconds_since(started));
             }
             Offer::Held { gap_opened } => {
@@ -279,12 +309,25 @@ impl Hub {
         }
     }
 
-    /// Queues each message, serialized once, to every connection in `conns`.
-    fn send_messages(&self, conns: &[Arc<Connection>], messages: Vec<Message>) {
+    /// Queues each message, serialized once, to every connection in `conns` (`now`: the flush
+    /// tick's timestamp of the fan-out).
+    fn send_messages(&self, conns: &[Arc<Connection>], messages: Vec<Message>, now: u64) {
         for message in messages {
             let Some(frame) = serialize(&ServerFrame::Message { message }) else {
                 continue;
             };
+            self.fan_out(conns, &frame, now);
+        }
+    }
+
+    /// Queues one serialized frame to every connection in `conns`: paced by the flush tick if
+    /// they are many (see [`PACED_FANOUT_MIN`]), at once otherwise.
+    fn fan_out(&self, conns: &[Arc<Connection>], frame: &Utf8Bytes, now: u64) {
+        if conns.len() >= PACED_FANOUT_MIN && self.flush.enabled() {
+            for c in conns {
+                c.push_paced(frame.clone(), &self.metrics, &self.flush, now);
+            }
+        } else {
             for c in conns {
                 c.push(frame.clone(), &self.metrics);
             }
@@ -349,7 +392,7 @@ impl Hub {
             };
             if !rest.is_empty() {
                 tracing::debug!(%chat, n = rest.len(), "live messages forwarded past a hole");
-                hub.send_messages(&conns, rest);
+                hub.send_messages(&conns, rest, hub.flush.stamp_now());
             }
         });
     }
@@ -360,9 +403,7 @@ impl Hub {
             return;
         }
         if let Some(bytes) = serialize(frame) {
-            for c in conns {
-                c.push(bytes.clone(), &self.metrics);
-            }
+            self.fan_out(conns, &bytes, self.flush.stamp_now());
         }
     }
 

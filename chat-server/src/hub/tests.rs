@@ -27,6 +27,8 @@ fn hub() -> (Arc<Hub>, Arc<LocalBroker>, Arc<Metrics>, Fixture) {
         Arc::new(store.clone()),
         Arc::new(store.clone()),
         Duration::from_millis(50),
+        Duration::ZERO,
+        2,
     ));
     // The event loop, for what other tasks hand it (gap timers, catch-ups); the tests hand it
     // broker events themselves through `handle`.
@@ -459,6 +461,8 @@ async fn a_hung_broker_holds_up_neither_events_nor_delivery() {
         Arc::new(store.clone()),
         Arc::new(store),
         Duration::from_millis(50),
+        Duration::ZERO,
+        2,
     ));
     let (_a, a) = connect(&hub, 1, &[10], 64).await;
     let (_b, b) = connect(&hub, 2, &[10], 64).await;

@@ -5,6 +5,7 @@
 //! It also names the close codes the server uses, and serializes frames once for every
 //! recipient ([`serialize`]).
 
+use super::flush::FlushTick;
 use crate::lock;
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
@@ -12,7 +13,7 @@ use chat_core::protocol::ServerFrame;
 use chat_core::{TokenHash, UserId};
 use futures::task::AtomicWaker;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// WebSocket close codes the server uses.
@@ -83,6 +84,9 @@ pub(crate) struct Connection {
     /// task gives the socket's read side (see the `Wake` impl), so a wake-up for a queued frame
     /// (the common one when fanning out) can skip a read attempt that would find nothing.
     readable: AtomicBool,
+    /// When the task last wrote to the socket, as a [`FlushTick`] timestamp (0: not yet, or the
+    /// tick is off): a fanned-out frame arriving soon after may be held (see `ws::flush`).
+    wrote_at: AtomicU64,
 }
 
 /// What a connection's task has still to do, as [`Connection`] keeps it.
@@ -94,6 +98,10 @@ struct Outbox {
     closing: bool,
     /// The first reason given for closing (later ones lose); `None` closes without a frame.
     close_reason: Option<CloseReason>,
+    /// When the current hold began (a [`FlushTick`] timestamp; 0: not held). The tick's
+    /// queue entry for it ends it; a hold ended earlier (by a full batch or a reply) leaves its
+    /// entry behind, which then finds another or no hold here and does nothing.
+    held_since: u64,
 }
 
 impl Connection {
@@ -112,15 +120,79 @@ impl Connection {
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
             readable: AtomicBool::new(true),
+            wrote_at: AtomicU64::new(0),
         })
     }
 
-    /// Offers a frame without waiting. A full queue closes the connection (policy violation):
-    /// the client resumes from its last `seq` after reconnecting.
+    /// Offers a frame to be written at once (a reply to the client's own frame), without
+    /// waiting. A full queue closes the connection (policy violation): the client resumes from
+    /// its last `seq` after reconnecting.
     pub(crate) fn push(&self, frame: Utf8Bytes, metrics: &Metrics) -> Push {
+        let mut outbox = match self.enqueue(frame, metrics) {
+            Ok(outbox) => outbox,
+            Err(refused) => return refused,
+        };
+        // Only the first frame of a burst needs to wake the task: it takes every queued frame
+        // before it waits again, and the waker it left is consumed by this wake-up. Frames held
+        // for the flush tick go out with this one, which ends their hold.
+        let wake = outbox.frames.len() == 1 || outbox.held_since != 0;
+        outbox.held_since = 0;
+        drop(outbox);
+        if wake {
+            self.waker.wake();
+        }
+        Push::Queued
+    }
+
+    /// Offers a fanned-out frame, which may be held for a moment if this connection wrote
+    /// lately, so that it leaves with the frames after it (`ws::flush`; `now` is the tick's
+    /// [`FlushTick::stamp_at`] of the fan-out). Otherwise as [`Connection::push`].
+    pub(crate) fn push_paced(
+        self: &Arc<Self>,
+        frame: Utf8Bytes,
+        metrics: &Metrics,
+        tick: &FlushTick,
+        now: u64,
+    ) -> Push {
+        let mut outbox = match self.enqueue(frame, metrics) {
+            Ok(outbox) => outbox,
+            Err(refused) => return refused,
+        };
+        let queued = outbox.frames.len();
+        if outbox.held_since != 0 {
+            // Enough for one write: the hold ends now.
+            if queued >= tick.batch() {
+                outbox.held_since = 0;
+                drop(outbox);
+                self.waker.wake();
+            }
+            return Push::Queued;
+        }
+        // Behind other frames the task is already woken.
+        if queued > 1 {
+            return Push::Queued;
+        }
+        if tick.holds(self.wrote_at.load(Ordering::Relaxed), now) {
+            outbox.held_since = now;
+            drop(outbox);
+            tick.hold(self.clone(), now);
+        } else {
+            drop(outbox);
+            self.waker.wake();
+        }
+        Push::Queued
+    }
+
+    /// Queues a frame unless the connection is closing or its queue is full (then closes it as
+    /// a slow consumer). Returns the locked outbox with the frame in it.
+    fn enqueue(
+        &self,
+        frame: Utf8Bytes,
+        metrics: &Metrics,
+    ) -> std::result::Result<std::sync::MutexGuard<'_, Outbox>, Push> {
         let mut outbox = lock(&self.outbox);
         if outbox.closing {
-            return Push::Closing;
+            return Err(Push::Closing);
         }
         if outbox.frames.len() >= self.capacity {
             drop(outbox);
@@ -136,18 +208,28 @@ impl Connection {
                     "closing slow consumer"
                 );
             }
-            return Push::SlowConsumer;
+            return Err(Push::SlowConsumer);
         }
         outbox.frames.push_back(frame);
-        // Only the first frame of a burst needs to wake the task: it takes every queued frame
-        // before it waits again, and the waker it left is consumed by this wake-up.
-        let first = outbox.frames.len() == 1;
-        drop(outbox);
         metrics.deliveries.inc();
-        if first {
-            self.waker.wake();
+        Ok(outbox)
+    }
+
+    /// The flush tick ends the hold begun at `since`: wakes the task for the frames held,
+    /// unless that hold already ended.
+    pub(crate) fn release(&self, since: u64) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.held_since != since {
+            return;
         }
-        Push::Queued
+        outbox.held_since = 0;
+        drop(outbox);
+        self.waker.wake();
+    }
+
+    /// Notes when the task last wrote to the socket (a [`FlushTick`] timestamp).
+    pub(crate) fn wrote(&self, at: u64) {
+        self.wrote_at.store(at, Ordering::Relaxed);
     }
 
     /// Asks the connection to close with this code and reason. Returns whether this call was

@@ -15,11 +15,14 @@
 //! # Layout
 //! - this file: the upgrade, the connection's life (setup, `ready`, serve, close);
 //! - [`connection`]: the connection as the hub and its task share it (the outbox, close codes);
+//! - [`flush`]: the node's flush tick, which holds fanned-out frames under load so several
+//!   leave in one write;
 //! - `session`: the one task's poll loop (read, write, deadlines);
 //! - `pipeline`: many client frames in flight, replies and effects in frame order;
 //! - `frames`: what each client frame does, dispatched to the operations layer.
 
 pub(crate) mod connection;
+pub(crate) mod flush;
 pub(crate) mod frames;
 pub(crate) mod pipeline;
 mod session;

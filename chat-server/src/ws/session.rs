@@ -241,7 +241,8 @@ impl<'a> Session<'a> {
     }
 
     /// Writes queued frames and a due ping, up to [`WRITE_BATCH`] frames per flush, so a burst
-    /// costs one socket write instead of one per frame. Returns whether anything was written
+    /// costs one socket write instead of one per frame, and notes the time of the write for
+    /// the flush tick. Returns whether anything was written
     /// or flushed.
     fn poll_write(
         &mut self,
@@ -250,6 +251,7 @@ impl<'a> Session<'a> {
     ) -> std::result::Result<bool, axum::Error> {
         let mut progress = false;
         let mut fed = 0;
+        let mut frames = false;
         loop {
             if fed < WRITE_BATCH && (self.ping_due || self.conn.has_frames()) {
                 match socket.poll_ready_unpin(cx) {
@@ -262,7 +264,10 @@ impl<'a> Session<'a> {
                     }
                 }
                 let msg = match self.conn.pop() {
-                    Some(frame) => Message::Text(frame),
+                    Some(frame) => {
+                        frames = true;
+                        Message::Text(frame)
+                    }
                     None => {
                         self.ping_due = false;
                         Message::Ping(Bytes::new())
@@ -277,6 +282,7 @@ impl<'a> Session<'a> {
             if self.unflushed {
                 match socket.poll_flush_unpin(cx) {
                     Poll::Ready(Ok(())) => {
+                        self.st.metrics.ws_writes.inc();
                         self.unflushed = false;
                         self.write_deadline = None;
                         progress = true;
@@ -288,6 +294,11 @@ impl<'a> Session<'a> {
                 }
             }
             break;
+        }
+        if frames {
+            // Fanned-out frames arriving soon after this write may be held to leave together
+            // (`ws::flush`); 0 (never) when the tick is off, without reading the clock.
+            self.conn.wrote(self.st.hub.flush_tick().stamp_now());
         }
         Ok(progress)
     }

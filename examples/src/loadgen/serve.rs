@@ -34,6 +34,10 @@ pub struct ServeParams {
     pub outbound_queue: usize,
     /// argon2 at its cheapest cost (load tests only: such hashes are easy to brute-force).
     pub fast_passwords: bool,
+    /// `Config::ws_flush_delay` (zero: off).
+    pub ws_flush_delay: std::time::Duration,
+    /// `Config::ws_flush_batch`.
+    pub ws_flush_batch: usize,
 }
 
 /// The server's configuration for a load test.
@@ -44,6 +48,8 @@ pub fn config(p: &ServeParams) -> Config {
             ..AbuseLimits::unthrottled()
         },
         outbound_queue: p.outbound_queue,
+        ws_flush_delay: p.ws_flush_delay,
+        ws_flush_batch: p.ws_flush_batch,
         ordered_appends: Config::ordered_appends_for(&p.messages),
         ..Config::default()
     };
