@@ -52,7 +52,8 @@
 # The full run takes about 12 minutes (20 runs; the first time add the release build and about 8
 # minutes of `go install`). BENCH_PEERS_SHORT=1 makes a ~3-minute check (2,000 idle connections,
 # 5 s per step, 400 chats); each BENCH_PEERS_* variable above overrides its figure,
-# BENCH_PEERS_ROUNDS (2) the number of A/B pairs, BENCH_CENTRIFUGO_PORT ($BENCH_PORT + 70) its port.
+# BENCH_PEERS_ROUNDS (2) the number of A/B pairs, BENCH_CENTRIFUGO_PORT ($BENCH_PORT + 70) its port,
+# BENCH_PEERS_SCENARIOS ("idle fanout small") which of the three steps run (e.g. "fanout").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -221,6 +222,7 @@ peers() {
   local send_rate=${BENCH_PEERS_SEND_RATE:-1000}
   local rounds=${BENCH_PEERS_ROUNDS:-2}
   local server_cpu=${BENCH_PEERS_SERVER_CPU:-0} loadgen_cpu=${BENCH_PEERS_LOADGEN_CPU:-1}
+  local scenarios=" ${BENCH_PEERS_SCENARIOS:-idle fanout small} "
   install_centrifugo
   build
   if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
@@ -238,6 +240,7 @@ peers() {
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   local round peer
   for round in $(seq 1 "$rounds"); do
+    [[ $scenarios == *" idle "* ]] || break
     for peer in chat-server centrifugo; do
       log "idle $idle: $peer, round $round"
       peer_run "$peer" "idle-$peer-$round" peer-idle --connections "$idle"
@@ -245,6 +248,7 @@ peers() {
   done
   local rate
   for rate in $rates; do
+    [[ $scenarios == *" fanout "* ]] || break
     for round in $(seq 1 "$rounds"); do
       for peer in chat-server centrifugo; do
         log "fan-out to $subscribers at $rate msg/s: $peer, round $round"
@@ -254,6 +258,7 @@ peers() {
     done
   done
   for round in $(seq 1 "$rounds"); do
+    [[ $scenarios == *" small "* ]] || break
     for peer in chat-server centrifugo; do
       log "small chats $chats x $chat_size at $send_rate sends/s: $peer, round $round"
       peer_run "$peer" "small-$peer-$round" peer-publish --groups "$chats" \
