@@ -88,11 +88,7 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let counted = CountedStream {
-            inner: stream,
-            _slot: permit,
-            _addr_slot: addr_slot,
-        };
+        let counted = CountedStream::new(stream, permit, addr_slot);
         let service = router.clone().map_request(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -262,12 +258,16 @@ struct PerAddr {
     cap: usize,
     /// Exempt: their clients are told apart by `X-Forwarded-For` in the other limits.
     trusted: Arc<[IpAddr]>,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenPerAddr,
 }
 
+/// Connections open per address.
+type OpenPerAddr = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// One counted connection of an address; dropping it frees the slot. `None` inside when the
-/// address is not counted.
-struct AddrSlot(Option<(IpAddr, PerAddr)>);
+/// address is not counted. Holds only the map (not the whole [`PerAddr`]): it lives in every
+/// open connection.
+struct AddrSlot(Option<(IpAddr, OpenPerAddr)>);
 
 impl PerAddr {
     fn new(limits: &AbuseLimits) -> PerAddr {
@@ -289,14 +289,14 @@ impl PerAddr {
             return None;
         }
         *n += 1;
-        Some(AddrSlot(Some((ip, self.clone()))))
+        Some(AddrSlot(Some((ip, self.open.clone()))))
     }
 }
 
 impl Drop for AddrSlot {
     fn drop(&mut self) {
-        if let Some((ip, per_addr)) = self.0.take() {
-            let mut open = crate::lock(&per_addr.open);
+        if let Some((ip, open)) = self.0.take() {
+            let mut open = crate::lock(&open);
             if let Some(n) = open.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -309,10 +309,41 @@ impl Drop for AddrSlot {
 
 /// A TCP stream that holds one of the server's connection slots (and one of its address's)
 /// until it is dropped, which for an upgraded WebSocket is when the WebSocket closes.
+///
+/// It also reads ahead for small reads, so the WebSocket above it needs no read buffer of its
+/// own while idle: tungstenite asks for a few bytes at a time (its buffer is tiny, see
+/// `ws::WS_READ_BUFFER`), and a read smaller than [`READ_AHEAD`] takes up to [`READ_AHEAD`]
+/// bytes from the socket into a stack buffer, hands over what was asked and keeps the rest on
+/// the heap only until it is read. So a pipelining client's burst still costs one `recv`, and
+/// an idle connection holds no buffer at all (docs/benchmarks.md, "Connections"). Large reads
+/// (hyper's, rustls's) go straight to the socket.
 struct CountedStream {
     inner: TcpStream,
+    /// Bytes read from the socket beyond what a small read asked for, not yet handed out.
+    ahead: Option<Box<ReadAhead>>,
     _slot: OwnedSemaphorePermit,
     _addr_slot: AddrSlot,
+}
+
+/// Bytes read ahead ([`CountedStream`]): `data[pos..]` is still to be handed out.
+struct ReadAhead {
+    data: Box<[u8]>,
+    pos: usize,
+}
+
+/// Most bytes a small read takes from the socket at once (the stack buffer of
+/// [`CountedStream::poll_read`]); reads asking for at least this much skip the read-ahead.
+const READ_AHEAD: usize = 4096;
+
+impl CountedStream {
+    fn new(inner: TcpStream, slot: OwnedSemaphorePermit, addr_slot: AddrSlot) -> CountedStream {
+        CountedStream {
+            inner,
+            ahead: None,
+            _slot: slot,
+            _addr_slot: addr_slot,
+        }
+    }
 }
 
 impl AsyncRead for CountedStream {
@@ -321,7 +352,39 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(ahead) = this.ahead.as_mut() {
+            let rest = &ahead.data[ahead.pos..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            ahead.pos += n;
+            if ahead.pos == ahead.data.len() {
+                this.ahead = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut chunk = ReadBuf::uninit(&mut space);
+        match Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let read = chunk.filled();
+        let n = read.len().min(buf.remaining());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            this.ahead = Some(Box::new(ReadAhead {
+                data: read[n..].into(),
+                pos: 0,
+            }));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -382,6 +445,36 @@ mod tests {
             "a closed connection frees its slot"
         );
         drop((s2, proxied));
+    }
+
+    #[tokio::test]
+    async fn small_reads_come_from_the_read_ahead_in_order_and_nothing_is_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let mut stream = CountedStream::new(server, permit, AddrSlot(None));
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        // tungstenite's reads (a frame header at a time), then a large one (hyper's), which
+        // must first get what was read ahead.
+        let (mut small, mut large) = ([0u8; 14], vec![0u8; 8192]);
+        for i in 0.. {
+            let buf: &mut [u8] = if i % 50 == 49 { &mut large } else { &mut small };
+            let n = stream.read(buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let held = stream.ahead.as_ref().map_or(0, |a| a.data.len());
+            assert!(held < READ_AHEAD, "at most one recv's worth is held");
+        }
+        assert_eq!(got, sent);
+        assert!(stream.ahead.is_none(), "nothing is held once all is read");
     }
 
     #[test]

@@ -32,6 +32,13 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// jemalloc, as in the `chat-server` binary, so `loadgen serve` measures what it runs (the
+// `jemalloc` feature, on by default; the system allocator without it). It applies to the whole
+// program, the generator too.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Load generator for the chat server.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", about)]

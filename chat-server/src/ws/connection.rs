@@ -97,7 +97,8 @@ struct Outbox {
     /// Set when the connection must close; frames offered afterwards are dropped.
     closing: bool,
     /// The first reason given for closing (later ones lose); `None` closes without a frame.
-    close_reason: Option<CloseReason>,
+    /// Boxed: set once at the end, it would otherwise add 24 B to every live connection.
+    close_reason: Option<Box<CloseReason>>,
     /// When the current hold began (a [`FlushTick`] timestamp; 0: not held). The tick's
     /// queue entry for it ends it; a hold ended earlier (by a full batch or a reply) leaves its
     /// entry behind, which then finds another or no hold here and does nothing.
@@ -245,11 +246,11 @@ impl Connection {
         if outbox.close_reason.is_some() {
             return false;
         }
-        outbox.close_reason = Some(CloseReason {
+        outbox.close_reason = Some(Box::new(CloseReason {
             code,
             reason: truncate_reason(reason),
             patient,
-        });
+        }));
         outbox.closing = true;
         drop(outbox);
         self.waker.wake();
@@ -275,7 +276,7 @@ impl Connection {
 
     /// The reason given to [`Connection::close`], if any.
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.outbox).close_reason.clone()
+        lock(&self.outbox).close_reason.as_deref().cloned()
     }
 
     /// Whether this connection authenticated with the session `hash`.
@@ -293,9 +294,11 @@ impl Connection {
     pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
         let mut outbox = lock(&self.outbox);
         let frame = outbox.frames.pop_front();
-        // A burst grew the queue; give the memory back once it is drained, so a connection
-        // that was once busy does not keep its peak queue while idle.
-        if outbox.frames.is_empty() && outbox.frames.capacity() > IDLE_QUEUE_CAPACITY {
+        // Give the queue's buffer back once it is drained, so an idle connection holds none
+        // (even one frame allocates room for four, 128 B, and most connections are idle most
+        // of the time). The next frame allocates it again: one small malloc per burst, not
+        // measurable in fan-out (docs/benchmarks.md, "Connections").
+        if outbox.frames.is_empty() {
             outbox.frames = VecDeque::new();
         }
         frame
@@ -336,10 +339,6 @@ impl std::task::Wake for Connection {
         self.waker.wake();
     }
 }
-
-/// Queue slots a drained connection may keep (32 B each): enough for the usual trickle of
-/// frames without reallocating, small against the rest of an idle connection.
-const IDLE_QUEUE_CAPACITY: usize = 8;
 
 /// A close frame's reason must fit in 123 bytes; cut on a character boundary.
 pub(crate) fn truncate_reason(reason: &str) -> String {

@@ -5,12 +5,16 @@
 //!
 //! # Memory of an idle connection
 //! A node's memory goes mostly to idle sockets, so what an idle connection keeps is kept small
-//! on purpose (measured in docs/benchmarks.md, "Connections"): one task instead of a reader and
-//! a writer (and no split of the socket into two locked halves), a future whose idle state
-//! holds only the socket, the deadlines and one timer (setup, the `ready` frame and the close
-//! handshake are boxed, so their larger states exist only while they run), the frames in flight
-//! allocated on the first client frame and freed once answered, the outbound queue allocated on
-//! the first queued frame ([`Connection`]), and a 512-byte read buffer.
+//! on purpose (measured in docs/benchmarks.md, "Connections"; `examples/idle_memory.rs` lists
+//! it by call site): one task of its own instead of a reader and a writer (and no split of the
+//! socket into two locked halves, and not axum's upgrade task either), a future whose idle
+//! state holds only the socket, the deadlines and one timer (setup, the `ready` frame and the
+//! close handshake are boxed, so their larger states exist only while they run), the frames in
+//! flight allocated on the first client frame and freed once answered, the outbound queue
+//! allocated when a frame is queued and freed when drained ([`Connection`]), and no read
+//! buffer to speak of: tungstenite's holds a frame header until a frame arrives, and the
+//! socket is read in 4 KiB chunks below it into a stack buffer, what is left over kept only
+//! until it is read (`accept::CountedStream`).
 
 //! # Layout
 //! - this file: the upgrade, the connection's life (setup, `ready`, serve, close);
@@ -94,9 +98,9 @@ pub(crate) async fn upgrade(
     // Buffers: tungstenite's default 128 KiB read buffer is zero-filled before each read, so it
     // becomes resident on the first frame: ~139 KiB of RSS per idle connection and a 128 KiB
     // memset per read (docs/benchmarks.md). Every connection pays its read buffer from its
-    // first read on, idle or not, so it is small (WS_READ_BUFFER): a client frame larger than
-    // it grows the buffer to the frame's size and is read in WS_READ_BUFFER chunks, up to the
-    // frame cap.
+    // first read on, idle or not, so it is as small as it gets (WS_READ_BUFFER): a client
+    // frame grows it to the frame's size, up to the frame cap; the socket is read in larger
+    // chunks below it, by the accept loop's read-ahead.
     //
     // Outgoing frames collect in tungstenite's write buffer until the task flushes (it
     // writes every frame already queued, then flushes once: one `sendto` for a burst instead of
@@ -108,24 +112,38 @@ pub(crate) async fn upgrade(
         .max_frame_size(max)
         .max_message_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| run(st, socket, caller, addr, slot)))
+        .on_upgrade(move |socket| {
+            // The connection runs in a task of its own rather than inside the task axum spawned
+            // for the upgrade, which would keep its own state (the WebSocket config, this
+            // closure's captures) beside ours for the connection's whole life: 1,280 B of task
+            // that way, 896 B this way (docs/benchmarks.md, "Connections"). Axum's task ends
+            // here.
+            tokio::spawn(run(st, socket, caller, addr, slot));
+            std::future::ready(())
+        }))
 }
 
-/// Bytes read from a WebSocket at a time (tungstenite grows the frame beyond it as needed).
-/// 512 B instead of 4 KiB took an idle connection from 6.7 KB to 3.0 KB of server RSS; a
-/// pipelining client's frames (~150 B each) then arrive in more, smaller reads, which did not
-/// lower the acked sends/s of `scripts/bench.sh writes` (docs/benchmarks.md, "Connections").
-const WS_READ_BUFFER: usize = 512;
+/// tungstenite's read buffer: none until the first read, then room for a frame header (14 B),
+/// grown to each frame's size as it arrives. Its reads are served from the accept loop's
+/// read-ahead (`accept::CountedStream`), which takes up to 4 KiB from the socket per `recv`
+/// and keeps what is left over only until it is read, so small reads cost a copy, not a
+/// syscall, and an idle connection holds no buffer. It was 512 B per connection (and 4 KiB,
+/// and 128 KiB before that): docs/benchmarks.md, "Connections".
+const WS_READ_BUFFER: usize = 0;
 
 /// Bytes of outgoing frames buffered before tungstenite writes them without waiting for a flush.
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 
-/// Decrements the open-connections gauge however the connection ends.
-struct Gauge(Arc<crate::metrics::Metrics>);
+/// What a connection holds until it ends, however it ends: its place in the open-connections
+/// gauge (decremented on drop) and its user's connection slot.
+struct Held {
+    metrics: Arc<crate::metrics::Metrics>,
+    _slot: ConnectionSlot,
+}
 
-impl Drop for Gauge {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.ws_connections.dec();
+        self.metrics.ws_connections.dec();
     }
 }
 
@@ -134,7 +152,12 @@ impl Drop for Gauge {
 /// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
 /// keeps a second copy of its arguments in its state (rust-lang/rust#62958), which here would
 /// be a second 368-byte `WebSocket` in every idle connection's task (measured: 1,344 B of
-/// future as an `async fn`, 912 B like this; 792 B since the crash no longer needs a select).
+/// future as an `async fn`, 912 B like this). For the same reason what the block only holds
+/// (the gauge, the slot, the `Connection`) is made before it and moved in, never rebound
+/// inside it: a `let` of a captured value is a second copy in the task for its whole life.
+/// With `serve` made the same way, the task's cell (tokio's header, this future and its
+/// trailer, rounded up to 128 B) is 896 B instead of 1,024 (`examples/idle_memory.rs`,
+/// docs/benchmarks.md, "Connections").
 #[allow(clippy::manual_async_fn)]
 fn run(
     st: Arc<AppState>,
@@ -143,18 +166,19 @@ fn run(
     addr: Option<IpAddr>,
     slot: ConnectionSlot,
 ) -> impl std::future::Future<Output = ()> {
+    st.metrics.ws_connections_total.inc();
+    st.metrics.ws_connections.inc();
+    let held = Held {
+        metrics: st.metrics.clone(),
+        _slot: slot,
+    };
+    let conn = Connection::new(
+        st.hub.next_id(),
+        caller.user_id,
+        caller.token_hash,
+        st.config.outbound_queue,
+    );
     async move {
-        let _slot = slot;
-        st.metrics.ws_connections_total.inc();
-        st.metrics.ws_connections.inc();
-        let _gauge = Gauge(st.metrics.clone());
-
-        let conn = Connection::new(
-            st.hub.next_id(),
-            caller.user_id,
-            caller.token_hash,
-            st.config.outbound_queue,
-        );
         // Boxed here and below: these run once, and inline their states would size the future
         // an idle connection keeps for its whole life.
         let ready = Box::pin(setup(&st, &conn, &caller)).await;
@@ -174,6 +198,8 @@ fn run(
             }
         }
         st.hub.unregister(&conn);
+        // Moved in by this last use (dropped here, or with the task if it is dropped).
+        drop(held);
     }
 }
 

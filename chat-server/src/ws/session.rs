@@ -23,13 +23,18 @@ const WRITE_BATCH: usize = 64;
 
 /// Drives the connection until it must close or the peer is done: see [`Session`]. Returns the
 /// frames still in flight, if any.
-pub(super) async fn serve<'a>(
+///
+/// Not an `async fn`: that would keep its arguments beside the [`Session`] made of them for
+/// the connection's whole life (rust-lang/rust#62958); the session is made first and moved
+/// into the block, which keeps every connection's task smaller (see `ws::run`).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn serve<'a, 's>(
     st: &'a AppState,
-    socket: &mut WebSocket,
+    socket: &'s mut WebSocket,
     conn: &'a Arc<Connection>,
     addr: Option<IpAddr>,
     session_expires: Option<Instant>,
-) -> Option<Box<Pipeline<'a>>> {
+) -> impl std::future::Future<Output = Option<Box<Pipeline<'a>>>> + use<'a, 's> {
     let now = Instant::now();
     let mut session = Session {
         st,
@@ -46,10 +51,12 @@ pub(super) async fn serve<'a>(
         session_expires,
         timer_armed: false,
     };
-    let timer = tokio::time::sleep_until(session.next_ping.min(session.idle_deadline));
-    tokio::pin!(timer);
-    std::future::poll_fn(|cx| session.poll(socket, timer.as_mut(), cx)).await;
-    session.pipeline
+    let first = session.next_ping.min(session.idle_deadline);
+    async move {
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(first));
+        std::future::poll_fn(|cx| session.poll(socket, timer.as_mut(), cx)).await;
+        session.pipeline
+    }
 }
 
 /// One connection between its `ready` frame and its close: both directions of the socket, the
