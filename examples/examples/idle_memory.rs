@@ -50,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         max_connections: 100_000,
         outbound_queue: 1024,
         fast_passwords: true,
+        ws_flush_delay: chat_server::Config::default().ws_flush_delay,
+        ws_flush_batch: chat_server::Config::default().ws_flush_batch,
     };
     let mut profiler = Some(dhat::Profiler::builder().file_name(&out).build());
     let rt = tokio::runtime::Builder::new_multi_thread()
