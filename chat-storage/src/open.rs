@@ -211,16 +211,18 @@ impl SqliteUrlOptions {
                 "commit_delay" => {
                     options.commit_delay = Some(parse_delay(value).ok_or_else(|| {
                         Error::InvalidArgument(format!(
-                            "sqlite URL {:?}: commit_delay {value:?} is not a duration from 0 \
-                             to 50ms (e.g. 0, 500us, 2ms)",
-                            redact(url)
+                            "sqlite URL {:?}: commit_delay {} is not a duration from 0 to 50ms \
+                             (e.g. 0, 500us, 2ms)",
+                            redact(url),
+                            echo(value)
                         ))
                     })?)
                 }
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "sqlite URL {:?}: unknown parameter {other:?} (known: commit_delay)",
-                        redact(url)
+                        "sqlite URL {:?}: unknown parameter {} (known: commit_delay)",
+                        redact(url),
+                        echo(other)
                     )))
                 }
             }
@@ -241,6 +243,17 @@ impl SqliteUrlOptions {
             (a, b) => a.or(b),
         };
         Ok(SqliteUrlOptions { commit_delay })
+    }
+}
+
+/// A URL parameter's key or value for an error message: quoted when it is a short word of
+/// letters, digits and `_`, else only its length. The query is operator input that may carry
+/// a secret (a password pasted in the wrong place), which must not reach logs.
+fn echo(s: &str) -> String {
+    if s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        format!("{s:?}")
+    } else {
+        format!("({} bytes, not shown)", s.len())
     }
 }
 
@@ -435,6 +448,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn sqlite_parameters_never_echo_what_could_be_a_secret() {
+        for url in [
+            "sqlite?user:hunter2secret@host=1",
+            "sqlite?commit_delay=hunter2secret:x@y",
+            "sqlite://#\0`x://%t?sec0,\"e%\":10@d\0e=f?amlt",
+        ] {
+            let err = parse(url, &dir()).unwrap_err().to_string();
+            assert!(
+                !err.contains("hunter2secret") && !err.contains("sec0"),
+                "{err}"
+            );
+        }
+        let err = parse("sqlite?commit_dela=1ms", &dir())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"commit_dela\""), "{err}");
     }
 
     #[test]
