@@ -41,21 +41,26 @@ impl Inner {
                 _ => None,
             };
             let newest = self.bucket_desc(chat_id, last_seq, 1);
-            let count = async {
+            // The count is read only after the claimed delete's tombstone was seen: read side
+            // by side, the count could miss a tombstone that another reader completing the
+            // claim wrote between the two reads, and the answer would be one short.
+            let count_after_delete = async {
+                if let Some(seq) = claimed_delete {
+                    if !self.tombstone_exists(chat_id, seq).await? {
+                        return Ok((0, false));
+                    }
+                }
                 if marker >= last_seq {
-                    return Ok(0);
+                    return Ok((0, true));
                 }
-                self.count_tombstones(chat_id, marker, last_seq).await
+                Ok((
+                    self.count_tombstones(chat_id, marker, last_seq).await?,
+                    true,
+                ))
             };
-            let delete_written = async {
-                match claimed_delete {
-                    Some(seq) => self.tombstone_exists(chat_id, seq).await,
-                    None => Ok(true),
-                }
-            };
-            let (newest, count, delete_written) = tokio::join!(newest, count, delete_written);
+            let (newest, counted) = tokio::join!(newest, count_after_delete);
             let newest = newest?.into_iter().next();
-            let (count, delete_written) = (count?, delete_written?);
+            let (count, delete_written): (u64, bool) = counted?;
             let claim_shown = match (&newest, &head.claim) {
                 (Some(m), _) if m.seq.get() != last_seq => false,
                 (None, _) => false,
