@@ -47,13 +47,10 @@ async fn message_within(sub: &mut Subscription, chat: ChatId, wait: Duration) ->
 
 /// A counter of the server's `GET /metrics`.
 async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.url()))
+    server
+        .metrics_text()
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }

@@ -15,13 +15,10 @@ use std::time::Duration;
 
 /// How many `POST /v1/send` the server has answered, from its Prometheus metrics.
 async fn rest_sends(server: &TestServer) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.url()))
+    server
+        .metrics_text()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("chat_http_request_duration_seconds_count"))
         .filter(|l| l.contains("/v1/send\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -148,6 +148,16 @@ impl TestServer {
         self.addr
     }
 
+    /// The server's `GET /metrics` text (Prometheus exposition).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// A client that is not logged in.
     pub fn client(&self) -> Client {
         Client::new(&self.url()).expect("client")
